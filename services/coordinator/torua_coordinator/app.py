@@ -1,0 +1,197 @@
+"""The coordinator process: follows membership, and while it leads, keeps the shard map in KV."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, APIError
+
+from torua import subjects
+from torua.connect import connect
+from torua.endpoints import ServiceHandle
+from torua.errors import ConfigError
+from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
+
+from torua_coordinator.leader import Lease
+from torua_coordinator.placement import place
+from torua_coordinator.registry import Registry
+from torua_coordinator.service import start_cluster_service
+from torua_coordinator.settings import CoordinatorSettings
+from torua_coordinator.shardmap import next_entries, same_layout
+
+__all__ = ["Coordinator", "ensure_bucket"]
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_bucket(nc: NATS, replicas: int = 1):
+    js = nc.jetstream()
+    try:
+        return await js.key_value(subjects.KV_BUCKET)
+    except BucketNotFoundError:
+        cfg = KeyValueConfig(bucket=subjects.KV_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas)
+        return await js.create_key_value(cfg)
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.node_timeout, settings.reassign_delay)
+        self.started = time.monotonic()
+        self.nc: NATS = None  # type: ignore[assignment]
+        self.lease: Lease = None  # type: ignore[assignment]
+        self.shardmap: ShardMap = None  # type: ignore[assignment]
+        self._kv_revision = 0
+        self._service: ServiceHandle | None = None
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        s = self.settings
+        self.nc = await connect(s.nats_url, name=s.coordinator_id, timeout=s.connect_timeout, service=True)
+        self.kv = await ensure_bucket(self.nc, s.nats_replicas)
+        self.lease = Lease(self.kv, s.coordinator_id, s.lease_ttl)
+        await self._load_or_create_map()
+        await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)
+        await self.nc.subscribe(subjects.HEARTBEAT_ALL, cb=self._on_heartbeat)
+        log.info("coordinator %s started (%d shards, R=%d)", s.coordinator_id, s.num_shards, s.replication_factor)
+        try:
+            await self._loop()
+        finally:
+            await self._step_down()
+            await self.lease.release()
+            await self.nc.drain()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- membership input (every coordinator follows it, so a standby takes over warm) ---------
+
+    async def _on_announce(self, msg: Msg) -> None:
+        try:
+            ann = msgspec.json.decode(msg.data, type=Announce)
+        except msgspec.DecodeError:
+            log.warning("ignoring malformed announce")
+            return
+        log.info("node %s announced %s (incarnation %d)", ann.node_id, ann.event, ann.incarnation)
+        if self.registry.announce(ann, time.monotonic(), time.time()):
+            self._changed.set()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = msgspec.json.decode(msg.data, type=Heartbeat)
+        except msgspec.DecodeError:
+            log.warning("ignoring malformed heartbeat on %s", msg.subject)
+            return
+        if self.registry.heartbeat(hb, time.monotonic(), time.time()):
+            self._changed.set()
+
+    # --- leadership and the map ---------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        tick = min(self.settings.heartbeat_interval / 2, self.settings.lease_ttl / 3)
+        while not self._stop.is_set():
+            try:
+                await self._tick()
+            except Exception:  # noqa: BLE001 - keep leading through transient NATS errors
+                log.exception("coordinator tick failed")
+            try:
+                await asyncio.wait_for(self._wait_any(), tick)
+            except TimeoutError:
+                pass
+
+    async def _wait_any(self) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({stop, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            changed.cancel()
+
+    async def _tick(self) -> None:
+        self._changed.clear()
+        was_leader = self.lease.held
+        if not await self.lease.refresh():
+            if was_leader:
+                log.warning("lost leadership")
+                await self._step_down()
+            return
+        if not was_leader or self._service is None:
+            log.info("%s is now the leader", self.settings.coordinator_id)
+            await self._load_or_create_map()
+            self.registry.adopt([n for e in self.shardmap.shards for n in e.hosts()], time.monotonic())
+            self._service = await start_cluster_service(self)
+        self.registry.sweep(time.monotonic())
+        await self._publish_if_changed()
+
+    async def _step_down(self) -> None:
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+
+    def _compute(self) -> ShardMap:
+        s, m = self.settings, self.shardmap
+        current = {e.id: e.replicas for e in m.shards}
+        target = place(current, self.registry.placement_nodes(), m.num_shards, s.replication_factor)
+        entries = next_entries(
+            m.shards,
+            target,
+            self.registry.serving,
+            {r.id for r in self.registry.reachable()},
+            s.replication_factor,
+        )
+        return msgspec.structs.replace(m, shards=entries, replication_factor=s.replication_factor)
+
+    async def _publish_if_changed(self) -> None:
+        new = self._compute()
+        if same_layout(new, self.shardmap):
+            return
+        new = msgspec.structs.replace(new, revision=self.shardmap.revision + 1, updated_at=time.time())
+        try:
+            self._kv_revision = await self.kv.update(
+                subjects.KV_SHARDMAP, msgspec.json.encode(new), last=self._kv_revision
+            )
+        except (KeyWrongLastSequenceError, APIError):
+            log.warning("shard map changed under us; reloading")
+            await self._load_or_create_map()
+            return
+        self.shardmap = new
+        log.info("published shard map revision %d", new.revision)
+
+    async def _load_or_create_map(self) -> None:
+        s = self.settings
+        try:
+            entry = await self.kv.get(subjects.KV_SHARDMAP)
+            smap = msgspec.json.decode(entry.value or b"", type=ShardMap)
+            self._kv_revision = entry.revision
+        except KeyNotFoundError:
+            smap = ShardMap(
+                revision=1,
+                num_shards=s.num_shards,
+                replication_factor=s.replication_factor,
+                shards=[ShardEntry(id=i, replicas=[]) for i in range(s.num_shards)],
+                cluster_id=uuid.uuid4().hex[:12],
+                embedding_dim=s.embedding_dim,
+                updated_at=time.time(),
+            )
+            try:
+                self._kv_revision = await self.kv.create(subjects.KV_SHARDMAP, msgspec.json.encode(smap))
+            except (KeyWrongLastSequenceError, APIError):
+                return await self._load_or_create_map()  # another coordinator created it first
+        if smap.num_shards != s.num_shards:
+            raise ConfigError(
+                f"TORUA_NUM_SHARDS is {s.num_shards} but this cluster was created with {smap.num_shards} shards"
+            )
+        if smap.embedding_dim != s.embedding_dim:
+            raise ConfigError(
+                f"TORUA_EMBEDDING_DIM is {s.embedding_dim} but this cluster was created with {smap.embedding_dim}"
+            )
+        self.shardmap = smap

@@ -1,0 +1,1 @@
+"""The Torua node: shard replicas in Kuzu, the write-ahead-log apply loop and the query router."""

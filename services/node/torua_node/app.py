@@ -1,0 +1,191 @@
+"""The node process: announce, heartbeat, follow the shard map, serve, and leave cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from torua import subjects
+from torua.connect import connect
+from torua.endpoints import ServiceHandle, encode
+from torua.version import __version__
+from torua.wire import Announce, Heartbeat, NodeInfoReply, ShardMap
+
+from torua_node.identity import load_identity
+from torua_node.replicas import ReplicaManager
+from torua_node.service import start_node_service
+from torua_node.settings import NodeSettings
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        ident = load_identity(settings.data_dir, settings.node_id)
+        self.node_id, self.incarnation = ident.node_id, ident.incarnation
+        self.replicas = ReplicaManager(
+            settings.data_dir / "shards",
+            buffer_pool_mb=settings.buffer_pool_mb,
+            max_db_size_gb=settings.max_db_size_gb,
+        )
+        self.started = time.monotonic()
+        self.draining = False
+        self.shardmap: ShardMap | None = None
+        self.nc: NATS = None  # type: ignore[assignment]
+        self._kv: KeyValue | None = None
+        self._hb_seq = 0
+        self._stop = asyncio.Event()
+        self._decommission = True
+        self._services: list[ServiceHandle] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self.settings
+        self.nc = await connect(s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True)
+        self._services.append(await start_node_service(self))
+        await self._announce("join")
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._map_loop(), name="shardmap"),
+        ]
+        log.info("node %s up (incarnation %d)", self.node_id, self.incarnation)
+        await self._stop.wait()
+        if self._decommission:
+            await self._drain_out()
+        await self._shutdown()
+
+    def stop(self, decommission: bool = True) -> None:
+        """SIGTERM decommissions (replicas move away first); SIGINT just stops, keeping assignments."""
+        self._decommission = decommission
+        self._stop.set()
+
+    async def _drain_out(self) -> None:
+        """Make-before-break on the way out: keep serving until the map no longer needs us."""
+        await self.set_draining(True)
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while self._hosted_in_map() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await self._announce("left")
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for svc in self._services:
+            await svc.stop()
+        await self.replicas.close_all()
+        await self.nc.drain()
+        log.info("node %s left", self.node_id)
+
+    def _hosted_in_map(self) -> bool:
+        return self.shardmap is not None and bool(self.shardmap.shards_of(self.node_id))
+
+    async def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+        await self._announce("leave" if draining else "join")
+        await self._send_heartbeat()
+
+    # --- membership ---------------------------------------------------------------------------
+
+    async def _announce(self, event: str) -> None:
+        msg = Announce(
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            event=event,  # type: ignore[arg-type]
+            version=__version__,
+            capacity=self.settings.node_max_shards,
+        )
+        await self.nc.publish(subjects.ANNOUNCE, encode(msg))
+        await self.nc.flush()
+
+    async def _send_heartbeat(self) -> None:
+        self._hb_seq += 1
+        hb = Heartbeat(
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            seq=self._hb_seq,
+            version=__version__,
+            uptime_s=time.monotonic() - self.started,
+            capacity=self.settings.node_max_shards,
+            draining=self.draining,
+            replicas=self.replicas.statuses(),
+        )
+        await self.nc.publish(subjects.heartbeat(self.node_id), encode(hb))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._send_heartbeat()
+            except Exception:  # noqa: BLE001 - disconnected: nats-py reconnects, we keep beating
+                log.debug("heartbeat failed", exc_info=True)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    # --- shard map ----------------------------------------------------------------------------
+
+    async def _bucket(self) -> KeyValue:
+        while self._kv is None:
+            try:
+                self._kv = await self.nc.jetstream().key_value(subjects.KV_BUCKET)
+            except BucketNotFoundError:
+                await asyncio.sleep(0.5)  # the coordinator has not created it yet
+        return self._kv
+
+    async def _map_loop(self) -> None:
+        """Follow the map by watching KV, and re-read it periodically in case a watch was lost."""
+        kv = await self._bucket()
+        watcher = asyncio.create_task(self._watch(kv))
+        try:
+            while True:
+                try:
+                    entry = await kv.get(subjects.KV_SHARDMAP)
+                    if entry.value:
+                        await self._apply_map(msgspec.json.decode(entry.value, type=ShardMap))
+                except KeyNotFoundError:
+                    pass
+                except Exception:  # noqa: BLE001 - retried on the next poll
+                    log.warning("reading the shard map failed", exc_info=True)
+                await asyncio.sleep(max(self.settings.heartbeat_interval, 1.0))
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, kv: KeyValue) -> None:
+        while True:
+            try:
+                watcher = await kv.watch(subjects.KV_SHARDMAP)
+                async for entry in watcher:
+                    if entry is not None and entry.value:
+                        await self._apply_map(msgspec.json.decode(entry.value, type=ShardMap))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - re-watch; the poll covers the gap
+                log.debug("shard map watch ended", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _apply_map(self, smap: ShardMap) -> None:
+        if self.shardmap is not None and smap.revision < self.shardmap.revision:
+            return
+        self.shardmap = smap
+        if await self.replicas.reconcile(smap.shards_of(self.node_id)):
+            await self._send_heartbeat()  # tell the coordinator at once, not at the next beat
+
+    async def info(self) -> NodeInfoReply:
+        return NodeInfoReply(
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            version=__version__,
+            uptime_s=round(time.monotonic() - self.started, 3),
+            draining=self.draining,
+            capacity=self.settings.node_max_shards,
+            replicas=[msgspec.to_builtins(s) for s in self.replicas.statuses()],
+        )

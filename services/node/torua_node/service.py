@@ -1,0 +1,78 @@
+"""The per-node admin API: `torua.node.<id>.health|info|control`."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from torua import subjects
+from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
+from torua.errors import BadRequest
+from torua.version import __version__
+from torua.wire import ControlRequest, Empty, NodeHealthReply, NodeInfoReply
+
+if TYPE_CHECKING:
+    from torua_node.app import Node
+
+__all__ = ["start_node_service", "CONTROL_OPS"]
+
+CONTROL_OPS = ("ping", "info", "drain", "resume", "set_log_level")
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class NodeApi:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def health(self, _: Empty) -> NodeHealthReply:
+        n = self.node
+        return NodeHealthReply(status="ok", node_id=n.node_id, incarnation=n.incarnation, draining=n.draining)
+
+    async def info(self, _: Empty) -> NodeInfoReply:
+        return await self.node.info()
+
+    async def control(self, req: ControlRequest) -> Any:
+        n = self.node
+        match req.op:
+            case "ping":
+                return {"pong": True, "node_id": n.node_id}
+            case "info":
+                return await n.info()
+            case "drain":
+                await n.set_draining(True)
+                return {"draining": True}
+            case "resume":
+                await n.set_draining(False)
+                return {"draining": False}
+            case "set_log_level":
+                level = req.params.get("level")
+                if not isinstance(level, str) or level.lower() not in _LEVELS:
+                    raise BadRequest(f"params.level must be one of {', '.join(_LEVELS)}")
+                logging.getLogger().setLevel(level.upper())
+                return {"level": level.lower()}
+        raise BadRequest(f"unknown op {req.op!r}: expected one of {', '.join(CONTROL_OPS)}")
+
+
+async def start_node_service(node: Node) -> ServiceHandle:
+    api = NodeApi(node)
+    nid = node.node_id
+    eps = [
+        Endpoint("health", subjects.node_endpoint(nid, "health"), api.health, Empty, "Is this node up"),
+        Endpoint("info", subjects.node_endpoint(nid, "info"), api.info, Empty, "Replicas hosted, their state and counts"),
+        Endpoint(
+            "control",
+            subjects.node_endpoint(nid, "control"),
+            api.control,
+            ControlRequest,
+            f"Operations: {', '.join(CONTROL_OPS)}",
+            concurrent=True,
+        ),
+    ]
+    return await add_endpoints(
+        node.nc,
+        name=subjects.NODE_SERVICE,
+        version=__version__,
+        description=f"Torua node {nid}: shard replicas and admin",
+        endpoints=eps,
+        metadata={"node_id": nid},
+    )

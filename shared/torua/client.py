@@ -1,0 +1,136 @@
+"""The asyncio client: typed calls for every public subject, errors mapped from service codes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from torua import subjects
+from torua.connect import connect
+from torua.errors import Unavailable, error_for_code
+from torua.settings import DEFAULT_NATS_URL
+from torua.wire import (
+    BroadcastReply,
+    ClusterInfo,
+    HealthReply,
+    NodeHealthReply,
+    NodeInfoReply,
+    NodesReply,
+    ShardMap,
+)
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+
+
+class Client:
+    """`async with await Client.connect(url) as c: info = await c.cluster_info()`."""
+
+    def __init__(self, nc: NATS, *, timeout: float = 10.0, retries: int = 3) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.retries = retries
+
+    @classmethod
+    async def connect(
+        cls, url: str = DEFAULT_NATS_URL, *, timeout: float = 5.0, request_timeout: float = 10.0, retries: int = 3
+    ) -> Client:
+        nc = await connect(url, name="torua-client", timeout=timeout)
+        return cls(nc, timeout=request_timeout, retries=retries)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- transport ----------------------------------------------------------------------------
+
+    async def request(self, subject: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+        """Send a JSON request; returns the decoded reply or raises the mapped ToruaError.
+
+        503s, timeouts and no-responders are retried with jittered backoff, `retries` times.
+        """
+        data = b"{}" if payload is None else payload if isinstance(payload, bytes) else _encoder.encode(payload)
+        attempt = 0
+        while True:
+            try:
+                return await self._request_once(subject, data, timeout or self.timeout)
+            except Unavailable:
+                if attempt >= self.retries:
+                    raise
+            attempt += 1
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0) * (0.5 + random.random()))
+
+    async def _request_once(self, subject: str, data: bytes, timeout: float) -> Any:
+        try:
+            msg = await self.nc.request(subject, data, timeout=timeout)
+        except NoRespondersError:
+            raise Unavailable(f"no service answers {subject}") from None
+        except NatsTimeout:
+            raise Unavailable(f"no reply on {subject} within {timeout:g}s") from None
+        body = msgspec.json.decode(msg.data) if msg.data else None
+        code = (msg.headers or {}).get("Nats-Service-Error-Code")
+        if code:
+            detail = body.get("error", {}) if isinstance(body, dict) else {}
+            description = detail.get("description") or (msg.headers or {}).get("Nats-Service-Error", "")
+            raise error_for_code(int(code), description)
+        return body
+
+    async def _typed(self, subject: str, reply_type: type[T], payload: Any = None) -> T:
+        return msgspec.convert(await self.request(subject, payload), reply_type)
+
+    # --- cluster admin ------------------------------------------------------------------------
+
+    async def cluster_health(self) -> HealthReply:
+        return await self._typed(subjects.CLUSTER_HEALTH, HealthReply)
+
+    async def cluster_info(self) -> ClusterInfo:
+        return await self._typed(subjects.CLUSTER_INFO, ClusterInfo)
+
+    async def cluster_nodes(self) -> NodesReply:
+        return await self._typed(subjects.CLUSTER_NODES, NodesReply)
+
+    async def cluster_shards(self) -> ShardMap:
+        return await self._typed(subjects.CLUSTER_SHARDS, ShardMap)
+
+    async def broadcast(self, op: str, params: dict[str, Any] | None = None) -> BroadcastReply:
+        return await self._typed(subjects.CLUSTER_BROADCAST, BroadcastReply, {"op": op, "params": params or {}})
+
+    async def node_health(self, node_id: str) -> NodeHealthReply:
+        return await self._typed(subjects.node_endpoint(node_id, "health"), NodeHealthReply)
+
+    async def node_info(self, node_id: str) -> NodeInfoReply:
+        return await self._typed(subjects.node_endpoint(node_id, "info"), NodeInfoReply)
+
+    async def node_control(self, node_id: str, op: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.request(subjects.node_endpoint(node_id, "control"), {"op": op, "params": params or {}})
+
+    async def wait_for_state(self, state: str = "green", timeout: float = 30.0) -> ClusterInfo:
+        """Poll cluster.info until the cluster reaches `state` (green satisfies yellow)."""
+        rank = {"red": 0, "yellow": 1, "green": 2}
+        deadline = asyncio.get_running_loop().time() + timeout
+        last: ClusterInfo | None = None
+        while True:
+            try:
+                last = await self.cluster_info()
+                if rank[last.state] >= rank[state]:
+                    return last
+            except Unavailable:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                seen = last.state if last else "no coordinator reply"
+                raise Unavailable(f"cluster not {state} within {timeout:g}s (last: {seen})")
+            await asyncio.sleep(0.2)

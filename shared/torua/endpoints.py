@@ -1,0 +1,204 @@
+"""Typed `nats.micro` endpoints: decode the request, run the handler, encode the reply or the error.
+
+Every error reply carries the `Nats-Service-Error-Code` / `Nats-Service-Error` headers and the body
+`{"error": {"code", "description"}}`. Unexpected exceptions are logged with their traceback and reach
+the caller only as a 500 naming the exception type, never as a repr or a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import EndpointConfig, EndpointStats, Service
+
+from torua.errors import BadRequest, ToruaError
+from torua.wire import ErrorBody, ErrorDetail
+
+__all__ = ["Endpoint", "EndpointMetrics", "add_endpoints", "decode_request", "error_reply", "encode"]
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+_MAX_CONCURRENT = 256
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_request(data: bytes, request_type: type[T]) -> T:
+    """Decode a JSON request; an empty body means `{}`. Errors name the offending field."""
+    if not data.strip():
+        data = b"{}"
+    try:
+        return msgspec.json.decode(data, type=request_type)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request is not valid JSON: {exc}") from None
+
+
+def error_reply(code: int, description: str) -> tuple[bytes, dict[str, str]]:
+    body = encode(ErrorBody(error=ErrorDetail(code=code, description=description)))
+    # Header values must be one line.
+    headers = {ERROR_CODE_HEADER: str(code), ERROR_HEADER: " ".join(description.split())}
+    return body, headers
+
+
+@dataclass(slots=True)
+class EndpointMetrics:
+    """Counters kept beside micro's own, since concurrent handlers finish after micro stops timing."""
+
+    requests: int = 0
+    errors: Counter[int] = field(default_factory=Counter)
+    latency_sum_s: float = 0.0
+    latency_max_s: float = 0.0
+
+    def observe(self, seconds: float, code: int | None) -> None:
+        self.requests += 1
+        self.latency_sum_s += seconds
+        self.latency_max_s = max(self.latency_max_s, seconds)
+        if code is not None:
+            self.errors[code] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        avg = self.latency_sum_s / self.requests if self.requests else 0.0
+        return {
+            "requests": self.requests,
+            "errors_by_code": {str(c): n for c, n in sorted(self.errors.items())},
+            "latency_avg_ms": round(avg * 1000, 3),
+            "latency_max_ms": round(self.latency_max_s * 1000, 3),
+        }
+
+
+@dataclass(slots=True)
+class Endpoint:
+    name: str
+    subject: str
+    handler: Handler
+    request_type: type
+    description: str
+    queue_group: str | None = None
+    # Run each request in its own task: nats-py runs one subscription's callbacks one at a time.
+    concurrent: bool = False
+
+
+class _Runner:
+    def __init__(self) -> None:
+        self.metrics: dict[str, EndpointMetrics] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(_MAX_CONCURRENT)
+
+    def wrap(self, ep: Endpoint) -> Callable[[MicroRequest], Awaitable[None]]:
+        metrics = self.metrics.setdefault(ep.name, EndpointMetrics())
+
+        async def serve(request: MicroRequest) -> None:
+            started = time.perf_counter()
+            code: int | None = None
+            try:
+                req = decode_request(request.data, ep.request_type)
+                reply = await ep.handler(req)
+                await request.respond(encode(reply))
+            except ToruaError as exc:
+                code = exc.code
+                await _respond_error(request, exc.code, exc.description)
+            except Exception as exc:  # noqa: BLE001 - last resort: the caller must get an answer
+                code = 500
+                log.exception("endpoint %s failed", ep.subject)
+                await _respond_error(request, 500, f"internal error ({type(exc).__name__}); see the server log")
+            finally:
+                metrics.observe(time.perf_counter() - started, code)
+
+        if not ep.concurrent:
+            return serve
+
+        async def spawn(request: MicroRequest) -> None:
+            await self.slots.acquire()
+            task = asyncio.create_task(serve(request))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+
+        return spawn
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slots.release()
+
+    def stats_data(self, stats: EndpointStats) -> dict[str, Any]:
+        m = self.metrics.get(stats.name)
+        return m.as_dict() if m else {}
+
+
+async def _respond_error(request: MicroRequest, code: int, description: str) -> None:
+    body, headers = error_reply(code, description)
+    try:
+        await request.respond(body, headers=headers)
+    except Exception:  # noqa: BLE001 - connection closing: nothing more to tell the caller
+        log.debug("could not send error reply", exc_info=True)
+
+
+class ServiceHandle:
+    """A started micro service with its endpoints' metrics and in-flight request tasks."""
+
+    def __init__(self, service: Service, runner: _Runner) -> None:
+        self.service = service
+        self._runner = runner
+
+    @property
+    def metrics(self) -> dict[str, EndpointMetrics]:
+        return self._runner.metrics
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking requests, then let in-flight ones finish (up to `grace` seconds)."""
+        try:
+            await self.service.stop()
+        except Exception:  # noqa: BLE001 - connection already closed
+            log.debug("service stop failed", exc_info=True)
+        if self._runner.tasks:
+            await asyncio.wait(list(self._runner.tasks), timeout=grace)
+
+
+async def add_endpoints(
+    nc: Any,
+    *,
+    name: str,
+    version: str,
+    description: str,
+    endpoints: list[Endpoint],
+    metadata: dict[str, str] | None = None,
+) -> ServiceHandle:
+    from nats.micro import add_service
+
+    runner = _Runner()
+    service = await add_service(
+        nc,
+        name=name,
+        version=version,
+        description=description,
+        metadata=metadata,
+        stats_handler=runner.stats_data,
+    )
+    for ep in endpoints:
+        await service.add_endpoint(
+            EndpointConfig(
+                name=ep.name,
+                subject=ep.subject,
+                handler=runner.wrap(ep),
+                queue_group=ep.queue_group,
+                metadata={"description": ep.description},
+            )
+        )
+    return ServiceHandle(service, runner)

