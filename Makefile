@@ -32,3 +32,17 @@ bench: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data
+
+# The Dockerfile with hadolint (from the test extras), and docker-compose.yml with a real compose
+# implementation (Debian's docker-compose 1.29 in CI), in both NATS modes. Skipped with a message
+# where no docker-compose is installed.
+.PHONY: lint
+lint: $(TEST_STAMP)
+	$(BIN)/hadolint Dockerfile
+	@if command -v docker-compose >/dev/null 2>&1; then \
+		echo "docker-compose config -q (single NATS server, then the cluster profile)"; \
+		docker-compose -f docker-compose.yml config -q && \
+		docker-compose -f docker-compose.yml --env-file deploy/cluster.env config -q; \
+	else \
+		echo "lint: docker-compose not installed; compose file not validated" >&2; \
+	fi

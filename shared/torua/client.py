@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from typing import Any, TypeVar
 
 import msgspec
@@ -15,8 +16,24 @@ from torua import subjects
 from torua.connect import connect
 from torua.errors import Unavailable, error_for_code
 from torua.settings import DEFAULT_NATS_URL
+from torua.model import (
+    Chunk,
+    DeleteReply,
+    Document,
+    Entity,
+    GetReply,
+    KVReply,
+    NeighborsReply,
+    QueryReply,
+    Relation,
+    RetrieveReply,
+    SearchReply,
+    Tokens,
+    UpsertReply,
+)
 from torua.wire import (
     BroadcastReply,
+    DigestReply,
     ClusterInfo,
     HealthReply,
     NodeHealthReply,
@@ -117,6 +134,106 @@ class Client:
 
     async def node_control(self, node_id: str, op: str, params: dict[str, Any] | None = None) -> Any:
         return await self.request(subjects.node_endpoint(node_id, "control"), {"op": op, "params": params or {}})
+
+    async def node_digest(self, node_id: str, shard: int) -> DigestReply:
+        return await self._typed(subjects.node_endpoint(node_id, "digest"), DigestReply, {"shard": shard})
+
+    # --- graph --------------------------------------------------------------------------------
+
+    async def upsert(
+        self,
+        *,
+        documents: list[Document] | None = None,
+        chunks: list[Chunk] | None = None,
+        entities: list[Entity] | None = None,
+        relations: list[Relation] | None = None,
+        request_id: str | None = None,
+    ) -> UpsertReply:
+        """Write a batch; the reply's `tokens` make later reads see it (`after=`)."""
+        payload: dict[str, Any] = {
+            "documents": documents or [],
+            "chunks": chunks or [],
+            "entities": entities or [],
+            "relations": relations or [],
+            # Fixed before the first attempt, so a retry after a lost reply is stored once.
+            "request_id": request_id or uuid.uuid4().hex,
+        }
+        return await self._typed(subjects.GRAPH_UPSERT, UpsertReply, payload)
+
+    async def delete(
+        self, *, entities: list[str] | None = None, documents: list[str] | None = None, request_id: str | None = None
+    ) -> DeleteReply:
+        payload: dict[str, Any] = {
+            "entities": entities or [],
+            "documents": documents or [],
+            "request_id": request_id or uuid.uuid4().hex,
+        }
+        return await self._typed(subjects.GRAPH_DELETE, DeleteReply, payload)
+
+    async def get(self, entity_id: str, *, after: Tokens | None = None) -> GetReply:
+        return await self._typed(subjects.GRAPH_GET, GetReply, {"id": entity_id, "after": after or {}})
+
+    async def neighbors(
+        self,
+        ids: list[str],
+        *,
+        hops: int = 1,
+        direction: str = "both",
+        types: list[str] | None = None,
+        limit: int = 1000,
+        after: Tokens | None = None,
+    ) -> NeighborsReply:
+        payload = {"ids": ids, "hops": hops, "direction": direction, "types": types, "limit": limit, "after": after or {}}
+        return await self._typed(subjects.GRAPH_NEIGHBORS, NeighborsReply, payload)
+
+    # --- search and retrieval -------------------------------------------------------------------
+
+    async def search_vector(
+        self,
+        *,
+        vector: list[float] | None = None,
+        text: str | None = None,
+        k: int = 10,
+        target: str = "chunks",
+        after: Tokens | None = None,
+    ) -> SearchReply:
+        payload: dict[str, Any] = {"k": k, "target": target, "after": after or {}}
+        payload |= {"vector": vector} if vector is not None else {"text": text}
+        return await self._typed(subjects.SEARCH_VECTOR, SearchReply, payload)
+
+    async def search_text(self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None) -> SearchReply:
+        payload = {"text": text, "k": k, "target": target, "after": after or {}}
+        return await self._typed(subjects.SEARCH_TEXT, SearchReply, payload)
+
+    async def search_hybrid(
+        self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None
+    ) -> SearchReply:
+        payload = {"text": text, "k": k, "target": target, "after": after or {}}
+        return await self._typed(subjects.SEARCH_HYBRID, SearchReply, payload)
+
+    async def retrieve(
+        self, question: str, *, k: int = 5, hops: int = 2, token_budget: int = 2000, after: Tokens | None = None
+    ) -> RetrieveReply:
+        payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}}
+        return await self._typed(subjects.RAG_RETRIEVE, RetrieveReply, payload)
+
+    async def query(self, cypher: str, params: dict[str, Any] | None = None, *, after: Tokens | None = None) -> QueryReply:
+        payload = {"cypher": cypher, "params": params or {}, "after": after or {}}
+        return await self._typed(subjects.GRAPH_QUERY, QueryReply, payload)
+
+    # --- key-value ----------------------------------------------------------------------------
+
+    async def kv_put(self, key: str, value: str, *, request_id: str | None = None) -> KVReply:
+        payload = {"key": key, "value": value, "request_id": request_id or uuid.uuid4().hex}
+        return await self._typed(subjects.KV_PUT, KVReply, payload)
+
+    async def kv_get(self, key: str, *, after: Tokens | None = None) -> str:
+        reply = await self._typed(subjects.KV_GET, KVReply, {"key": key, "after": after or {}})
+        return reply.value or ""
+
+    async def kv_delete(self, key: str, *, request_id: str | None = None) -> KVReply:
+        payload = {"key": key, "request_id": request_id or uuid.uuid4().hex}
+        return await self._typed(subjects.KV_DELETE, KVReply, payload)
 
     async def wait_for_state(self, state: str = "green", timeout: float = 30.0) -> ClusterInfo:
         """Poll cluster.info until the cluster reaches `state` (green satisfies yellow)."""

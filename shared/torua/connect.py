@@ -10,9 +10,25 @@ from nats.aio.client import Client as NATS
 
 from torua.errors import Unavailable
 
-__all__ = ["connect"]
+__all__ = ["connect", "Connection"]
 
 log = logging.getLogger(__name__)
+
+
+class Connection(NATS):
+    """nats-py's client, with one fix: a flush that was cancelled or timed out leaves a cancelled
+    future in the PONG queue, and nats-py 2.16 then fails on the next PONG with InvalidStateError,
+    which ends its read loop and silently wedges the whole connection. Skip such futures instead.
+    """
+
+    async def _process_pong(self) -> None:
+        if self._pongs and self._pongs[0].done():
+            # This PONG answers a flush nobody waits for any more: consume it, resolve nothing.
+            self._pongs.pop(0)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+            return
+        await super()._process_pong()
 
 
 async def connect(url: str, *, name: str, timeout: float = 5.0, service: bool = False) -> NATS:
@@ -24,9 +40,10 @@ async def connect(url: str, *, name: str, timeout: float = 5.0, service: bool = 
     async def _quiet(exc: Exception) -> None:
         log.debug("nats: %s", exc)
 
+    nc = Connection()
     try:
-        return await asyncio.wait_for(
-            nats.connect(
+        await asyncio.wait_for(
+            nc.connect(
                 servers=[s.strip() for s in url.split(",") if s.strip()],
                 name=name,
                 connect_timeout=min(timeout, 2.0),
@@ -37,5 +54,6 @@ async def connect(url: str, *, name: str, timeout: float = 5.0, service: bool = 
             ),
             timeout,
         )
+        return nc
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise Unavailable(f"cannot connect to NATS at {url} within {timeout:g}s ({type(exc).__name__})") from None

@@ -13,6 +13,19 @@ __all__ = [
     "CLUSTER_NODES",
     "CLUSTER_SHARDS",
     "CLUSTER_BROADCAST",
+    "GRAPH_UPSERT",
+    "GRAPH_DELETE",
+    "GRAPH_GET",
+    "GRAPH_NEIGHBORS",
+    "GRAPH_QUERY",
+    "SEARCH_VECTOR",
+    "SEARCH_TEXT",
+    "SEARCH_HYBRID",
+    "RAG_RETRIEVE",
+    "RAG_ANSWER",
+    "KV_PUT",
+    "KV_GET",
+    "KV_DELETE",
     "COORDINATOR_SERVICE",
     "NODE_SERVICE",
     "API_SERVICE",
@@ -33,6 +46,20 @@ CLUSTER_INFO = "torua.cluster.info"
 CLUSTER_NODES = "torua.cluster.nodes"
 CLUSTER_SHARDS = "torua.cluster.shards"
 CLUSTER_BROADCAST = "torua.cluster.broadcast"
+
+GRAPH_UPSERT = "torua.graph.upsert"
+GRAPH_DELETE = "torua.graph.delete"
+GRAPH_GET = "torua.graph.get"
+GRAPH_NEIGHBORS = "torua.graph.neighbors"
+GRAPH_QUERY = "torua.graph.query"
+SEARCH_VECTOR = "torua.search.vector"
+SEARCH_TEXT = "torua.search.text"
+SEARCH_HYBRID = "torua.search.hybrid"
+RAG_RETRIEVE = "torua.rag.retrieve"
+RAG_ANSWER = "torua.rag.answer"
+KV_PUT = "torua.kv.put"
+KV_GET = "torua.kv.get"
+KV_DELETE = "torua.kv.delete"
 
 COORDINATOR_SERVICE = "torua-coordinator"
 NODE_SERVICE = "torua-node"

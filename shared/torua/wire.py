@@ -34,6 +34,8 @@ __all__ = [
     "ErrorDetail",
     "ErrorBody",
     "NodeInfoReply",
+    "DigestRequest",
+    "DigestReply",
 ]
 
 ReplicaState = Literal["opening", "recovering", "active", "closing", "failed"]
@@ -211,3 +213,13 @@ class NodeInfoReply(Reply):
     draining: bool
     capacity: int | None
     replicas: list[dict[str, Any]]
+
+
+class DigestRequest(Request):
+    shard: int
+
+
+class DigestReply(Reply):
+    shard: int
+    applied_seq: int
+    digest: str

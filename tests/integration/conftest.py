@@ -42,3 +42,15 @@ async def client(cluster: LocalCluster) -> AsyncIterator[Client]:
     c = await Client.connect(cluster.url, request_timeout=5.0)
     yield c
     await c.close()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One small cluster for a whole module of tests that do not kill anything."""
+    opts = UpOptions(
+        nodes=2, shards=4, replicas=2, port=-1, data_dir=tmp_path_factory.mktemp("shared"), **FAST
+    )
+    cluster = LocalCluster(opts)
+    cluster.start()
+    yield cluster
+    cluster.stop(timeout=10)

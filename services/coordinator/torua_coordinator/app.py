@@ -10,13 +10,13 @@ import uuid
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, APIError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from torua import subjects
 from torua.connect import connect
 from torua.endpoints import ServiceHandle
 from torua.errors import ConfigError
+from torua.streams import ensure_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
 
 from torua_coordinator.leader import Lease
@@ -26,18 +26,9 @@ from torua_coordinator.service import start_cluster_service
 from torua_coordinator.settings import CoordinatorSettings
 from torua_coordinator.shardmap import next_entries, same_layout
 
-__all__ = ["Coordinator", "ensure_bucket"]
+__all__ = ["Coordinator"]
 
 log = logging.getLogger(__name__)
-
-
-async def ensure_bucket(nc: NATS, replicas: int = 1):
-    js = nc.jetstream()
-    try:
-        return await js.key_value(subjects.KV_BUCKET)
-    except BucketNotFoundError:
-        cfg = KeyValueConfig(bucket=subjects.KV_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas)
-        return await js.create_key_value(cfg)
 
 
 class Coordinator:
@@ -57,6 +48,7 @@ class Coordinator:
         s = self.settings
         self.nc = await connect(s.nats_url, name=s.coordinator_id, timeout=s.connect_timeout, service=True)
         self.kv = await ensure_bucket(self.nc, s.nats_replicas)
+        await ensure_wal_stream(self.nc, s.nats_replicas)
         self.lease = Lease(self.kv, s.coordinator_id, s.lease_ttl)
         await self._load_or_create_map()
         await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)

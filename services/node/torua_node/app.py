@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -14,11 +15,17 @@ from nats.js.kv import KeyValue
 from torua import subjects
 from torua.connect import connect
 from torua.endpoints import ServiceHandle, encode
+from torua.errors import NotFound
 from torua.version import __version__
-from torua.wire import Announce, Heartbeat, NodeInfoReply, ShardMap
+from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
 
+from torua_node.digest import content_digest, counts
 from torua_node.identity import load_identity
+from torua_node.replica import ShardReplica
+from torua_node.schema import read_applied_seq
+from torua_node.storage import Conn
 from torua_node.replicas import ReplicaManager
+from torua_node.router import Router, start_router_service
 from torua_node.service import start_node_service
 from torua_node.settings import NodeSettings
 
@@ -34,6 +41,7 @@ class Node:
         self.node_id, self.incarnation = ident.node_id, ident.incarnation
         self.replicas = ReplicaManager(
             settings.data_dir / "shards",
+            node_id=self.node_id,
             buffer_pool_mb=settings.buffer_pool_mb,
             max_db_size_gb=settings.max_db_size_gb,
         )
@@ -54,6 +62,8 @@ class Node:
         s = self.settings
         self.nc = await connect(s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True)
         self._services.append(await start_node_service(self))
+        self.router = Router(self.nc, lambda: self.shardmap)
+        self._services.append(await start_router_service(self.nc, self.router))
         await self._announce("join")
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -176,7 +186,7 @@ class Node:
         if self.shardmap is not None and smap.revision < self.shardmap.revision:
             return
         self.shardmap = smap
-        if await self.replicas.reconcile(smap.shards_of(self.node_id)):
+        if await self.replicas.reconcile(smap.shards_of(self.node_id), self.nc, smap.embedding_dim):
             await self._send_heartbeat()  # tell the coordinator at once, not at the next beat
 
     async def info(self) -> NodeInfoReply:
@@ -187,5 +197,23 @@ class Node:
             uptime_s=round(time.monotonic() - self.started, 3),
             draining=self.draining,
             capacity=self.settings.node_max_shards,
-            replicas=[msgspec.to_builtins(s) for s in self.replicas.statuses()],
+            replicas=[await self._replica_info(r) for _, r in sorted(self.replicas.replicas.items())],
         )
+
+    async def _replica_info(self, replica: ShardReplica) -> dict[str, Any]:
+        info: dict[str, Any] = msgspec.to_builtins(replica.status())
+        if replica.state in ("recovering", "active"):
+            info["counts"] = await replica.store.call(counts)
+        return info
+
+    async def digest(self, shard: int) -> DigestReply:
+        replica = self.replicas.replicas.get(shard)
+        if replica is None or replica.state not in ("recovering", "active"):
+            raise NotFound(f"shard {shard} has no open replica on node {self.node_id}")
+        seq, value = await replica.store.call(_seq_and_digest)
+        return DigestReply(shard=shard, applied_seq=seq, digest=value)
+
+
+def _seq_and_digest(conn: Conn) -> tuple[int, str]:
+    # One call on the shard thread: the position and the content are read at the same point.
+    return read_applied_seq(conn), content_digest(conn)

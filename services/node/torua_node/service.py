@@ -9,7 +9,7 @@ from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
 from torua.errors import BadRequest
 from torua.version import __version__
-from torua.wire import ControlRequest, Empty, NodeHealthReply, NodeInfoReply
+from torua.wire import ControlRequest, DigestReply, DigestRequest, Empty, NodeHealthReply, NodeInfoReply
 
 if TYPE_CHECKING:
     from torua_node.app import Node
@@ -30,6 +30,9 @@ class NodeApi:
 
     async def info(self, _: Empty) -> NodeInfoReply:
         return await self.node.info()
+
+    async def digest(self, req: DigestRequest) -> DigestReply:
+        return await self.node.digest(req.shard)
 
     async def control(self, req: ControlRequest) -> Any:
         n = self.node
@@ -58,7 +61,22 @@ async def start_node_service(node: Node) -> ServiceHandle:
     nid = node.node_id
     eps = [
         Endpoint("health", subjects.node_endpoint(nid, "health"), api.health, Empty, "Is this node up"),
-        Endpoint("info", subjects.node_endpoint(nid, "info"), api.info, Empty, "Replicas hosted, their state and counts"),
+        Endpoint(
+            "info",
+            subjects.node_endpoint(nid, "info"),
+            api.info,
+            Empty,
+            "Replicas hosted: state, applied_seq and counts",
+            concurrent=True,
+        ),
+        Endpoint(
+            "digest",
+            subjects.node_endpoint(nid, "digest"),
+            api.digest,
+            DigestRequest,
+            "Content hash of one shard replica, equal on replicas at the same applied_seq",
+            concurrent=True,
+        ),
         Endpoint(
             "control",
             subjects.node_endpoint(nid, "control"),

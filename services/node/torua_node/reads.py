@@ -1,0 +1,92 @@
+"""Local reads of one shard replica. Stubs are storage detail: never returned as entities."""
+
+from __future__ import annotations
+
+import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
+from typing import Any, Literal
+
+import kuzu
+import msgspec
+import pyarrow as pa
+
+from torua.model import EdgeOut, EntityOut
+
+__all__ = ["get_entity", "entities_by_ids", "edges", "kv_get"]
+
+Direction = Literal["out", "in", "both"]
+_ENTITY_COLS = "e.id, e.name, e.type, e.description, e.properties"
+_EDGE_COLS = "a.id, r.type, b.id, r.weight, r.properties, r.chunks"
+
+
+def get_entity(conn: kuzu.Connection, id: str) -> EntityOut | None:  # noqa: A002 - API name
+    rows = conn.execute(
+        f"MATCH (e:Entity {{id: $id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}, e.embedding", {"id": id}
+    ).get_all()
+    return _entity(rows[0][:5], rows[0][5]) if rows else None
+
+
+def entities_by_ids(conn: kuzu.Connection, ids: list[str], *, embeddings: bool = False) -> list[EntityOut]:
+    """The non-stub entities among `ids`, in the order first requested; absent ids are skipped."""
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return []
+    extra = ", e.embedding" if embeddings else ""
+    rows = conn.execute(
+        f"LOAD FROM $t MATCH (e:Entity {{id: u_id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}{extra}",
+        {"t": pa.table({"u_id": pa.array(wanted, pa.string())})},
+    ).get_all()
+    found = {r[0]: _entity(r[:5], r[5] if embeddings else None) for r in rows}
+    return [found[i] for i in wanted if i in found]
+
+
+def edges(
+    conn: kuzu.Connection, ids: list[str], direction: Direction, types: list[str] | None, limit: int
+) -> list[EdgeOut]:
+    """The RELATES edges stored here that leave (`out`), enter (`in`) or touch (`both`) any of `ids`,
+    ordered by (source, type, target), each once, at most `limit`. `types` None or empty: all types."""
+    if direction not in ("out", "in", "both"):
+        raise ValueError(f"direction must be out, in or both, not {direction!r}")
+    wanted = list(dict.fromkeys(ids))
+    if not wanted or limit <= 0:
+        return []
+    patterns = []
+    if direction in ("out", "both"):
+        patterns.append("(a:Entity {id: u_id})-[r:RELATES]->(b:Entity)")
+    if direction in ("in", "both"):
+        patterns.append("(a:Entity)-[r:RELATES]->(b:Entity {id: u_id})")
+    where = " WHERE r.type IN $types" if types else ""
+    params: dict[str, Any] = {"t": pa.table({"u_id": pa.array(wanted, pa.string())}), "n": limit}
+    if types:
+        params["types"] = list(types)
+    found: dict[tuple[str, str, str], list[Any]] = {}
+    for pattern in patterns:
+        # Kuzu orders strings by code point like Python, so each side's first `limit` rows hold the
+        # merged first `limit`.
+        q = (f"LOAD FROM $t MATCH {pattern}{where} RETURN {_EDGE_COLS}"
+             " ORDER BY a.id, r.type, b.id LIMIT $n")
+        for row in conn.execute(q, params).get_all():
+            found.setdefault((row[0], row[1], row[2]), row)
+    return [_edge(found[k]) for k in sorted(found)[:limit]]
+
+
+def kv_get(conn: kuzu.Connection, key: str) -> str | None:
+    rows = conn.execute("MATCH (k:KV {key: $k}) RETURN k.value", {"k": key}).get_all()
+    return rows[0][0] if rows else None
+
+
+def _props(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    value = msgspec.json.decode(text)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _entity(row: list[Any], embedding: list[float] | None) -> EntityOut:
+    id_, name, type_, description, properties = row
+    return EntityOut(id=id_, name=name or "", type=type_ or "", description=description or "",
+                     properties=_props(properties), embedding=embedding)
+
+
+def _edge(row: list[Any]) -> EdgeOut:
+    s, ty, t, w, p, ch = row
+    return EdgeOut(source=s, target=t, type=ty, weight=w, properties=_props(p), chunks=list(ch or []))

@@ -1,0 +1,177 @@
+"""One shard replica's life: open, replay the log until caught up, serve, keep applying.
+
+The replica's position in the log (`applied_seq`) lives in Kuzu, written in the same transaction
+as each change, so a crash at any point resumes exactly where the database is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from nats.errors import TimeoutError as NatsTimeout
+
+from torua.endpoints import ServiceHandle
+from torua.errors import Unavailable
+from torua.streams import WAL_STREAM, wal_subject
+from torua.wire import ReplicaStatus
+
+from torua_node.apply import ApplyResult, apply_batch
+from torua_node.schema import init_schema, read_applied_seq
+from torua_node.shard_api import start_shard_service
+from torua_node.storage import ShardStore
+from torua_node.textindex import TextIndex, load_text_indexes, texts_for
+from torua_node.vectors import VectorIndex, load_indexes
+
+__all__ = ["ShardReplica"]
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 512
+# How long a read carrying a write token waits for this replica to apply that far.
+READ_WAIT_S = 2.0
+
+
+class ShardReplica:
+    def __init__(self, shard: int, store: ShardStore, nc: NATS, node_id: str, dim: int) -> None:
+        self.shard = shard
+        self.store = store
+        self.nc = nc
+        self.node_id = node_id
+        self.dim = dim
+        self.state = "opening"
+        self.applied_seq = 0
+        self.error: str | None = None
+        self.failures = 0
+        self.entity_index = VectorIndex(dim)
+        self.chunk_index = VectorIndex(dim)
+        self.entity_text = TextIndex()
+        self.chunk_text = TextIndex()
+        self._applied = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._service: ServiceHandle | None = None
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(
+            shard=self.shard, state=self.state, applied_seq=self.applied_seq, error=self.error  # type: ignore[arg-type]
+        )
+
+    async def start(self) -> None:
+        await self.store.open(lambda conn: init_schema(conn, self.dim))
+        self.applied_seq = await self.store.call(read_applied_seq)
+        self.entity_index, self.chunk_index = await self.store.call(load_indexes, self.dim)
+        self.entity_text, self.chunk_text = await self.store.call(load_text_indexes)
+        self.state = "recovering"
+        self._task = asyncio.create_task(self._follow_log(), name=f"wal-{self.shard}")
+
+    async def stop(self) -> None:
+        self.state = "closing"
+        if self._service is not None:
+            await self._service.stop()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.store.close()
+
+    # --- reads wait for writes they depend on -------------------------------------------------
+
+    async def wait_applied(self, seq: int, timeout: float = READ_WAIT_S) -> None:
+        if self.applied_seq >= seq:
+            return
+        try:
+            async with self._applied:
+                await asyncio.wait_for(self._applied.wait_for(lambda: self.applied_seq >= seq), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"shard {self.shard} replica on {self.node_id} has applied up to {self.applied_seq}, "
+                f"not yet {seq}; retry"
+            ) from None
+
+    # --- the log ------------------------------------------------------------------------------
+
+    async def _log_end(self) -> int:
+        try:
+            msg = await self.nc.jetstream().get_last_msg(WAL_STREAM, wal_subject(self.shard))
+            return msg.seq or 0
+        except NotFoundError:
+            return 0
+
+    async def _follow_log(self) -> None:
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - consumer lost (NATS restart, gap): resume from Kuzu's position
+                log.warning("shard %d: log consumer restarting after %s", self.shard, type(exc).__name__)
+                await asyncio.sleep(0.5)
+
+    async def _consume(self) -> None:
+        js = self.nc.jetstream()
+        catch_up_to = await self._log_end()
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.applied_seq + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+            max_ack_pending=-1,
+        )
+        sub = await js.pull_subscribe(wal_subject(self.shard), stream=WAL_STREAM, config=config)
+        last_consumer_seq = 0
+        try:
+            while True:
+                if self.state == "recovering" and self.applied_seq >= catch_up_to:
+                    await self._activate()
+                try:
+                    msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
+                except NatsTimeout:
+                    continue
+                batch = []
+                for m in msgs:
+                    meta = m.metadata
+                    if meta.sequence.consumer != last_consumer_seq + 1:
+                        raise RuntimeError("gap in consumer sequence")
+                    last_consumer_seq = meta.sequence.consumer
+                    batch.append((meta.sequence.stream, m.data))
+                if batch:
+                    await self._apply(batch)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection gone
+                pass
+
+    async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
+        started = time.perf_counter()
+        result = await self.store.call(apply_batch, batch, self.dim)
+        result.update_indexes(self.entity_index, self.chunk_index)
+        await self._update_text(result)
+        for seq, err in result.failures:
+            self.failures += 1
+            self.error = f"entry {seq} skipped: {err}"
+            log.error("shard %d: %s", self.shard, self.error)
+        async with self._applied:
+            self.applied_seq = result.applied_seq
+            self._applied.notify_all()
+        log.debug("shard %d applied %d entries in %.1f ms", self.shard, len(batch), (time.perf_counter() - started) * 1e3)
+        if result.error is not None:
+            # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log.
+            raise RuntimeError(f"apply stopped early: {result.error}")
+
+    async def _update_text(self, result: ApplyResult) -> None:
+        # Every upsert carries a vector, so the vector delta names every row whose text may have changed.
+        self.entity_text.remove(result.entities_removed)
+        self.chunk_text.remove(result.chunks_removed)
+        if result.entity_ids:
+            self.entity_text.upsert(await self.store.call(texts_for, "Entity", result.entity_ids))
+        if result.chunk_ids:
+            self.chunk_text.upsert(await self.store.call(texts_for, "Chunk", result.chunk_ids))
+
+    async def _activate(self) -> None:
+        self._service = await start_shard_service(self)
+        self.state = "active"
+        log.info("shard %d replica caught up at %d and serving", self.shard, self.applied_seq)

@@ -1,0 +1,193 @@
+"""`torua.rag.retrieve`: question -> seeds -> k-hop expansion -> ranked chunks -> context.
+
+Multi-hop questions are the point: the chunk that answers the last hop usually shares no words with
+the question, so it is found through the graph — it mentions an entity reached from the seeds, and
+it states a relation on the path — rather than by lexical or vector similarity. Scoring is in
+graphrank.py; this module fetches what it needs from the shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from torua.hashing import shard_for
+from torua.model import (
+    EdgeOut,
+    EntityOut,
+    Hit,
+    RetrievedChunk,
+    RetrievedEntity,
+    RetrievedRelation,
+    RetrieveReply,
+    RetrieveRequest,
+    ShardStatus,
+    Tokens,
+)
+
+from torua_node.chunks import ChunkOut, Mention
+from torua_node.graphrank import ChunkScores, Weights, entity_relevance, relation_score, seed_weights, spread, stems
+from torua_node.ranking import rrf
+from torua_node.shard_api import ChunksReply, MentionsReply, ShardChunks, ShardMentions
+
+if TYPE_CHECKING:
+    from torua_node.router import Router
+    from torua_node.search import Search
+
+__all__ = ["Retriever", "approx_tokens", "build_context"]
+
+Status = dict[str, ShardStatus]
+SEED_DEPTH = 20
+SEED_ENTITIES = 5
+EXPAND_LIMIT = 300
+CONTEXT_RELATIONS = 20
+
+
+def approx_tokens(text: str) -> int:
+    """About four characters per token, as for English with common tokenizers."""
+    return max(1, (len(text) + 3) // 4)
+
+
+class Retriever:
+    def __init__(self, router: Router, search: Search, weights: Weights | None = None) -> None:
+        self.router = router
+        self.search = search
+        self.w = weights or Weights()
+
+    async def retrieve(self, req: RetrieveRequest) -> RetrieveReply:
+        status: Status = {}
+        direct, entity_hits = await self._search(req, status)
+        seeds = seed_weights(entity_hits)
+        reached, edges = await self.router.traverse(list(seeds), req.hops, "both", None, EXPAND_LIMIT, req.after, status)
+        question = stems(req.question)
+        weight = spread(seeds, edges, req.hops, question, self.w)
+        entities = {e.id: e for e in await self.router.entities(list(reached), req.after, status)}
+        scores = ChunkScores()
+        best = direct[0].score if direct else 1.0
+        for hit in direct:
+            scores.add(hit.id, self.w.direct * hit.score / best)
+        mentions = await self._mentions(list(reached), req.after, status)
+        for m in mentions:
+            ent = entities.get(m.entity_id)
+            etype = ent.type if ent else ""
+            scores.add(m.chunk_id, self.w.mention * entity_relevance(weight.get(m.entity_id, 0.0), etype, question, self.w))
+        rel_scores = {(e.source, e.type, e.target): relation_score(e, weight, question, self.w) for e in edges}
+        for e in edges:
+            for chunk_id in e.chunks:
+                scores.add(chunk_id, self.w.provenance * rel_scores[(e.source, e.type, e.target)])
+        ranked = scores.ranked(req.k)
+        located = {m.chunk_id: m.document_id for m in mentions}
+        hit_shard = {h.id: h.shard for h in direct}
+        chunks = await self._chunks([c for c, _ in ranked], located, hit_shard, req.after, status)
+        top_edges = sorted(edges, key=lambda e: (-rel_scores[(e.source, e.type, e.target)], e.source, e.type, e.target))
+        return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
+
+    async def _search(self, req: RetrieveRequest, status: Status) -> tuple[list[Hit], list[Hit]]:
+        s, after = self.search, req.after
+        vec = s.embed(req.question)
+        chunk_bm25, chunk_vec, entity_bm25 = await asyncio.gather(
+            s.text_hits(req.question, SEED_DEPTH, "chunks", after, status),
+            s.vector_hits(vec, SEED_DEPTH, "chunks", after, status),
+            s.text_hits(req.question, SEED_ENTITIES, "entities", after, status),
+        )
+        return rrf([chunk_bm25, chunk_vec], SEED_DEPTH), entity_bm25
+
+    async def _mentions(self, entity_ids: list[str], after: Tokens, status: Status) -> list[Mention]:
+        r = self.router
+        groups: dict[int, list[str]] = defaultdict(list)
+        for entity_id in entity_ids:
+            groups[r.owner(entity_id)].append(entity_id)
+
+        def call(shard: int, ids: list[str]):
+            req = ShardMentions(entity_ids=ids, after=r.after(after, shard))
+            return lambda: r.shard_call(shard, "mentions", req, MentionsReply)
+
+        replies = await r.gather_shards({s: call(s, ids) for s, ids in groups.items()}, status)
+        return sorted((m for rep in replies.values() for m in rep.mentions), key=lambda m: (m.chunk_id, m.entity_id))
+
+    async def _chunks(
+        self, ids: list[str], located: dict[str, str], hit_shard: dict[str, int], after: Tokens, status: Status
+    ) -> dict[str, tuple[ChunkOut, int]]:
+        """Chunk rows from their owning shards; a chunk known only by id is asked of every shard."""
+        r = self.router
+        n = r.shardmap().num_shards
+        groups: dict[int, list[str]] = defaultdict(list)
+        for chunk_id in ids:
+            if chunk_id in located:
+                groups[shard_for(located[chunk_id], n)].append(chunk_id)
+            elif chunk_id in hit_shard:
+                groups[hit_shard[chunk_id]].append(chunk_id)
+            else:
+                for s in range(n):
+                    groups[s].append(chunk_id)
+
+        def call(shard: int, group: list[str]):
+            req = ShardChunks(ids=group, after=r.after(after, shard))
+            return lambda: r.shard_call(shard, "chunks", req, ChunksReply)
+
+        replies = await r.gather_shards({s: call(s, g) for s, g in groups.items()}, status)
+        return {c.id: (c, s) for s, reply in replies.items() for c in reply.chunks}
+
+    def _reply(
+        self,
+        req: RetrieveRequest,
+        ranked: list[tuple[str, float]],
+        chunks: dict[str, tuple[ChunkOut, int]],
+        entities: dict[str, EntityOut],
+        reached: dict[str, int],
+        edges: list[EdgeOut],
+        status: Status,
+    ) -> RetrieveReply:
+        owner = self.router.owner
+        picked = [
+            RetrievedChunk(
+                id=c.id, document_id=c.document_id, text=c.text, score=round(score, 6), shard=s, entities=c.entities
+            )
+            for cid, score in ranked
+            if cid in chunks
+            for c, s in [chunks[cid]]
+        ]
+        names = {i: e.name or i for i, e in entities.items()}
+        context, used = build_context(picked, edges, names, req.token_budget)
+        on_paths = {e.source for e in edges} | {e.target for e in edges} | {i for i, h in reached.items() if h == 0}
+        return RetrieveReply(
+            context=context,
+            chunks=picked,
+            entities=[
+                RetrievedEntity(id=e.id, name=e.name, type=e.type, hop=reached[e.id], shard=owner(e.id))
+                for e in sorted(entities.values(), key=lambda e: (reached[e.id], e.id))
+                if e.id in on_paths
+            ],
+            relations=[
+                RetrievedRelation(
+                    source=e.source, target=e.target, type=e.type, weight=e.weight, chunks=e.chunks, shard=owner(e.source)
+                )
+                for e in edges
+            ],
+            partial=any(not st.ok for st in status.values()),
+            shards=status,
+            tokens_used=used,
+        )
+
+
+def build_context(chunks: list[RetrievedChunk], edges: list[EdgeOut], names: dict[str, str], budget: int) -> tuple[str, int]:
+    """Passages first (best first), then the relations on the paths, as long as the budget allows."""
+    parts: list[str] = []
+    used = 0
+    for c in chunks:
+        block = f"[{c.id}] {c.text}"
+        cost = approx_tokens(block)
+        if used + cost <= budget:
+            parts.append(block)
+            used += cost
+    facts = []
+    for e in edges:
+        line = f"- {names.get(e.source, e.source)} {e.type} {names.get(e.target, e.target)}"
+        cost = approx_tokens(line)
+        if used + cost <= budget:
+            facts.append(line)
+            used += cost
+    if facts:
+        parts.append("Relations:\n" + "\n".join(facts))
+    return "\n\n".join(parts), used

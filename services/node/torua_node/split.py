@@ -1,0 +1,142 @@
+"""Validate a write and split it into one write-ahead-log entry per shard. Pure: no I/O.
+
+Placement (DESIGN §3): an entity lives on shard(id); a chunk on shard(document_id); a relation on
+shard(source) and, as the incoming copy, on shard(target); a mention on the chunk's shard and on
+the entity's shard. Deletes go to every shard, since copies and stubs may be anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from torua.embedding import Embedder
+from torua.errors import BadRequest, PayloadTooLarge
+from torua.hashing import shard_for
+from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, Entity, UpsertRequest
+
+from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, WalMention, WalRelation
+
+__all__ = ["split_upsert", "split_delete", "split_kv", "kv_shard", "validate_upsert"]
+
+
+def _json(value: object) -> str:
+    # Sorted keys: the same properties always give the same stored text on every replica.
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _check_vector(vec: Sequence[float] | None, dim: int, where: str) -> None:
+    if vec is None:
+        return
+    if len(vec) != dim:
+        raise BadRequest(f"{where} has {len(vec)} values; this cluster's embedding_dim is {dim}")
+    if not all(math.isfinite(x) for x in vec):
+        raise BadRequest(f"{where} contains a value that is not a finite number")
+
+
+def validate_upsert(req: UpsertRequest, dim: int) -> None:
+    """Everything msgspec's schema cannot say; errors name the field."""
+    if not (req.documents or req.chunks or req.entities or req.relations):
+        raise BadRequest("nothing to write: give at least one of documents, chunks, entities, relations")
+    for i, e in enumerate(req.entities):
+        _check_vector(e.embedding, dim, f"entities[{i}].embedding")
+    for i, c in enumerate(req.chunks):
+        _check_vector(c.embedding, dim, f"chunks[{i}].embedding")
+    for i, r in enumerate(req.relations):
+        if not math.isfinite(r.weight):
+            raise BadRequest(f"relations[{i}].weight must be a finite number")
+    for field, items in (("documents", req.documents), ("entities", req.entities), ("relations", req.relations)):
+        for i, item in enumerate(items):
+            props = getattr(item, "metadata", None) if field == "documents" else item.properties
+            _check_json_numbers(props, f"{field}[{i}].{'metadata' if field == 'documents' else 'properties'}")
+
+
+def _check_json_numbers(value: object, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{where} contains a number that is not finite")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json_numbers(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            _check_json_numbers(v, where)
+
+
+def _vectors(texts: list[str], given: list[Sequence[float] | None], embedder: Embedder) -> list[bytes]:
+    """Little-endian float32 bytes per row; missing ones computed by the embedder in one call."""
+    missing = [i for i, v in enumerate(given) if v is None]
+    computed = embedder.embed([texts[i] for i in missing]) if missing else None
+    out: list[bytes] = []
+    row = 0
+    for v in given:
+        if v is None:
+            assert computed is not None
+            out.append(computed[row].astype("<f4").tobytes())
+            row += 1
+        else:
+            out.append(np.asarray(v, dtype="<f4").tobytes())
+    return out
+
+
+def _entity_text(e: Entity) -> str:
+    return f"{e.name}. {e.description}".strip() if e.description else (e.name or e.id)
+
+
+def split_upsert(
+    req: UpsertRequest, num_shards: int, embedder: Embedder, request_id: str, ts: float
+) -> dict[int, WalEntry]:
+    validate_upsert(req, embedder.dim)
+    entries: dict[int, WalEntry] = {}
+
+    def entry(shard: int) -> WalEntry:
+        if shard not in entries:
+            entries[shard] = WalEntry(request_id=request_id, ts=ts)
+        return entries[shard]
+
+    shard: Callable[[str], int] = lambda key: shard_for(key, num_shards)  # noqa: E731
+    for d in req.documents:
+        entry(shard(d.id)).documents.append(WalDocument(d.id, d.title, _json(d.metadata)))
+    ent_vecs = _vectors([_entity_text(e) for e in req.entities], [e.embedding for e in req.entities], embedder)
+    for e, vec in zip(req.entities, ent_vecs):
+        entry(shard(e.id)).entities.append(WalEntity(e.id, e.name, e.type, e.description, _json(e.properties), vec))
+    chunk_vecs = _vectors([c.text for c in req.chunks], [c.embedding for c in req.chunks], embedder)
+    for c, vec in zip(req.chunks, chunk_vecs):
+        home = shard(c.document_id)
+        entry(home).chunks.append(WalChunk(c.id, c.document_id, c.text, c.position, vec))
+        _add_mentions(c, home, shard, entry)
+    for r in req.relations:
+        rel = WalRelation(r.source, r.target, r.type, float(r.weight), _json(r.properties), list(r.chunks))
+        for s in {shard(r.source), shard(r.target)}:
+            entry(s).relations.append(rel)
+    return entries
+
+
+def _add_mentions(c: Chunk, home: int, shard: Callable[[str], int], entry: Callable[[int], WalEntry]) -> None:
+    for entity_id in dict.fromkeys(c.entities):  # dedupe, keep order
+        mention = WalMention(c.id, c.document_id, entity_id)
+        for s in {home, shard(entity_id)}:
+            entry(s).mentions.append(mention)
+
+
+def split_delete(req: DeleteRequest, num_shards: int, request_id: str, ts: float) -> dict[int, WalEntry]:
+    if not (req.entities or req.documents):
+        raise BadRequest("nothing to delete: give entities or documents (lists of ids)")
+    ents, docs = list(dict.fromkeys(req.entities)), list(dict.fromkeys(req.documents))
+    return {
+        s: WalEntry(request_id=request_id, ts=ts, delete_entities=ents, delete_documents=docs)
+        for s in range(num_shards)
+    }
+
+
+def kv_shard(key: str, num_shards: int) -> int:
+    # Prefixed so keys and graph ids that happen to be equal are placed independently.
+    return shard_for(f"kv:{key}", num_shards)
+
+
+def split_kv(key: str, value: str | None, num_shards: int, request_id: str, ts: float) -> dict[int, WalEntry]:
+    if value is not None and len(value.encode("utf-8")) > MAX_KV_VALUE_BYTES:
+        raise PayloadTooLarge(f"value is {len(value.encode('utf-8'))} bytes; the limit is {MAX_KV_VALUE_BYTES} (1 MiB)")
+    return {kv_shard(key, num_shards): WalEntry(request_id=request_id, ts=ts, kv=[WalKV(key, value)])}

@@ -1,0 +1,113 @@
+"""BM25 over one shard's chunk texts and entity names/descriptions, kept in memory like the vectors.
+
+Scores are made comparable across shards by computing BM25's corpus statistics globally: the
+router first asks every shard for its document frequencies, document count and total length, then
+sends the global IDF and average length with the query. Each shard then scores its documents
+exactly as one index over all the data would.
+"""
+
+from __future__ import annotations
+
+import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+import kuzu
+
+from torua.embedding import tokenize
+
+__all__ = ["TextIndex", "bm25_idf", "query_terms", "load_text_indexes", "entity_text", "texts_for"]
+
+K1 = 1.2
+B = 0.75
+STOPWORDS = frozenset(
+    "a an and are as at be by did do does for from had has have he her his how i in is it its of on or "
+    "she that the their them they this to was were what when where which who whom whose why will with".split()
+)
+
+
+def query_terms(text: str) -> list[str]:
+    """Distinct content words of a query, in order."""
+    return list(dict.fromkeys(t for t in tokenize(text) if t not in STOPWORDS))
+
+
+def _terms(text: str) -> list[str]:
+    return [t for t in tokenize(text) if t not in STOPWORDS]
+
+
+def bm25_idf(df: int, n_docs: int) -> float:
+    return math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+
+
+def entity_text(name: str | None, description: str | None) -> str:
+    return f"{name or ''} {description or ''}".strip()
+
+
+class TextIndex:
+    def __init__(self) -> None:
+        self._postings: dict[str, dict[str, int]] = {}
+        self._docs: dict[str, Counter[str]] = {}
+        self._lengths: dict[str, int] = {}
+        self.total_length = 0
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def upsert(self, items: Iterable[tuple[str, str]]) -> None:
+        for doc_id, text in items:
+            self.remove([doc_id])
+            terms = Counter(_terms(text))
+            self._docs[doc_id] = terms
+            length = sum(terms.values())
+            self._lengths[doc_id] = length
+            self.total_length += length
+            for term, tf in terms.items():
+                self._postings.setdefault(term, {})[doc_id] = tf
+
+    def remove(self, doc_ids: Iterable[str]) -> None:
+        for doc_id in doc_ids:
+            terms = self._docs.pop(doc_id, None)
+            if terms is None:
+                continue
+            self.total_length -= self._lengths.pop(doc_id)
+            for term in terms:
+                posting = self._postings[term]
+                del posting[doc_id]
+                if not posting:
+                    del self._postings[term]
+
+    def stats(self, terms: list[str]) -> tuple[dict[str, int], int, int]:
+        """(document frequency per term, number of documents, total length) of this shard."""
+        return {t: len(self._postings.get(t, ())) for t in terms}, len(self._lengths), self.total_length
+
+    def search(self, idf: dict[str, float], avg_length: float, k: int) -> list[tuple[str, float]]:
+        """Top k by BM25 with the given global statistics; ties broken by id."""
+        scores: dict[str, float] = {}
+        avg = avg_length or 1.0
+        for term, weight in idf.items():
+            for doc_id, tf in self._postings.get(term, {}).items():
+                norm = tf + K1 * (1 - B + B * self._lengths[doc_id] / avg)
+                scores[doc_id] = scores.get(doc_id, 0.0) + weight * tf * (K1 + 1) / norm
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def texts_for(conn: kuzu.Connection, table: str, ids: list[str]) -> list[tuple[str, str]]:
+    """(id, indexed text) of the non-stub rows among `ids`."""
+    if not ids:
+        return []
+    cols = "n.name, n.description" if table == "Entity" else "n.text, ''"
+    rows = conn.execute(
+        f"MATCH (n:{table}) WHERE n.id IN $ids AND NOT n.stub RETURN n.id, {cols}", {"ids": ids}
+    ).get_all()
+    return [(r[0], entity_text(r[1], r[2]) if table == "Entity" else (r[1] or "")) for r in rows]
+
+
+def load_text_indexes(conn: kuzu.Connection) -> tuple[TextIndex, TextIndex]:
+    """(entities, chunks) rebuilt from the database on open."""
+    entities, chunks = TextIndex(), TextIndex()
+    rows = conn.execute("MATCH (n:Entity) WHERE NOT n.stub RETURN n.id, n.name, n.description").get_all()
+    entities.upsert((r[0], entity_text(r[1], r[2])) for r in rows)
+    rows = conn.execute("MATCH (n:Chunk) WHERE NOT n.stub RETURN n.id, n.text").get_all()
+    chunks.upsert((r[0], r[1] or "") for r in rows)
+    return entities, chunks

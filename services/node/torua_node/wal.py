@@ -1,0 +1,96 @@
+"""The write-ahead log: one JetStream stream, one subject per shard, one entry per request and shard.
+
+Entries are msgpack (compact, and embeddings travel as raw little-endian float32 bytes). Everything
+an entry needs to be applied is inside it — ids, timestamps and embeddings are fixed by the writer —
+so every replica applying the same entries ends with the same content.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from torua.streams import WAL_STREAM as STREAM
+from torua.streams import wal_subject
+
+__all__ = [
+    "STREAM",
+    "wal_subject",
+    "WalDocument",
+    "WalEntity",
+    "WalChunk",
+    "WalRelation",
+    "WalMention",
+    "WalKV",
+    "WalEntry",
+    "encode_entry",
+    "decode_entry",
+]
+
+class WalDocument(msgspec.Struct, array_like=True):
+    id: str
+    title: str
+    metadata: str  # JSON text
+
+
+class WalEntity(msgspec.Struct, array_like=True):
+    id: str
+    name: str
+    type: str
+    description: str
+    properties: str  # JSON text
+    embedding: bytes  # float32 little-endian, exactly dim values
+
+
+class WalChunk(msgspec.Struct, array_like=True):
+    id: str
+    document_id: str
+    text: str
+    position: int
+    embedding: bytes
+
+
+class WalRelation(msgspec.Struct, array_like=True):
+    source: str
+    target: str
+    type: str
+    weight: float
+    properties: str  # JSON text
+    chunks: list[str]
+
+
+class WalMention(msgspec.Struct, array_like=True):
+    chunk_id: str
+    document_id: str
+    entity_id: str
+
+
+class WalKV(msgspec.Struct, array_like=True):
+    key: str
+    value: str | None  # None deletes
+
+
+class WalEntry(msgspec.Struct, kw_only=True):
+    """What one request does to one shard. Applied in this order: deletes, then upserts."""
+
+    request_id: str
+    ts: float  # writer's clock, stored as-is: apply never reads the clock
+    delete_entities: list[str] = []
+    delete_documents: list[str] = []
+    documents: list[WalDocument] = []
+    entities: list[WalEntity] = []
+    chunks: list[WalChunk] = []
+    relations: list[WalRelation] = []
+    mentions: list[WalMention] = []
+    kv: list[WalKV] = []
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(WalEntry)
+
+
+def encode_entry(entry: WalEntry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_entry(data: bytes) -> WalEntry:
+    return _decoder.decode(data)

@@ -1,0 +1,56 @@
+"""The default embedder: deterministic hashed word and character n-grams, no model, no network.
+
+Good enough to make `text` queries and ingestion work out of the box, and identical on every
+machine, which the write path needs: a missing embedding is computed once by the router and
+travels in the log, so every replica stores the same vector.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+import numpy as np
+import xxhash
+
+__all__ = ["Embedder", "HashEmbedder", "tokenize"]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class Embedder(Protocol):
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One float32 row per text, L2-normalised (zero rows for empty text)."""
+        ...
+
+
+class HashEmbedder:
+    """Feature hashing of words, word bigrams and character trigrams into `dim` signed buckets."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def _features(self, text: str) -> list[tuple[str, float]]:
+        words = tokenize(text)
+        feats = [(f"w:{w}", 1.0) for w in words]
+        feats += [(f"b:{a} {b}", 0.5) for a, b in zip(words, words[1:])]
+        for w in words:
+            padded = f"<{w}>"
+            feats += [(f"c:{padded[i:i + 3]}", 0.25) for i in range(len(padded) - 2)]
+        return feats
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for feat, weight in self._features(text):
+                h = xxhash.xxh64_intdigest(feat.encode())
+                out[row, h % self.dim] += weight if (h >> 63) & 1 else -weight
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
