@@ -20,6 +20,7 @@ from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, EndpointStats, Service
 
 from torua.errors import BadRequest, ToruaError
+from torua.metrics import metrics as prometheus
 from torua.wire import ErrorBody, ErrorDetail
 
 __all__ = ["Endpoint", "EndpointMetrics", "add_endpoints", "decode_request", "error_reply", "encode"]
@@ -97,7 +98,8 @@ class Endpoint:
 
 
 class _Runner:
-    def __init__(self) -> None:
+    def __init__(self, service: str) -> None:
+        self.service = service
         self.metrics: dict[str, EndpointMetrics] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(_MAX_CONCURRENT)
@@ -120,7 +122,9 @@ class _Runner:
                 log.exception("endpoint %s failed", ep.subject)
                 await _respond_error(request, 500, f"internal error ({type(exc).__name__}); see the server log")
             finally:
-                metrics.observe(time.perf_counter() - started, code)
+                elapsed = time.perf_counter() - started
+                metrics.observe(elapsed, code)
+                prometheus.observe(self.service, ep.name, elapsed, code)
 
         if not ep.concurrent:
             return serve
@@ -139,7 +143,7 @@ class _Runner:
 
     def stats_data(self, stats: EndpointStats) -> dict[str, Any]:
         m = self.metrics.get(stats.name)
-        return m.as_dict() if m else {}
+        return {**(m.as_dict() if m else {}), **prometheus.gauges()}
 
 
 async def _respond_error(request: MicroRequest, code: int, description: str) -> None:
@@ -182,7 +186,7 @@ async def add_endpoints(
 ) -> ServiceHandle:
     from nats.micro import add_service
 
-    runner = _Runner()
+    runner = _Runner(name)
     service = await add_service(
         nc,
         name=name,

@@ -23,6 +23,8 @@ class BaseServiceSettings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0)
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
     log_json: bool = False
+    # Prometheus text on http://<host>:<port>/metrics; unset: no HTTP server.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
 
 def _env_name(cls: type[BaseServiceSettings], field: str) -> str:

@@ -71,9 +71,9 @@ class LocalCluster:
                 [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
-    def start_coordinator(self, coordinator_id: str = "coordinator-1") -> subprocess.Popen[bytes]:
+    def start_coordinator(self, coordinator_id: str = "coordinator-1", **extra: str) -> subprocess.Popen[bytes]:
         self.coordinator = self._spawn(
-            "torua_coordinator", coordinator_id, self.env(TORUA_COORDINATOR_ID=coordinator_id)
+            "torua_coordinator", coordinator_id, self.env(TORUA_COORDINATOR_ID=coordinator_id, **extra)
         )
         return self.coordinator
 

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from torua.client import Client
+from torua.model import Entity, Relation
 from torua.natsserver import MAX_PAYLOAD, NatsServer, find_nats_server, start_nats_server
 from torua.settings import BaseServiceSettings, load_settings
 
@@ -326,11 +327,21 @@ def test_docker_compose_config_resolves_the_file(mode: str, tmp_path: Path) -> N
 
 
 async def exercise_data_plane(client: Client) -> None:
-    """What a compose-wired cluster answers once green: the cluster state, every shard fully replicated."""
+    """What a compose-wired cluster answers once green: every shard fully replicated, a write and
+    a read through any node's router, and the key-value store."""
     info = await client.cluster_info()
     assert info.state == "green", info
     assert info.shards.unassigned == 0 and info.shards.initializing == 0, info.shards
     assert info.shards.active == info.shards.total * info.shards.replication_factor, info.shards
+    reply = await client.upsert(
+        entities=[Entity(id="compose-a", name="A"), Entity(id="compose-b", name="B")],
+        relations=[Relation(source="compose-a", target="compose-b", type="LINKS")],
+    )
+    assert (await client.get("compose-a", after=reply.tokens)).entity.name == "A"
+    around = await client.neighbors(["compose-b"], direction="in", after=reply.tokens)
+    assert [e.source for e in around.edges] == ["compose-a"]
+    put = await client.kv_put("compose/key", "value ✓")
+    assert await client.kv_get("compose/key", after=put.token) == "value ✓"
 
 
 class ComposeProcesses:

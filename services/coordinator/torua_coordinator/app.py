@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 import time
 import uuid
 
@@ -16,6 +17,7 @@ from torua import subjects
 from torua.connect import connect
 from torua.endpoints import ServiceHandle
 from torua.errors import ConfigError
+from torua.metrics import metrics
 from torua.streams import ensure_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
 
@@ -24,11 +26,13 @@ from torua_coordinator.placement import place
 from torua_coordinator.registry import Registry
 from torua_coordinator.service import start_cluster_service
 from torua_coordinator.settings import CoordinatorSettings
-from torua_coordinator.shardmap import next_entries, same_layout
+from torua_coordinator.shardmap import next_entries, replica_counts, same_layout
 
 __all__ = ["Coordinator"]
 
 log = logging.getLogger(__name__)
+
+NODE_STATUSES = ("healthy", "unhealthy", "dead", "draining")
 
 
 class Coordinator:
@@ -43,6 +47,20 @@ class Coordinator:
         self._service: ServiceHandle | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
+        metrics.add_gauges(self._nodes_gauge)
+        metrics.add_gauges(self._replicas_gauge)
+
+    def _nodes_gauge(self):  # type: ignore[no-untyped-def]
+        by_status = Counter(r.status for r in self.registry.nodes.values())
+        samples = [([status], float(by_status.get(status, 0))) for status in NODE_STATUSES]
+        return "torua_nodes", "Known nodes by status", ["status"], samples
+
+    def _replicas_gauge(self):  # type: ignore[no-untyped-def]
+        if self.shardmap is None:
+            return "torua_shard_replicas", "Shard replicas by state", ["state"], []
+        c = replica_counts(self.shardmap.shards, self.shardmap.replication_factor)
+        samples = [(["active"], c.active), (["initializing"], c.initializing), (["unassigned"], c.unassigned)]
+        return "torua_shard_replicas", "Shard replicas by state (leader's view)", ["state"], samples
 
     async def run(self) -> None:
         s = self.settings

@@ -6,6 +6,7 @@ import sys
 
 from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
+from torua.metrics import metrics
 from torua.settings import load_settings
 
 from torua_coordinator.app import Coordinator
@@ -26,6 +27,8 @@ def main() -> None:
     try:
         settings = load_settings(CoordinatorSettings)
         setup_logging(settings.log_level, settings.log_json)
+        if settings.metrics_port is not None:
+            metrics.serve(settings.metrics_port)
         bind(role="coordinator", coordinator=settings.coordinator_id)
         asyncio.run(_run(settings))
     except ToruaError as exc:

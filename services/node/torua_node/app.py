@@ -16,6 +16,7 @@ from torua import subjects
 from torua.connect import connect
 from torua.endpoints import ServiceHandle, encode
 from torua.errors import NotFound
+from torua.metrics import metrics
 from torua.version import __version__
 from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
 
@@ -55,6 +56,15 @@ class Node:
         self._decommission = True
         self._services: list[ServiceHandle] = []
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.add_gauges(self._replica_gauge)
+        metrics.add_gauges(self._lag_gauge)
+
+    def _replica_gauge(self):  # type: ignore[no-untyped-def]
+        return "torua_replicas", "Shard replicas hosted by this node", ["node"], [([self.node_id], len(self.replicas.replicas))]
+
+    def _lag_gauge(self):  # type: ignore[no-untyped-def]
+        samples = [([str(s), r.state], float(r.lag)) for s, r in sorted(self.replicas.replicas.items())]
+        return "torua_wal_lag", "Log entries a replica has not applied yet", ["shard", "state"], samples
 
     # --- lifecycle ----------------------------------------------------------------------------
 

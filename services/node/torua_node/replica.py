@@ -47,6 +47,7 @@ class ShardReplica:
         self.applied_seq = 0
         self.error: str | None = None
         self.failures = 0
+        self.lag = 0  # log entries of this shard not yet applied, as of the last fetch
         self.entity_index = VectorIndex(dim)
         self.chunk_index = VectorIndex(dim)
         self.entity_text = TextIndex()
@@ -107,7 +108,7 @@ class ShardReplica:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - consumer lost (NATS restart, gap): resume from Kuzu's position
-                log.warning("shard %d: log consumer restarting after %s", self.shard, type(exc).__name__)
+                log.warning("shard %d: log consumer restarting after %s", self.shard, type(exc).__name__, extra={"shard": self.shard})
                 await asyncio.sleep(0.5)
 
     async def _consume(self) -> None:
@@ -139,6 +140,7 @@ class ShardReplica:
                     batch.append((meta.sequence.stream, m.data))
                 if batch:
                     await self._apply(batch)
+                    self.lag = msgs[-1].metadata.num_pending
         finally:
             try:
                 await sub.unsubscribe()
@@ -153,7 +155,7 @@ class ShardReplica:
         for seq, err in result.failures:
             self.failures += 1
             self.error = f"entry {seq} skipped: {err}"
-            log.error("shard %d: %s", self.shard, self.error)
+            log.error("shard %d: %s", self.shard, self.error, extra={"shard": self.shard})
         async with self._applied:
             self.applied_seq = result.applied_seq
             self._applied.notify_all()
@@ -174,4 +176,4 @@ class ShardReplica:
     async def _activate(self) -> None:
         self._service = await start_shard_service(self)
         self.state = "active"
-        log.info("shard %d replica caught up at %d and serving", self.shard, self.applied_seq)
+        log.info("shard %d replica caught up at %d and serving", self.shard, self.applied_seq, extra={"shard": self.shard})

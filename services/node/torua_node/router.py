@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,7 @@ from torua_node.wal import WalEntry, encode_entry, wal_subject
 
 __all__ = ["Router", "start_router_service"]
 
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 SHARD_TIMEOUT_S = 5.0
 PUBLISH_TIMEOUT_S = 10.0
@@ -109,6 +111,7 @@ class Router:
                 f"the write-ahead log did not confirm shards {failed}; retry with the same request_id "
                 f"{request_id!r} (shards already stored are not written twice)"
             )
+        log.debug("write %s stored on shards %s", request_id, sorted(payloads), extra={"request_id": request_id})
         return {str(s): int(seq) for s, seq in zip(payloads, results)}  # type: ignore[arg-type]
 
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
@@ -304,6 +307,8 @@ async def start_router_service(nc: NATS, router: Router) -> ServiceHandle:
 
     search = Search(router)
     retriever = Retriever(router, search)
+    from torua_node.answer import Answerer, AnswerRequest
+    answerer = Answerer(retriever)
     q = subjects.API_QUEUE
     eps = [
         Endpoint("upsert", subjects.GRAPH_UPSERT, router.upsert, UpsertRequest, "Write documents, chunks, entities, relations", q, True),
@@ -314,6 +319,7 @@ async def start_router_service(nc: NATS, router: Router) -> ServiceHandle:
         Endpoint("search_text", subjects.SEARCH_TEXT, search.text, TextSearchRequest, "Top-k by BM25 with global statistics", q, True),
         Endpoint("search_hybrid", subjects.SEARCH_HYBRID, search.hybrid, TextSearchRequest, "BM25 and vector fused by reciprocal rank", q, True),
         Endpoint("rag_retrieve", subjects.RAG_RETRIEVE, retriever.retrieve, RetrieveRequest, "GraphRAG context for a question", q, True),
+        Endpoint("rag_answer", subjects.RAG_ANSWER, answerer.answer, AnswerRequest, "LLM answer over rag.retrieve, citing chunk ids", q, True),
         Endpoint("kv_put", subjects.KV_PUT, router.kv_put, KVPutRequest, "Store a value under a key", q, True),
         Endpoint("kv_get", subjects.KV_GET, router.kv_get, KVGetRequest, "Read a key", q, True),
         Endpoint("kv_delete", subjects.KV_DELETE, router.kv_delete, KVDeleteRequest, "Delete a key", q, True),
