@@ -222,3 +222,31 @@ async def test_poison_entry_is_skipped_identically_by_every_replica(api: Client)
         replica = next(r for r in info.replicas if r["shard"] == shard)
         assert replica["counts"]["failures"] >= 1
         assert replica["error"] and str(ack.seq) in replica["error"]
+
+
+async def cache_counts(api: Client) -> tuple[int, int]:
+    stats = json.loads((await api.nc.request("$SRV.STATS.torua-api", b"", timeout=5)).data)
+    gauges = {g["kind"]: g["value"] for g in stats["endpoints"][0]["data"]["torua_result_cache"]}
+    return int(gauges["hits"]), int(gauges["misses"])
+
+
+async def test_result_cache_hits_and_never_serves_older_than_tokens(make_cluster) -> None:
+    cluster: LocalCluster = make_cluster(nodes=1, shards=4, replicas=1)  # one router, one cache
+    cluster.start()
+    async with await Client.connect(cluster.url) as api:
+        await api.wait_for_state("green", timeout=30)
+        first = await api.upsert(entities=[Entity(id="cache-1", name="Zyxwv quill")])
+        a = await api.search_text("zyxwv", target="entities", after=first.tokens)
+        hits, _ = await cache_counts(api)
+        b = await api.search_text("zyxwv", target="entities", after=first.tokens)
+        assert b == a and [h.id for h in a.hits] == ["cache-1"]
+        assert (await cache_counts(api))[0] == hits + 1
+        second = await api.upsert(entities=[Entity(id="cache-2", name="Zyxwv quill too")])
+        fresh = await api.search_text("zyxwv", target="entities", after=second.tokens)
+        assert {h.id for h in fresh.hits} == {"cache-1", "cache-2"}
+
+        async def seen_without_tokens() -> bool:
+            got = await api.search_text("zyxwv", target="entities")
+            return {h.id for h in got.hits} == {"cache-1", "cache-2"}
+
+        await wait_for(seen_without_tokens, timeout=10, what="cached result invalidated by the applied notice")

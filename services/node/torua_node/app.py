@@ -58,9 +58,15 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         metrics.add_gauges(self._replica_gauge)
         metrics.add_gauges(self._lag_gauge)
+        metrics.add_gauges(self._cache_gauge)
 
     def _replica_gauge(self):  # type: ignore[no-untyped-def]
         return "torua_replicas", "Shard replicas hosted by this node", ["node"], [([self.node_id], len(self.replicas.replicas))]
+
+    def _cache_gauge(self):  # type: ignore[no-untyped-def]
+        cache = self.router.cache if hasattr(self, "router") else None
+        samples = [] if cache is None else [(["hits"], cache.hits), (["misses"], cache.misses), (["entries"], len(cache))]
+        return "torua_result_cache", "Router result cache: hits, misses, entries", ["kind"], samples
 
     def _lag_gauge(self):  # type: ignore[no-untyped-def]
         samples = [([str(s), r.state], float(r.lag)) for s, r in sorted(self.replicas.replicas.items())]
@@ -73,6 +79,7 @@ class Node:
         self.nc = await connect(s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True)
         self._services.append(await start_node_service(self))
         self.router = Router(self.nc, lambda: self.shardmap)
+        await self.router.follow_applied()
         self._services.append(await start_router_service(self.nc, self.router))
         await self._announce("join")
         self._tasks = [

@@ -22,7 +22,7 @@ from torua.wire import ReplicaStatus
 
 from torua_node.apply import ApplyResult, apply_batch
 from torua_node.schema import init_schema, read_applied_seq
-from torua_node.shard_api import start_shard_service
+from torua_node.shard_api import applied_subject, start_shard_service
 from torua_node.storage import ShardStore
 from torua_node.textindex import TextIndex, load_text_indexes, texts_for
 from torua_node.vectors import VectorIndex, load_indexes
@@ -159,6 +159,7 @@ class ShardReplica:
         async with self._applied:
             self.applied_seq = result.applied_seq
             self._applied.notify_all()
+        await self.nc.publish(applied_subject(self.shard), str(self.applied_seq).encode())
         log.debug("shard %d applied %d entries in %.1f ms", self.shard, len(batch), (time.perf_counter() - started) * 1e3)
         if result.error is not None:
             # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log.

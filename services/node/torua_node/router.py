@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -45,7 +46,9 @@ from torua.streams import WAL_STREAM
 from torua.version import __version__
 from torua.wire import ShardMap
 
+from torua_node.cache import ResultCache
 from torua_node.shard_api import (
+    APPLIED_ALL,
     EdgesReply,
     EntitiesReply,
     ShardEdges,
@@ -73,6 +76,34 @@ class Router:
         self.js = nc.jetstream()
         self._shardmap = shardmap
         self._embedder: Embedder | None = None
+        self.cache = ResultCache()
+
+    async def follow_applied(self) -> None:
+        """Learn how far each shard's replicas have applied, so cached results expire in time."""
+
+        async def on_applied(msg: Msg) -> None:
+            try:
+                self.cache.note(int(msg.subject.split(".")[2]), int(msg.data))
+            except ValueError:
+                log.debug("ignoring malformed applied notice on %s", msg.subject)
+
+        await self.nc.subscribe(APPLIED_ALL, cb=on_applied)
+
+    def cached(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+        """Serve repeated reads from the cache while every shard they read is unchanged."""
+
+        async def run(req: Any) -> Any:
+            key = name.encode() + b"\0" + encode(msgspec.structs.replace(req, after={}))
+            hit = self.cache.get(key, req.after)
+            if hit is not None:
+                return hit
+            reply = await handler(req)
+            seqs = {int(s): st.applied_seq for s, st in reply.shards.items()}
+            if not reply.partial and seqs and None not in seqs.values():
+                self.cache.put(key, reply, seqs)  # type: ignore[arg-type]
+            return reply
+
+        return run
 
     def shardmap(self) -> ShardMap:
         smap = self._shardmap()
@@ -112,6 +143,8 @@ class Router:
                 f"{request_id!r} (shards already stored are not written twice)"
             )
         log.debug("write %s stored on shards %s", request_id, sorted(payloads), extra={"request_id": request_id})
+        for s, seq in zip(payloads, results):
+            self.cache.note(s, int(seq))  # type: ignore[arg-type]
         return {str(s): int(seq) for s, seq in zip(payloads, results)}  # type: ignore[arg-type]
 
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
@@ -199,8 +232,12 @@ class Router:
                 status[str(s)] = ShardStatus(ok=False, error=_reason(r))
                 continue
             out[s] = r
-            if status.get(str(s), ShardStatus(ok=True)).ok:  # one failure in a request marks it partial
+            seen = status.get(str(s))
+            if seen is None:
                 status[str(s)] = ShardStatus(ok=True, applied_seq=getattr(r, "applied_seq", None))
+            elif seen.ok and seen.applied_seq is not None:
+                # A shard read several times: its oldest answer is what the whole reply is as of.
+                seen.applied_seq = min(seen.applied_seq, getattr(r, "applied_seq", seen.applied_seq))
         return out
 
     async def entities(self, ids: list[str], after: Tokens, status: dict[str, ShardStatus]) -> list[EntityOut]:
@@ -314,11 +351,11 @@ async def start_router_service(nc: NATS, router: Router) -> ServiceHandle:
         Endpoint("upsert", subjects.GRAPH_UPSERT, router.upsert, UpsertRequest, "Write documents, chunks, entities, relations", q, True),
         Endpoint("delete", subjects.GRAPH_DELETE, router.delete, DeleteRequest, "Delete entities, or documents with their chunks", q, True),
         Endpoint("get", subjects.GRAPH_GET, router.get, GetRequest, "One entity by id", q, True),
-        Endpoint("neighbors", subjects.GRAPH_NEIGHBORS, router.neighbors, NeighborsRequest, "k-hop neighbourhood of ids", q, True),
-        Endpoint("search_vector", subjects.SEARCH_VECTOR, search.vector, VectorSearchRequest, "Top-k by embedding similarity (exact)", q, True),
-        Endpoint("search_text", subjects.SEARCH_TEXT, search.text, TextSearchRequest, "Top-k by BM25 with global statistics", q, True),
-        Endpoint("search_hybrid", subjects.SEARCH_HYBRID, search.hybrid, TextSearchRequest, "BM25 and vector fused by reciprocal rank", q, True),
-        Endpoint("rag_retrieve", subjects.RAG_RETRIEVE, retriever.retrieve, RetrieveRequest, "GraphRAG context for a question", q, True),
+        Endpoint("neighbors", subjects.GRAPH_NEIGHBORS, router.cached("neighbors", router.neighbors), NeighborsRequest, "k-hop neighbourhood of ids", q, True),
+        Endpoint("search_vector", subjects.SEARCH_VECTOR, router.cached("search_vector", search.vector), VectorSearchRequest, "Top-k by embedding similarity (exact)", q, True),
+        Endpoint("search_text", subjects.SEARCH_TEXT, router.cached("search_text", search.text), TextSearchRequest, "Top-k by BM25 with global statistics", q, True),
+        Endpoint("search_hybrid", subjects.SEARCH_HYBRID, router.cached("search_hybrid", search.hybrid), TextSearchRequest, "BM25 and vector fused by reciprocal rank", q, True),
+        Endpoint("rag_retrieve", subjects.RAG_RETRIEVE, router.cached("rag_retrieve", retriever.retrieve), RetrieveRequest, "GraphRAG context for a question", q, True),
         Endpoint("rag_answer", subjects.RAG_ANSWER, answerer.answer, AnswerRequest, "LLM answer over rag.retrieve, citing chunk ids", q, True),
         Endpoint("kv_put", subjects.KV_PUT, router.kv_put, KVPutRequest, "Store a value under a key", q, True),
         Endpoint("kv_get", subjects.KV_GET, router.kv_get, KVGetRequest, "Read a key", q, True),

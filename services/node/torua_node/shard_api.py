@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from torua_node.replica import ShardReplica
 
 __all__ = [
+    "APPLIED_ALL",
+    "applied_subject",
     "ShardGet",
     "ShardEntities",
     "ShardEdges",
@@ -35,6 +37,14 @@ __all__ = [
     "shard_queue",
     "start_shard_service",
 ]
+
+
+APPLIED_ALL = "torua.shard.*.applied"
+
+
+def applied_subject(shard: int) -> str:
+    """Replicas announce here how far they have applied (the payload is the sequence, as text)."""
+    return f"torua.shard.{shard}.applied"
 
 
 def shard_subject(shard: int, op: str) -> str:
