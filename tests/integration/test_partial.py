@@ -47,3 +47,4 @@ async def test_reads_are_partial_not_silent_when_a_shard_is_down(make_cluster) -
         await check(client.search_vector(text="partial probe", k=5, target="entities", after=live_tokens))
         await check(client.neighbors(["p0", "p1", "p2"], hops=2, after=live_tokens))
         await check(client.retrieve("partial probe p1", after=live_tokens))
+        await check(client.query("MATCH (e:Entity) RETURN count(*)", after=live_tokens))

@@ -207,3 +207,63 @@ async def test_retrieve_context_stays_within_budget_and_cites_chunks(pair) -> No
     for c in full.chunks:
         assert f"[{c.id}]" in full.context
     assert {e.id for e in full.entities} and all(r.chunks for r in full.relations)
+
+
+QUERIES = [
+    "MATCH (e:Entity) RETURN e.type AS type, count(*) AS n ORDER BY n DESC, type",
+    "MATCH (e:Entity) WHERE e.type = 'person' RETURN e.name ORDER BY e.name LIMIT 7",
+    "MATCH (e:Entity) RETURN e.name ORDER BY e.name DESC SKIP 5 LIMIT 5",
+    "MATCH (e:Entity) RETURN DISTINCT e.type ORDER BY e.type",
+    "MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN r.type, count(*), avg(r.weight), min(a.name), max(b.name) ORDER BY r.type",
+    "MATCH (a:Entity)-[r:RELATES]->(b:Entity) WHERE r.type = 'FOUNDED' RETURN a.name, b.name ORDER BY b.name LIMIT 10",
+    "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) WHERE e.type = 'city' RETURN e.name, count(DISTINCT c.document_id) AS docs ORDER BY docs DESC, e.name LIMIT 10",
+    "MATCH (a:Entity)-[r:RELATES]-(b:Entity) WHERE a.id = $id RETURN b.name, r.type ORDER BY b.name",
+    "MATCH (d:Document) RETURN count(*)",
+]
+
+
+async def test_graph_query_is_the_same_on_1_and_8_shards(pair) -> None:
+    a, b, ta, tb = pair
+    params = {"id": CORPUS.entities[0].id}
+    for q in QUERIES:
+        ra = await a.query(q, params, after=ta)
+        rb = await b.query(q, params, after=tb)
+        assert not ra.partial and not rb.partial
+        assert (ra.columns, ra.rows) == (rb.columns, rb.rows), q
+        assert rb.rows, q  # every query above matches something in the corpus
+    n_docs = (await b.query("MATCH (d:Document) RETURN count(*)", after=tb)).rows
+    assert n_docs == [[len(CORPUS.documents)]]
+
+
+ESCAPES = [
+    "CREATE (e:Entity {id: 'evil'})",
+    "MATCH (e:Entity) SET e.name = 'x'",
+    "match (e:Entity) detach delete e",
+    "MATCH (e:Entity) WITH e MERGE (x:Entity {id: 'm'})",
+    "MATCH (e:Entity) RETURN e.name /* comment */ ; DROP TABLE Entity",
+    "MATCH (e:Entity) // comment\nDELETE e",
+    "MATCH (e:Entity) WHERE e.name = 'CREATE' RETURN e.id UNION ALL MATCH (x) DELETE x",
+    "RETURN 'a string with ''quote' AS s CREATE (x:Entity {id: 'q'})",
+    "COPY Entity FROM 'file.csv'",
+    "LOAD FROM 'x.csv' RETURN *",
+    "CALL show_tables() RETURN *",
+    "INSTALL httpfs",
+    "ATTACH 'other.kuzu' AS o",
+    "EXPORT DATABASE '/tmp/x'",
+    "MATCH (k:KV) RETURN k.value",
+    "Cr\nEaTe (e:Entity {id: 'z'})",
+]
+
+
+async def test_graph_query_refuses_every_write_or_escape_and_changes_nothing(pair) -> None:
+    from torua import BadRequest
+    from torua.streams import WAL_STREAM
+
+    _, b, _, tb = pair
+    before = (await b.nc.jetstream().stream_info(WAL_STREAM)).state.last_seq
+    count = await b.query("MATCH (e:Entity) RETURN count(*)", after=tb)
+    for q in ESCAPES:
+        with pytest.raises(BadRequest):
+            await b.query(q, after=tb)
+    assert (await b.nc.jetstream().stream_info(WAL_STREAM)).state.last_seq == before
+    assert await b.query("MATCH (e:Entity) RETURN count(*)", after=tb) == count

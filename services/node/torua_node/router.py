@@ -33,6 +33,8 @@ from torua.model import (
     KVReply,
     NeighborsReply,
     NeighborsRequest,
+    QueryReply,
+    QueryRequest,
     RetrieveRequest,
     ShardStatus,
     TextSearchRequest,
@@ -49,6 +51,8 @@ from torua.wire import ShardMap
 from torua_node.cache import ResultCache
 from torua_node.shard_api import (
     APPLIED_ALL,
+    QueryRowsReply,
+    ShardQuery,
     EdgesReply,
     EntitiesReply,
     ShardEdges,
@@ -57,6 +61,7 @@ from torua_node.shard_api import (
     ShardKVGet,
     shard_subject,
 )
+from torua_node.query import ShardRows, run_query
 from torua_node.split import kv_shard, split_delete, split_kv, split_upsert
 from torua_node.wal import WalEntry, encode_entry, wal_subject
 
@@ -295,6 +300,21 @@ class Router:
         kept = [e for _, e in sorted(edges.items()) if e.source in visited and e.target in visited]
         return visited, kept
 
+    async def query(self, req: QueryRequest) -> QueryReply:
+        seen: dict[int, int] = {}
+
+        async def run_on_shard(shard: int, query: str, params: dict[str, Any]) -> ShardRows:
+            ask = ShardQuery(query=query, params=params, after=self.after(req.after, shard))
+            reply = await self.shard_call(shard, "query", ask, QueryRowsReply)
+            seen[shard] = min(seen.get(shard, reply.applied_seq), reply.applied_seq)
+            return reply.result
+
+        result = await run_query(req.cypher, req.params, self.shardmap().num_shards, run_on_shard)
+        for s, st in result.shards.items():
+            if st.ok and int(s) in seen:
+                st.applied_seq = seen[int(s)]
+        return QueryReply(columns=result.columns, rows=result.rows, partial=result.partial, shards=result.shards)
+
     async def _edges_of(
         self, ids: list[str], direction: str, types: list[str] | None, after: Tokens, status: dict[str, ShardStatus]
     ) -> list[EdgeOut]:
@@ -352,6 +372,7 @@ async def start_router_service(nc: NATS, router: Router) -> ServiceHandle:
         Endpoint("delete", subjects.GRAPH_DELETE, router.delete, DeleteRequest, "Delete entities, or documents with their chunks", q, True),
         Endpoint("get", subjects.GRAPH_GET, router.get, GetRequest, "One entity by id", q, True),
         Endpoint("neighbors", subjects.GRAPH_NEIGHBORS, router.cached("neighbors", router.neighbors), NeighborsRequest, "k-hop neighbourhood of ids", q, True),
+        Endpoint("query", subjects.GRAPH_QUERY, router.cached("query", router.query), QueryRequest, "Read-only Cypher on every shard, merged exactly", q, True),
         Endpoint("search_vector", subjects.SEARCH_VECTOR, router.cached("search_vector", search.vector), VectorSearchRequest, "Top-k by embedding similarity (exact)", q, True),
         Endpoint("search_text", subjects.SEARCH_TEXT, router.cached("search_text", search.text), TextSearchRequest, "Top-k by BM25 with global statistics", q, True),
         Endpoint("search_hybrid", subjects.SEARCH_HYBRID, router.cached("search_hybrid", search.hybrid), TextSearchRequest, "BM25 and vector fused by reciprocal rank", q, True),

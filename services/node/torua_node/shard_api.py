@@ -7,8 +7,9 @@ then answers 503 — never stale data.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 from msgspec import Meta
 
@@ -20,6 +21,7 @@ from torua.wire import Reply, Request
 
 from torua_node import reads
 from torua_node.chunks import ChunkOut, Mention, chunks_by_ids, mentions_of
+from torua_node.query import ShardRows, execute_on_shard
 
 if TYPE_CHECKING:
     from torua_node.replica import ShardReplica
@@ -31,6 +33,8 @@ __all__ = [
     "ShardEntities",
     "ShardEdges",
     "ShardKVGet",
+    "ShardQuery",
+    "QueryRowsReply",
     "EntitiesReply",
     "EdgesReply",
     "shard_subject",
@@ -108,6 +112,11 @@ class ShardChunks(ShardRequest, kw_only=True):
     ids: list[str]
 
 
+class ShardQuery(ShardRequest, kw_only=True):
+    query: str
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class HitsReply(Reply):
     hits: list[tuple[str, float]]
     applied_seq: int
@@ -127,6 +136,11 @@ class MentionsReply(Reply):
 
 class ChunksReply(Reply):
     chunks: list[ChunkOut]
+    applied_seq: int
+
+
+class QueryRowsReply(Reply):
+    result: ShardRows
     applied_seq: int
 
 
@@ -217,6 +231,13 @@ class ShardApi:
         return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=r.applied_seq)
 
 
+    async def query(self, req: ShardQuery) -> QueryRowsReply:
+        r = self.replica
+        await r.wait_applied(req.after)
+        rows = await r.store.call(execute_on_shard, req.query, req.params)
+        return QueryRowsReply(result=rows, applied_seq=r.applied_seq)
+
+
 async def start_shard_service(replica: ShardReplica) -> ServiceHandle:
     api = ShardApi(replica)
     n, q = replica.shard, shard_queue(replica.shard)
@@ -230,6 +251,7 @@ async def start_shard_service(replica: ShardReplica) -> ServiceHandle:
         Endpoint("text", shard_subject(n, "text"), api.text, ShardText, "BM25 top-k with global statistics", q, True),
         Endpoint("mentions", shard_subject(n, "mentions"), api.mentions, ShardMentions, "Chunks mentioning entities", q, True),
         Endpoint("chunks", shard_subject(n, "chunks"), api.chunks, ShardChunks, "Chunks by ids", q, True),
+        Endpoint("query", shard_subject(n, "query"), api.query, ShardQuery, "A planned read-only query", q, True),
     ]
     return await add_endpoints(
         replica.nc,
