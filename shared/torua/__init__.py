@@ -1,8 +1,10 @@
 """Torua: a distributed GraphRAG store. `from torua import Client`."""
 
 from torua.client import Client
+from torua.sync import SyncClient
 from torua.errors import (
     BadRequest,
+    ConfigError,
     Conflict,
     InternalError,
     NotFound,
@@ -10,10 +12,16 @@ from torua.errors import (
     ToruaError,
     Unavailable,
 )
+from torua.model import Chunk, Document, Entity, Relation
 from torua.version import __version__
 
 __all__ = [
     "Client",
+    "SyncClient",
+    "Document",
+    "Chunk",
+    "Entity",
+    "Relation",
     "ToruaError",
     "BadRequest",
     "NotFound",
@@ -21,5 +29,6 @@ __all__ = [
     "PayloadTooLarge",
     "Unavailable",
     "InternalError",
+    "ConfigError",
     "__version__",
 ]

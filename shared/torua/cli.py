@@ -1,4 +1,9 @@
-"""The `torua` command line."""
+"""The `torua` command line: run a cluster, load data, ask questions.
+
+Every data command prints something readable for people, or JSON with `--json` for scripts. An
+error is one line on stderr (`torua: ...`) and a non-zero exit code, never a traceback (set
+TORUA_DEBUG=1 to see one).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -14,11 +21,14 @@ from typing import Any
 import msgspec
 
 from torua.client import Client
-from torua.display import status_text
-from torua.errors import ToruaError
+from torua.display import status_text, table
+from torua.errors import BadRequest, ToruaError
+from torua.model import AnswerReply, RetrieveReply
 from torua.settings import DEFAULT_NATS_URL
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "retrieve_text", "answer_text", "sample_demo"]
+
+WIDTH = 100
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -29,8 +39,62 @@ def _print_json(value: Any) -> None:
     print(json.dumps(msgspec.to_builtins(value), indent=2, ensure_ascii=False))
 
 
+async def _connect(args: argparse.Namespace) -> Client:
+    return await Client.connect(_url(args), timeout=args.timeout)
+
+
+def _warn_partial(partial: bool, shards: dict[str, Any]) -> None:
+    if partial:
+        failed = sorted((k for k, v in shards.items() if not v.ok), key=int)
+        print(f"torua: warning: partial result, shards {', '.join(failed)} did not answer", file=sys.stderr)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = re.sub(r"^#+[ \t]*(.+)$", r"\1 —", text, flags=re.MULTILINE)  # a markdown heading, inline
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(" ".join(text.split()), WIDTH, initial_indent=indent, subsequent_indent=indent)
+
+
+# --- readable output ------------------------------------------------------------------------------
+
+
+def retrieve_text(reply: RetrieveReply, question: str) -> str:
+    names = {e.id: e.name or e.id for e in reply.entities}
+    lines = [f"Question: {question}", "", f"Top passages ({len(reply.chunks)}):"]
+    for i, c in enumerate(reply.chunks, 1):
+        lines.append(f"{i:>3}. [{c.id}]  score {c.score:.3f}")
+        lines.append(_wrap(_short(c.text), "     "))
+    if reply.entities:
+        by_hop = ", ".join(f"{e.name or e.id} ({e.hop})" for e in reply.entities[:15])
+        lines += ["", _wrap(f"Entities on the paths (hops from the question): {by_hop}")]
+    if reply.relations:
+        lines += ["", "Relations on the paths:"]
+        for r in reply.relations[:10]:
+            src = ", ".join(r.chunks[:2])
+            lines.append(f"  {names.get(r.source, r.source)} -{r.type}-> {names.get(r.target, r.target)}"
+                         + (f"  [{src}]" if src else ""))
+    lines.append(f"\n{reply.tokens_used} context tokens")
+    return "\n".join(lines)
+
+
+def answer_text(reply: AnswerReply) -> str:
+    texts = {c.id: c.text for c in reply.chunks}
+    lines = [textwrap.fill(reply.answer, WIDTH, replace_whitespace=False) if len(reply.answer) < 2000 else reply.answer]
+    if reply.citations:
+        lines += ["", "Citations:"]
+        lines += [f"  [{cid}] {_short(texts.get(cid, ''), 80)}" for cid in reply.citations]
+    return "\n".join(lines)
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
 async def _status(args: argparse.Namespace) -> int:
-    async with await Client.connect(_url(args), timeout=args.timeout) as client:
+    async with await _connect(args) as client:
         info, nodes, shards = await asyncio.gather(client.cluster_info(), client.cluster_nodes(), client.cluster_shards())
     if args.json:
         _print_json({"info": info, "nodes": nodes.nodes, "shards": shards})
@@ -39,12 +103,141 @@ async def _status(args: argparse.Namespace) -> int:
     return 0 if info.state != "red" else 1
 
 
+def _param(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw  # a bare word is a string
+
+
+async def _query(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        reply = await client.query(args.cypher, dict(args.param or []))
+    if args.json:
+        _print_json(reply)
+        return 0
+    _warn_partial(reply.partial, reply.shards)
+    rows = [[json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v for v in row] for row in reply.rows]
+    print(table(reply.columns, rows) if reply.columns else "(no columns)")
+    print(f"({len(reply.rows)} row{'s' if len(reply.rows) != 1 else ''})")
+    return 0
+
+
+async def _search(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        if args.mode == "vector":
+            reply = await client.search_vector(text=args.text, k=args.k, target=args.target)
+        elif args.mode == "hybrid":
+            reply = await client.search_hybrid(args.text, k=args.k, target=args.target)
+        else:
+            reply = await client.search_text(args.text, k=args.k, target=args.target)
+        names: dict[str, str] = {}
+        if args.target == "entities" and not args.json and reply.hits:
+            got = await asyncio.gather(*(client.get(h.id) for h in reply.hits), return_exceptions=True)
+            names = {h.id: g.entity.name for h, g in zip(reply.hits, got) if not isinstance(g, BaseException)}
+    if args.json:
+        _print_json(reply)
+        return 0
+    _warn_partial(reply.partial, reply.shards)
+    if not reply.hits:
+        print("no hits")
+        return 0
+    headers = ["RANK", "ID", "SCORE", "SHARD"] + (["NAME"] if names else [])
+    rows = [[i, h.id, f"{h.score:.4f}", h.shard] + ([names.get(h.id, "")] if names else [])
+            for i, h in enumerate(reply.hits, 1)]
+    print(table(headers, rows))
+    return 0
+
+
+async def _retrieve(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        reply = await client.retrieve(args.question, k=args.k, hops=args.hops, token_budget=args.token_budget)
+    if args.json:
+        _print_json(reply)
+        return 0
+    _warn_partial(reply.partial, reply.shards)
+    print(retrieve_text(reply, args.question))
+    if args.context:
+        print("\nContext:\n" + reply.context)
+    return 0
+
+
+async def _answer(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        reply = await client.answer(
+            args.question, k=args.k, hops=args.hops, token_budget=args.token_budget, timeout=args.wait
+        )
+    if args.json:
+        _print_json(reply)
+    else:
+        print(answer_text(reply))
+    return 0
+
+
+async def _ingest(args: argparse.Namespace) -> int:
+    from torua.ingest import IngestOptions, Progress, discover, ingest_paths
+
+    discover(args.paths)  # bad paths fail before connecting
+    opts = IngestOptions(
+        max_tokens=args.max_tokens, overlap=args.overlap, batch_size=args.batch_size,
+        concurrency=args.concurrency, force=args.force,
+    )
+    if not 0 <= opts.overlap < opts.max_tokens:
+        raise BadRequest("--overlap must be at least 0 and less than --max-tokens")
+    progress = Progress(sys.stderr, enabled=True if args.progress else None)
+    async with await _connect(args) as client:
+        extractor = _extractor(args)
+        embedder = await _embedder(args, client)
+        stats = await ingest_paths(client, args.paths, opts, extractor=extractor, embedder=embedder, progress=progress)
+    if args.json:
+        print(json.dumps(stats.as_dict(), indent=2))
+    else:
+        print(stats.summary())
+    return 0
+
+
+def _extractor(args: argparse.Namespace) -> Any:
+    from torua.extract import HeuristicExtractor, LLMExtractor, NullExtractor
+
+    if args.extractor == "none":
+        return NullExtractor()
+    if args.extractor == "heuristic":
+        return HeuristicExtractor()
+    from torua.llm import LLMSettings, OpenAIConfig
+    from torua.settings import load_settings
+
+    s = load_settings(LLMSettings)  # type: ignore[arg-type]
+    overrides = {k: v for k, v in (("llm_url", args.llm_url), ("llm_model", args.llm_model),
+                                   ("llm_rate", args.llm_rate)) if v is not None}
+    s = s.model_copy(update=overrides)
+    if not s.llm_url:
+        raise BadRequest("--extractor llm needs a model endpoint: set TORUA_LLM_URL or pass --llm-url")
+    return LLMExtractor(OpenAIConfig.from_llm_settings(s))
+
+
+async def _embedder(args: argparse.Namespace, client: Client) -> Any:
+    if args.embedder == "cluster":
+        return None  # the nodes embed with their own TORUA_EMBEDDER: always consistent with queries
+    from torua.embedders import EmbedderSettings, make_embedder
+    from torua.settings import load_settings
+
+    settings = load_settings(EmbedderSettings, embedder=args.embedder)  # type: ignore[arg-type]
+    dim = (await client.cluster_info()).embedding_dim
+    return make_embedder(dim, settings)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from torua.up import UpOptions, run_up
 
-    return run_up(
-        UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=args.port, data_dir=args.data_dir)
-    )
+    opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=args.port, data_dir=args.data_dir)
+    if args.sample is not None:
+        if not args.sample.is_dir():
+            raise BadRequest(f"--sample {args.sample}: no such directory")
+        opts.sample = args.sample
+    return run_up(opts)
 
 
 def _cmd_coordinator(_: argparse.Namespace) -> int:
@@ -61,6 +254,38 @@ def _cmd_node(_: argparse.Namespace) -> int:
     return 0
 
 
+# --- `torua up --sample`: the first minute ---------------------------------------------------------
+
+
+def _sample_questions(path: Path) -> list[str]:
+    try:
+        data = json.loads((path / "questions.json").read_text())
+        return [str(q["question"]) for q in data["questions"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+async def sample_demo(url: str, path: Path) -> None:
+    """Load a sample corpus with the ingest pipeline, then show one multi-hop retrieval."""
+    from torua.ingest import Progress, ingest_paths
+
+    print(f"\nloading the sample corpus from {path}/ ...", flush=True)
+    questions = _sample_questions(path) or ["Who taught the founder of the Lantern Guild?"]
+    async with await Client.connect(url) as client:
+        stats = await ingest_paths(client, [path], progress=Progress(sys.stderr))
+        print(stats.summary(), flush=True)
+        reply = await client.retrieve(questions[0], k=3, after=stats.tokens)
+    print(f'\nOne multi-hop retrieval over it (torua retrieve "{questions[0]}" -k 3):\n')
+    print(retrieve_text(reply, questions[0]))
+    print("\nAsk your own:")
+    for q in questions[1:3]:
+        print(f'  NATS_URL={url} torua retrieve "{q}"')
+    print(f"  NATS_URL={url} torua search Tidelamp --target entities", flush=True)
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+
 def _async(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return asyncio.run(fn(args))
@@ -69,10 +294,34 @@ def _async(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Call
 
 
 def _positive(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return n
+
+
+def _non_negative(value: str) -> int:
+    return 0 if value.strip() == "0" else _positive(value)
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not rate >= 0:
+        raise argparse.ArgumentTypeError("must be 0 (unlimited) or more")
+    return rate
+
+
+def _retrieval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", type=_positive, default=5, help="passages to return (default 5)")
+    p.add_argument("--hops", type=_non_negative, default=2, help="graph hops from the question's entities (default 2)")
+    p.add_argument("--token-budget", type=_positive, default=2000, help="context size in tokens (default 2000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replicas", type=_positive, default=2)
     up.add_argument("--port", type=int, default=4222)
     up.add_argument("--data-dir", type=Path, default=Path("data"))
+    up.add_argument("--sample", type=Path, metavar="DIR", help="once green, ingest DIR and show one retrieval")
     up.set_defaults(func=_cmd_up)
 
     sub.add_parser("coordinator", help="run a coordinator (settings from TORUA_* variables)").set_defaults(
@@ -97,6 +347,50 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="nodes and shards of the cluster")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=_async(_status))
+
+    ing = sub.add_parser("ingest", help="load .txt, .md and .jsonl files (directories recursively)")
+    ing.add_argument("paths", nargs="+", metavar="PATH")
+    ing.add_argument("--concurrency", type=_positive, default=4, help="requests in flight (default 4)")
+    ing.add_argument("--batch-size", type=_positive, default=500, help="records per write (default 500)")
+    ing.add_argument("--max-tokens", type=_positive, default=256, help="tokens per chunk, ~4 chars each (default 256)")
+    ing.add_argument("--overlap", type=_non_negative, default=32, help="tokens shared by consecutive chunks (default 32)")
+    ing.add_argument("--extractor", choices=["heuristic", "llm", "none"], default="heuristic",
+                     help="entities and relations: heuristic (no model, default), llm (TORUA_LLM_*), none")
+    ing.add_argument("--embedder", choices=["cluster", "hash", "openai", "local"], default="cluster",
+                     help="cluster (default: the nodes embed), or embed here (TORUA_EMBEDDING_* settings)")
+    ing.add_argument("--llm-url", help="OpenAI-compatible base URL (default: $TORUA_LLM_URL)")
+    ing.add_argument("--llm-model", help="model name (default: $TORUA_LLM_MODEL)")
+    ing.add_argument("--llm-rate", type=_rate, help="LLM requests per second (default: $TORUA_LLM_RATE, unlimited)")
+    ing.add_argument("--force", action="store_true", help="write documents again even if already ingested")
+    ing.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    ing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ing.set_defaults(func=_async(_ingest))
+
+    q = sub.add_parser("query", help="run read-only Cypher on every shard and merge the rows")
+    q.add_argument("cypher")
+    q.add_argument("--param", "-p", action="append", type=_param, metavar="NAME=VALUE", help="a parameter (JSON value)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=_async(_query))
+
+    se = sub.add_parser("search", help="top-k chunks or entities by text, vector or both")
+    se.add_argument("text")
+    se.add_argument("--mode", choices=["text", "vector", "hybrid"], default="hybrid")
+    se.add_argument("--target", choices=["chunks", "entities"], default="chunks")
+    se.add_argument("-k", type=_positive, default=10)
+    se.add_argument("--json", action="store_true", help="machine-readable output")
+    se.set_defaults(func=_async(_search))
+
+    rt = sub.add_parser("retrieve", help="GraphRAG context for a question: passages, entities, relations")
+    rt.add_argument("question")
+    _retrieval_args(rt)
+    rt.add_argument("--context", action="store_true", help="also print the context text an LLM would get")
+    rt.set_defaults(func=_async(_retrieve))
+
+    an = sub.add_parser("answer", help="an LLM answer citing chunk ids (the nodes need TORUA_LLM_URL)")
+    an.add_argument("question")
+    _retrieval_args(an)
+    an.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the answer (default 120)")
+    an.set_defaults(func=_async(_answer))
     return p
 
 
@@ -109,4 +403,13 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # noqa: BLE001 - one line for people; TORUA_DEBUG=1 for the traceback
+        if os.environ.get("TORUA_DEBUG"):
+            raise
+        print(f"torua: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,12 +11,15 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
 
 from torua import subjects
 from torua.connect import connect
 from torua.errors import Unavailable, error_for_code
 from torua.settings import DEFAULT_NATS_URL
+from torua.streams import WAL_STREAM, wal_subject
 from torua.model import (
+    AnswerReply,
     Chunk,
     DeleteReply,
     Document,
@@ -138,6 +141,22 @@ class Client:
     async def node_digest(self, node_id: str, shard: int) -> DigestReply:
         return await self._typed(subjects.node_endpoint(node_id, "digest"), DigestReply, {"shard": shard})
 
+    async def latest_tokens(self) -> Tokens:
+        """Write tokens for everything the log holds now: a read carrying them sees every write
+        acknowledged before this call, whoever made it (a linearizable read, at a small cost)."""
+        js = self.nc.jetstream()
+        kv = await js.key_value(subjects.KV_BUCKET)
+        smap = msgspec.json.decode((await kv.get(subjects.KV_SHARDMAP)).value or b"", type=ShardMap)
+
+        async def last(shard: int) -> tuple[str, int]:
+            try:
+                return str(shard), (await js.get_last_msg(WAL_STREAM, wal_subject(shard))).seq or 0
+            except NotFoundError:
+                return str(shard), 0
+
+        pairs = await asyncio.gather(*(last(s) for s in range(smap.num_shards)))
+        return {s: seq for s, seq in pairs if seq}
+
     # --- graph --------------------------------------------------------------------------------
 
     async def upsert(
@@ -216,6 +235,26 @@ class Client:
     ) -> RetrieveReply:
         payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}}
         return await self._typed(subjects.RAG_RETRIEVE, RetrieveReply, payload)
+
+    async def answer(
+        self,
+        question: str,
+        *,
+        k: int = 5,
+        hops: int = 2,
+        token_budget: int = 2000,
+        after: Tokens | None = None,
+        timeout: float | None = None,
+    ) -> AnswerReply:
+        """An LLM answer over rag.retrieve's context, citing chunk ids (needs TORUA_LLM_URL on the nodes).
+
+        Sent once, not retried: a model call is slow and costly, and the node already retried it.
+        The default timeout leaves room for a slow model (at least 120 s).
+        """
+        payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}}
+        data = _encoder.encode(payload)
+        reply = await self._request_once(subjects.RAG_ANSWER, data, timeout or max(self.timeout, 120.0))
+        return msgspec.convert(reply, AnswerReply)
 
     async def query(self, cypher: str, params: dict[str, Any] | None = None, *, after: Tokens | None = None) -> QueryReply:
         payload = {"cypher": cypher, "params": params or {}, "after": after or {}}

@@ -46,6 +46,8 @@ __all__ = [
     "RetrieveReply",
     "QueryRequest",
     "QueryReply",
+    "AnswerRequest",
+    "AnswerReply",
     "MAX_ID_LEN",
     "MAX_KV_VALUE_BYTES",
 ]
@@ -288,3 +290,22 @@ class QueryReply(Reply):
     rows: list[list[Any]]
     partial: bool
     shards: dict[str, ShardStatus] = msgspec.field(default_factory=dict)
+
+
+class AnswerRequest(Request):
+    """`torua.rag.answer`: rag.retrieve's fields; the answer cites the chunk ids it used."""
+
+    question: Query
+    k: Annotated[int, Meta(ge=1, le=100)] = 5
+    hops: Annotated[int, Meta(ge=0, le=4)] = 2
+    token_budget: Annotated[int, Meta(ge=16, le=200_000)] = 2000
+    after: Tokens = msgspec.field(default_factory=dict)
+
+
+class AnswerReply(Reply):
+    answer: str
+    citations: list[str]  # chunk ids cited by the answer, each one of the retrieved chunks
+    context: str
+    chunks: list[RetrievedChunk] = msgspec.field(default_factory=list)
+    model: str = ""
+    partial: bool = False

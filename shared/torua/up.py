@@ -29,6 +29,7 @@ class UpOptions:
     node_timeout: float = 5.0
     reassign_delay: float = 10.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    sample: Path | None = None  # a directory to ingest once green (`torua up --sample samples`)
 
 
 class LocalCluster:
@@ -144,6 +145,17 @@ async def _wait_green(url: str, timeout: float) -> str:
         return status_text(info, nodes, shards)
 
 
+def _load_sample(url: str, path: Path) -> None:
+    """The first minute: load the sample corpus and show one retrieval; a failure leaves the cluster up."""
+    from torua.cli import sample_demo
+    from torua.errors import ToruaError
+
+    try:
+        asyncio.run(sample_demo(url, path))
+    except ToruaError as exc:
+        print(f"warning: could not load the sample corpus: {exc.description}", file=sys.stderr)
+
+
 def run_up(opts: UpOptions) -> int:
     cluster = LocalCluster(opts)
     stopping = False
@@ -161,6 +173,8 @@ def run_up(opts: UpOptions) -> int:
         print(f"starting a coordinator and {opts.nodes} nodes: {opts.shards} shards x {opts.replicas} replicas ...")
         text = asyncio.run(_wait_green(cluster.url, 60.0))
         print(f"\ncluster is green after {time.monotonic() - started:.1f}s\n\n{text}\n\n{_examples(cluster.url)}")
+        if opts.sample is not None:
+            _load_sample(cluster.url, opts.sample)
         print("\nCtrl-C stops every process.", flush=True)
         while not stopping:
             if dead := cluster.exited():

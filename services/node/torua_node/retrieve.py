@@ -85,7 +85,7 @@ class Retriever:
 
     async def _search(self, req: RetrieveRequest, status: Status) -> tuple[list[Hit], list[Hit]]:
         s, after = self.search, req.after
-        vec = s.embed(req.question)
+        vec = await s.embed(req.question)
         chunk_bm25, chunk_vec, entity_bm25 = await asyncio.gather(
             s.text_hits(req.question, SEED_DEPTH, "chunks", after, status),
             s.vector_hits(vec, SEED_DEPTH, "chunks", after, status),

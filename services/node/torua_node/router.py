@@ -16,7 +16,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from torua import subjects
-from torua.embedding import Embedder, HashEmbedder
+from torua.embedders import embedder_from_env
+from torua.embedding import Embedder
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode
 from torua.errors import PayloadTooLarge, ToruaError, Unavailable, error_for_code
 from torua.hashing import shard_for
@@ -119,7 +120,7 @@ class Router:
     def embedder(self) -> Embedder:
         dim = self.shardmap().embedding_dim
         if self._embedder is None or self._embedder.dim != dim:
-            self._embedder = HashEmbedder(dim)
+            self._embedder = embedder_from_env(dim)
         return self._embedder
 
     # --- writes -------------------------------------------------------------------------------
@@ -154,7 +155,10 @@ class Router:
 
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
         request_id = req.request_id or uuid.uuid4().hex
-        entries = split_upsert(req, self.shardmap().num_shards, self.embedder(), request_id, time.time())
+        # On a thread: a configured embedder may call a model or an HTTP endpoint.
+        entries = await asyncio.to_thread(
+            split_upsert, req, self.shardmap().num_shards, self.embedder(), request_id, time.time()
+        )
         tokens = await self._publish(entries, request_id)
         written = {
             "documents": len(req.documents),

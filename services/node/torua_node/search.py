@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from torua.errors import BadRequest
@@ -57,13 +58,15 @@ class Search:
         replies = await r.gather_shards({s: search_call(s) for s in stats}, status)
         return top_k((Hit(id=i, score=sc, shard=s) for s, rep in replies.items() for i, sc in rep.hits), k)
 
-    def embed(self, text: str) -> list[float]:
-        return self.router.embedder().embed([text])[0].tolist()
+    async def embed(self, text: str) -> list[float]:
+        """The query text as the cluster's embedder sees it (on a thread: it may be a model or HTTP)."""
+        rows = await asyncio.to_thread(self.router.embedder().embed, [text])
+        return rows[0].tolist()
 
     async def vector(self, req: VectorSearchRequest) -> SearchReply:
         if (req.vector is None) == (req.text is None):
             raise BadRequest("give exactly one of vector or text")
-        vector = req.vector if req.vector is not None else self.embed(req.text or "")
+        vector = req.vector if req.vector is not None else await self.embed(req.text or "")
         dim = self.router.shardmap().embedding_dim
         if len(vector) != dim:
             raise BadRequest(f"vector has {len(vector)} values; this cluster's embedding_dim is {dim}")
@@ -81,7 +84,7 @@ class Search:
         status: Status = {}
         depth = max(req.k * 3, 30)
         bm25 = await self.text_hits(req.text, depth, req.target, req.after, status)
-        vec = await self.vector_hits(self.embed(req.text), depth, req.target, req.after, status)
+        vec = await self.vector_hits(await self.embed(req.text), depth, req.target, req.after, status)
         return SearchReply(hits=rrf([bm25, vec], req.k), partial=_partial(status), shards=status)
 
 

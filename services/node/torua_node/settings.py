@@ -4,6 +4,8 @@ from pathlib import Path
 
 from pydantic import Field
 
+from torua.embedders import EmbedderSettings
+from torua.llm import LLMSettings
 from torua.settings import BaseServiceSettings
 
 __all__ = ["NodeSettings", "NODE_ID_PATTERN"]
@@ -12,7 +14,11 @@ __all__ = ["NodeSettings", "NODE_ID_PATTERN"]
 NODE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class NodeSettings(BaseServiceSettings):
+# EmbedderSettings: TORUA_EMBEDDER (hash | openai | local) and TORUA_EMBEDDING_URL/_MODEL/_API_KEY/_TIMEOUT,
+# the embedder for text the router embeds (chunks and entities written without vectors, questions).
+# LLMSettings: TORUA_LLM_URL/_MODEL/_API_KEY/_TIMEOUT/_RETRIES/_RATE, the model behind torua.rag.answer.
+# Inherited so that a wrong value stops the node at start with a message naming the variable.
+class NodeSettings(BaseServiceSettings, EmbedderSettings, LLMSettings):
     node_id: str | None = Field(None, pattern=NODE_ID_PATTERN)
     data_dir: Path = Path("data/node")
     heartbeat_interval: float = Field(1.0, gt=0, le=60)

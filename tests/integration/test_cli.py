@@ -1,0 +1,164 @@
+"""The `torua` command line as a user runs it (a subprocess with NATS_URL) against a real cluster,
+and the synchronous client facade."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from torua import Client, Entity, SyncClient, Unavailable
+from torua.up import LocalCluster, UpOptions
+
+from tests.integration.conftest import FAST
+
+pytestmark = pytest.mark.timeout(300)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+_SCRIPT = Path(sys.executable).with_name("torua")
+TORUA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "torua.cli"]
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    opts = UpOptions(nodes=2, shards=4, replicas=1, port=-1, data_dir=tmp_path_factory.mktemp("cli"), **FAST)
+    cluster = LocalCluster(opts)
+    cluster.start()
+    with SyncClient.connect(cluster.url) as c:
+        c.wait_for_state("green", 30)
+    yield cluster
+    cluster.stop(timeout=10)
+
+
+def torua(cluster: LocalCluster | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NATS_URL": cluster.url if cluster else "nats://127.0.0.1:1"}
+    env.pop("TORUA_DEBUG", None)
+    return subprocess.run([*TORUA, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def loaded(cli_cluster: LocalCluster) -> LocalCluster:
+    run = torua(cli_cluster, "ingest", str(SAMPLES))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("ingested 11 of 11 documents (0 already ingested, skipped): ")
+    # The commands below carry no write tokens: poll until every replica has applied the corpus.
+    with SyncClient.connect(cli_cluster.url) as c:
+        deadline = time.monotonic() + 15
+        while len(c.search_text("Lantern Guild", k=20).hits) < 3 or not c.search_text("Tidelamp", target="entities").hits:
+            assert time.monotonic() < deadline, "sample corpus not searchable after ingest"
+            time.sleep(0.1)
+    return cli_cluster
+
+
+def one_line_error(run: subprocess.CompletedProcess[str]) -> str:
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torua: "), run.stderr
+    return lines[0]
+
+
+def test_ingest_json_output(loaded: LocalCluster) -> None:
+    run = torua(loaded, "ingest", str(SAMPLES), "--json")
+    stats = json.loads(run.stdout)
+    assert (stats["files"], stats["documents"], stats["skipped"]) == (11, 0, 11)
+    assert run.stderr == ""
+
+
+def test_search_human_and_json(loaded: LocalCluster) -> None:
+    human = torua(loaded, "search", "Tidelamp", "--target", "entities", "-k", "3")
+    assert human.returncode == 0, human.stderr
+    header, rule, first = human.stdout.splitlines()[:3]
+    assert header.split() == ["RANK", "ID", "SCORE", "SHARD", "NAME"]
+    assert first.split()[:2] == ["1", "ent:tidelamp"] and first.rstrip().endswith("Tidelamp")
+    for mode in ("text", "vector", "hybrid"):
+        run = torua(loaded, "search", "lantern that burns seawater", "--mode", mode, "--json")
+        reply = json.loads(run.stdout)
+        assert reply["hits"] and reply["partial"] is False, mode
+        assert all("#" in h["id"] for h in reply["hits"])  # chunk ids
+
+
+def test_retrieve_human_and_json(loaded: LocalCluster) -> None:
+    question = "Who taught the founder of the Lantern Guild?"
+    human = torua(loaded, "retrieve", question, "-k", "3")
+    assert human.returncode == 0, human.stderr
+    out = human.stdout
+    assert out.startswith(f"Question: {question}\n\nTop passages (3):\n  1. [doc:")
+    assert "Orrin Vale" in out and "Relations on the paths:" in out
+    assert "Mira Okonkwo -FOUNDED-> Lantern Guild" in out
+    data = json.loads(torua(loaded, "retrieve", question, "--json", "--hops", "2").stdout)
+    assert set(data) >= {"context", "chunks", "entities", "relations", "partial"}
+    assert any("Orrin Vale" in c["text"] for c in data["chunks"])
+
+
+def test_answer_without_llm_is_a_clear_503(loaded: LocalCluster) -> None:
+    line = one_line_error(torua(loaded, "answer", "Who founded the Lantern Guild?"))
+    assert "TORUA_LLM_URL" in line
+    with pytest.raises(Unavailable, match="TORUA_LLM_URL"):
+        with SyncClient.connect(loaded.url) as c:
+            c.answer("Who founded the Lantern Guild?")
+
+
+def test_query_human_and_json(loaded: LocalCluster) -> None:
+    cypher = "MATCH (e:Entity) WHERE e.name STARTS WITH $p RETURN e.id AS id, e.name AS name ORDER BY id"
+    run = torua(loaded, "query", cypher, "--param", "p=Orrin", "--json")
+    if run.returncode and "torua.graph.query" in run.stderr:
+        one_line_error(run)  # not served by this build yet: still a clean one-line error
+        pytest.skip("torua.graph.query is not served yet")
+    assert run.returncode == 0, run.stderr
+    reply = json.loads(run.stdout)
+    assert reply["columns"] == ["id", "name"] and ["ent:orrin-vale", "Orrin Vale"] in reply["rows"]
+    human = torua(loaded, "query", cypher, "-p", "p=Orrin")
+    assert human.stdout.splitlines()[0].split() == ["id", "name"] and "ent:orrin-vale" in human.stdout
+
+
+def test_errors_are_one_line(loaded: LocalCluster, tmp_path: Path) -> None:
+    assert "cannot connect to NATS at nats://127.0.0.1:1" in one_line_error(torua(None, "--timeout", "1", "status"))
+    assert "no such file or directory" in one_line_error(torua(loaded, "ingest", str(tmp_path / "nope")))
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    assert "bad.jsonl:1: not a graph line" in one_line_error(torua(loaded, "ingest", str(tmp_path / "bad.jsonl")))
+    assert "hops" in one_line_error(torua(loaded, "retrieve", "x", "--hops", "9"))
+    assert "--overlap" in one_line_error(torua(loaded, "ingest", str(SAMPLES), "--max-tokens", "8", "--overlap", "8"))
+    usage = torua(loaded, "search", "x", "-k", "0")
+    assert usage.returncode == 2 and "must be at least 1" in usage.stderr
+
+
+def test_status_still_works(loaded: LocalCluster) -> None:
+    run = torua(loaded, "status", "--json")
+    assert json.loads(run.stdout)["info"]["state"] == "green"
+
+
+# --- the synchronous client -----------------------------------------------------------------------
+
+
+def test_sync_client_has_every_async_method() -> None:
+    public = {n for n, f in inspect.getmembers(Client, inspect.iscoroutinefunction) if not n.startswith("_")}
+    for name in public - {"close"}:
+        assert callable(getattr(SyncClient, name)), name
+        if name != "connect":
+            assert inspect.signature(getattr(SyncClient, name)) == inspect.signature(getattr(Client, name))
+
+
+def test_sync_client_round_trip(cli_cluster: LocalCluster) -> None:
+    with SyncClient.connect(cli_cluster.url) as c:
+        reply = c.upsert(entities=[Entity(id="sync:ada", name="Ada Lovelace", type="person")])
+        assert c.get("sync:ada", after=reply.tokens).entity.name == "Ada Lovelace"
+        assert c.cluster_info().state == "green"
+        token = c.kv_put("sync:key", "v1").token
+        assert c.kv_get("sync:key", after=token) == "v1"
+    with pytest.raises(RuntimeError, match="closed"):
+        c.cluster_info()
+
+
+def test_sync_client_connect_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="cannot connect to NATS at nats://127.0.0.1:1 within 1s"):
+        SyncClient.connect("nats://127.0.0.1:1", timeout=1)
+    assert time.monotonic() - started < 5
