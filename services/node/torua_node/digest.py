@@ -1,7 +1,8 @@
 """A content hash of one shard replica, equal on every replica that applied the same entries.
 
-Every table is dumped in a canonical order (sorted in Python by key, never relying on the engine's
-collation), each row msgpack-encoded with floats as their exact IEEE bytes, and fed to SHA-256.
+Every table is dumped in a canonical order (sorted in Python, never relying on the engine's
+collation), each row msgpack-encoded with floats as their exact IEEE bytes (embeddings are stored as
+float32 bytes already), and fed to SHA-256.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import Any
 
 import kuzu
 import msgspec
-
-from torua_node.vectors import matrix_from_arrow
 
 __all__ = ["content_digest", "counts"]
 
@@ -32,12 +31,12 @@ def content_digest(conn: kuzu.Connection) -> str:
 
 
 def _dump(conn: kuzu.Connection) -> Iterable[tuple[str, list[list[Any]]]]:
-    dim = _dim(conn)
-    yield "Entity", _with_vectors(conn, "MATCH (n:Entity) RETURN n.id, n.name, n.type, n.description,"
-                                        " n.properties, n.stub, n.embedding", dim)
+    # Embeddings are BLOBs holding the exact float32 bytes: hashed as stored.
+    yield "Entity", _sorted(conn, "MATCH (n:Entity) RETURN n.id, n.name, n.type, n.description,"
+                                  " n.properties, n.embedding, n.stub")
     yield "Document", _sorted(conn, "MATCH (n:Document) RETURN n.id, n.title, n.metadata")
-    yield "Chunk", _with_vectors(conn, "MATCH (n:Chunk) RETURN n.id, n.document_id, n.text, n.position,"
-                                       " n.stub, n.embedding", dim)
+    yield "Chunk", _sorted(conn, "MATCH (n:Chunk) RETURN n.id, n.document_id, n.text, n.position,"
+                                 " n.embedding, n.stub")
     rels = conn.execute("MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, r.type, b.id, r.weight,"
                         " r.properties, r.chunks").get_all()
     yield "RELATES", sorted(([s, ty, t, _f64(w), p, ch] for s, ty, t, w, p, ch in rels), key=_key)
@@ -56,26 +55,8 @@ def _key(row: list[Any]) -> tuple:
     return tuple((v is not None, v) for v in row)
 
 
-def _with_vectors(conn: kuzu.Connection, query: str, dim: int) -> list[list[Any]]:
-    """Rows whose last column is FLOAT[dim], that column replaced by its float32 bytes (or None)."""
-    t = conn.execute(query).get_as_arrow(chunk_size=0)
-    m, nulls = matrix_from_arrow(t.column(t.num_columns - 1), dim)
-    m = m.astype("<f4", copy=False)
-    cols = [t.column(i).to_pylist() for i in range(t.num_columns - 1)]
-    rows = [[*vals, None if nulls[i] else m[i].tobytes()] for i, vals in enumerate(zip(*cols))]
-    rows.sort(key=lambda r: r[0])  # primary key: unique
-    return rows
-
-
 def _f64(x: float | None) -> bytes | None:
     return None if x is None else struct.pack("<d", x)
-
-
-def _dim(conn: kuzu.Connection) -> int:
-    for row in conn.execute("CALL table_info('Entity') RETURN *").get_all():
-        if row[1] == "embedding":
-            return int(str(row[2]).split("[")[1].rstrip("]"))
-    raise ValueError("Entity table has no embedding column")
 
 
 _COUNTS = {

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import kuzu
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from torua.model import EdgeOut, EntityOut
@@ -81,10 +82,11 @@ def _props(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _entity(row: list[Any], embedding: list[float] | None) -> EntityOut:
+def _entity(row: list[Any], embedding: bytes | None) -> EntityOut:
     id_, name, type_, description, properties = row
+    vector = None if embedding is None else np.frombuffer(embedding, "<f4").tolist()
     return EntityOut(id=id_, name=name or "", type=type_ or "", description=description or "",
-                     properties=_props(properties), embedding=embedding)
+                     properties=_props(properties), embedding=vector)
 
 
 def _edge(row: list[Any]) -> EdgeOut:

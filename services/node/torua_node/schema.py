@@ -1,7 +1,14 @@
 """The Kuzu schema of one shard replica, and the stored `applied_seq`.
 
 A stub row (`stub = true`) stands for an entity or chunk that lives on another shard: it exists only
-so that an edge has a local endpoint, carries no content and no vector, and is never shown to users.
+so that an edge has a local endpoint, carries no content and no vector (empty strings and an empty
+embedding, never NULL: see apply.py), and is never shown to users.
+
+Embeddings are stored as BLOB (dim little-endian float32, exactly the WAL bytes), not FLOAT[dim]:
+in kuzu 0.11.3, updating a FLOAT[dim] value and inserting rows before the next checkpoint makes the
+checkpoint write the updated row's old vector into the inserted rows (silent corruption, seen with
+both COPY and CREATE). BLOB and STRING columns are not affected, and a BLOB is bit-exact (Kuzu's
+float compression turns -0.0 and NaN into 0.0 at checkpoint). The dimension is kept in Meta.
 """
 
 from __future__ import annotations
@@ -10,49 +17,47 @@ import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without im
 
 import kuzu
 
-__all__ = ["init_schema", "read_applied_seq", "APPLIED_SEQ_KEY"]
+__all__ = ["init_schema", "read_applied_seq", "read_dim", "APPLIED_SEQ_KEY", "DIM_KEY"]
 
 APPLIED_SEQ_KEY = "applied_seq"
+DIM_KEY = "dim"
 
-
-def _ddl(dim: int) -> list[str]:
-    return [
-        "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING PRIMARY KEY, name STRING, type STRING,"
-        f" description STRING, properties STRING, embedding FLOAT[{dim}], stub BOOLEAN)",
-        "CREATE NODE TABLE IF NOT EXISTS Document(id STRING PRIMARY KEY, title STRING, metadata STRING)",
-        "CREATE NODE TABLE IF NOT EXISTS Chunk(id STRING PRIMARY KEY, document_id STRING, text STRING,"
-        f" position INT64, embedding FLOAT[{dim}], stub BOOLEAN)",
-        "CREATE REL TABLE IF NOT EXISTS RELATES(FROM Entity TO Entity, type STRING, weight DOUBLE,"
-        " properties STRING, chunks STRING[])",
-        "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Chunk TO Entity)",
-        "CREATE NODE TABLE IF NOT EXISTS KV(key STRING PRIMARY KEY, value STRING)",
-        "CREATE NODE TABLE IF NOT EXISTS Meta(key STRING PRIMARY KEY, value INT64)",
-        "CREATE NODE TABLE IF NOT EXISTS Failure(seq INT64 PRIMARY KEY, error STRING)",
-    ]
+_DDL = [
+    "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING PRIMARY KEY, name STRING, type STRING,"
+    " description STRING, properties STRING, embedding BLOB, stub BOOLEAN)",
+    "CREATE NODE TABLE IF NOT EXISTS Document(id STRING PRIMARY KEY, title STRING, metadata STRING)",
+    "CREATE NODE TABLE IF NOT EXISTS Chunk(id STRING PRIMARY KEY, document_id STRING, text STRING,"
+    " position INT64, embedding BLOB, stub BOOLEAN)",
+    "CREATE REL TABLE IF NOT EXISTS RELATES(FROM Entity TO Entity, type STRING, weight DOUBLE,"
+    " properties STRING, chunks STRING[])",
+    "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Chunk TO Entity)",
+    "CREATE NODE TABLE IF NOT EXISTS KV(key STRING PRIMARY KEY, value STRING)",
+    "CREATE NODE TABLE IF NOT EXISTS Meta(key STRING PRIMARY KEY, value INT64)",
+    "CREATE NODE TABLE IF NOT EXISTS Failure(seq INT64 PRIMARY KEY, error STRING)",
+]
 
 
 def init_schema(conn: kuzu.Connection, dim: int) -> None:
     """Create the tables if missing; refuse a database made for another embedding dimension."""
     if dim < 1:
         raise ValueError(f"embedding dim must be >= 1, got {dim}")
-    for stmt in _ddl(dim):
+    for stmt in _DDL:
         conn.execute(stmt)
-    for table in ("Entity", "Chunk"):
-        stored = _column_type(conn, table, "embedding")
-        if stored != f"FLOAT[{dim}]":
-            raise ValueError(f"shard database has {table}.embedding {stored}, expected FLOAT[{dim}]")
+    conn.execute("MERGE (m:Meta {key: $k}) ON CREATE SET m.value = $v", {"k": DIM_KEY, "v": dim})
+    stored = read_dim(conn)
+    if stored != dim:
+        raise ValueError(f"shard database was created with embedding dim {stored}, not {dim}")
 
 
-def _column_type(conn: kuzu.Connection, table: str, column: str) -> str:
-    for row in conn.execute(f"CALL table_info('{table}') RETURN *").get_all():
-        if row[1] == column:
-            return str(row[2])
-    return "missing"
+def read_dim(conn: kuzu.Connection) -> int | None:
+    return _meta(conn, DIM_KEY)
 
 
 def read_applied_seq(conn: kuzu.Connection) -> int:
     """The last WAL sequence applied to this replica (0 for a new database)."""
-    rows = conn.execute(
-        "MATCH (m:Meta {key: $k}) RETURN m.value", {"k": APPLIED_SEQ_KEY}
-    ).get_all()
-    return int(rows[0][0]) if rows else 0
+    return _meta(conn, APPLIED_SEQ_KEY) or 0
+
+
+def _meta(conn: kuzu.Connection, key: str) -> int | None:
+    rows = conn.execute("MATCH (m:Meta {key: $k}) RETURN m.value", {"k": key}).get_all()
+    return int(rows[0][0]) if rows else None

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import kuzu
 import numpy as np
-import pyarrow as pa
 
-__all__ = ["VectorIndex", "load_indexes", "matrix_from_arrow"]
+__all__ = ["VectorIndex", "load_indexes", "decode_vectors"]
 
 _MIN_CAPACITY = 1024
 _COMPACT_MIN_DEAD = 1024
@@ -121,26 +120,20 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def matrix_from_arrow(arr: pa.Array | pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """A FLOAT[dim] column as (float32 matrix, null mask); null rows are zeros in the matrix."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.list_(pa.float32(), dim))
-    n = len(arr)
-    nulls = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(n, bool)
-    flat = arr.values.to_numpy(zero_copy_only=False)  # .values ignores the slice offset
-    start = arr.offset * dim
-    m = np.asarray(flat[start:start + n * dim], np.float32).reshape(n, dim).copy()
-    m[nulls] = 0
-    return m, nulls
+def decode_vectors(blobs: Sequence[bytes | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stored embeddings (little-endian float32 blobs) as (matrix of the valid ones, validity mask)."""
+    size = dim * 4
+    ok = np.fromiter((b is not None and len(b) == size for b in blobs), bool, len(blobs))
+    flat = np.frombuffer(b"".join(b for b, k in zip(blobs, ok) if k), "<f4")  # type: ignore[misc]
+    return flat.astype(np.float32).reshape(-1, dim), ok
 
 
 def _load(conn: kuzu.Connection, table: str, dim: int) -> VectorIndex:
-    t = conn.execute(f"MATCH (n:{table}) WHERE NOT n.stub RETURN n.id, n.embedding").get_as_arrow()
-    m, nulls = matrix_from_arrow(t.column(1), dim)
-    ids = t.column(0).to_pylist()
+    t = conn.execute(f"MATCH (n:{table}) WHERE NOT n.stub RETURN n.id, n.embedding").get_as_arrow(0)
+    m, ok = decode_vectors(t.column(1).to_pylist(), dim)
+    ids = [i for i, k in zip(t.column(0).to_pylist(), ok) if k]
     index = VectorIndex(dim, capacity=max(_MIN_CAPACITY, 2 * len(ids)))
-    keep = ~nulls
-    index.upsert([i for i, k in zip(ids, keep) if k], m[keep])
+    index.upsert(ids, m)
     return index
 
 
