@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
-import statistics
 import tempfile
 import time
 from pathlib import Path

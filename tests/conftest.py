@@ -17,6 +17,17 @@ from torua.natsserver import NatsServer, start_nats_server
 T = TypeVar("T")
 
 
+def docker_available() -> bool:
+    """Whether a Docker engine answers here (tests that need one are skipped otherwise)."""
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean skip
+        return False
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = start_nats_server(tmp_path / "nats")

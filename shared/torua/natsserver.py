@@ -7,7 +7,6 @@ back from its ports file, so concurrent runs never collide.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,24 @@ from torua.up import LocalCluster, UpOptions
 
 # Fast failure detection so the tests finish quickly; the behaviour is the same as in production.
 FAST = dict(heartbeat_interval=0.2, node_timeout=1.5, reassign_delay=1.5)
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+# The installed console script beside this interpreter, as a user runs it.
+_SCRIPT = Path(sys.executable).with_name("torua")
+TORUA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "torua.cli"]
+
+
+@contextmanager
+def running_cluster(data_dir: Path, *, nodes: int, shards: int, replicas: int, **env: str) -> Iterator[LocalCluster]:
+    """A whole local cluster (real nats-server, coordinator and node processes), stopped afterwards."""
+    opts = UpOptions(
+        nodes=nodes, shards=shards, replicas=replicas, port=-1, data_dir=data_dir, extra_env=env, **FAST
+    )
+    cluster = LocalCluster(opts)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(timeout=10)
 
 
 @pytest.fixture
@@ -47,10 +67,5 @@ async def client(cluster: LocalCluster) -> AsyncIterator[Client]:
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One small cluster for a whole module of tests that do not kill anything."""
-    opts = UpOptions(
-        nodes=2, shards=4, replicas=2, port=-1, data_dir=tmp_path_factory.mktemp("shared"), **FAST
-    )
-    cluster = LocalCluster(opts)
-    cluster.start()
-    yield cluster
-    cluster.stop(timeout=10)
+    with running_cluster(tmp_path_factory.mktemp("shared"), nodes=2, shards=4, replicas=2) as cluster:
+        yield cluster

@@ -7,7 +7,6 @@ import inspect
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,26 +14,18 @@ from pathlib import Path
 import pytest
 
 from torua import Client, Entity, SyncClient, Unavailable
-from torua.up import LocalCluster, UpOptions
+from torua.up import LocalCluster
 
-from tests.integration.conftest import FAST
+from tests.integration.conftest import SAMPLES, TORUA, running_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-_SCRIPT = Path(sys.executable).with_name("torua")
-TORUA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "torua.cli"]
-
-
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    opts = UpOptions(nodes=2, shards=4, replicas=1, port=-1, data_dir=tmp_path_factory.mktemp("cli"), **FAST)
-    cluster = LocalCluster(opts)
-    cluster.start()
-    with SyncClient.connect(cluster.url) as c:
-        c.wait_for_state("green", 30)
-    yield cluster
-    cluster.stop(timeout=10)
+    with running_cluster(tmp_path_factory.mktemp("cli"), nodes=2, shards=4, replicas=1) as cluster:
+        with SyncClient.connect(cluster.url) as c:
+            c.wait_for_state("green", 30)
+        yield cluster
 
 
 def torua(cluster: LocalCluster | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

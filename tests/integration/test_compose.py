@@ -34,7 +34,7 @@ from torua.settings import BaseServiceSettings, load_settings
 from torua_coordinator.settings import CoordinatorSettings
 from torua_node.settings import NodeSettings
 
-from tests.conftest import wait_for
+from tests.conftest import docker_available, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -517,19 +517,10 @@ async def _healthy(compose: ComposeProcesses, service: str, replica: str) -> boo
 # --- 3. the image, where a Docker engine answers ------------------------------------------------------
 
 
-def _docker_available() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean skip
-        return False
-
 
 @pytest.mark.docker
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(not _docker_available(), reason="no Docker engine answers here")
+@pytest.mark.skipif(not docker_available(), reason="no Docker engine answers here")
 def test_image_builds_and_runs_torua() -> None:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.image import DockerImage

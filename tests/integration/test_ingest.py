@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,25 +19,16 @@ from torua.extract import entity_id
 from torua.ingest import IngestOptions, Progress, discover, document_id, ingest_paths, ingest_texts
 from torua.streams import WAL_STREAM
 from torua.synthetic import multihop_corpus
-from torua.up import LocalCluster, UpOptions
+from torua.up import LocalCluster
 
-from tests.integration.conftest import FAST
+from tests.integration.conftest import SAMPLES, TORUA, running_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-# The installed console script beside this interpreter, as a user runs it.
-_SCRIPT = Path(sys.executable).with_name("torua")
-TORUA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "torua.cli"]
-
-
 @pytest.fixture(scope="module")
 def ingest_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    opts = UpOptions(nodes=2, shards=4, replicas=2, port=-1, data_dir=tmp_path_factory.mktemp("ingest"), **FAST)
-    cluster = LocalCluster(opts)
-    cluster.start()
-    yield cluster
-    cluster.stop(timeout=10)
+    with running_cluster(tmp_path_factory.mktemp("ingest"), nodes=2, shards=4, replicas=2) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -26,11 +26,10 @@ from torua import Client, Unavailable
 from torua.extract import GRAPH_SCHEMA, LLMExtractor
 from torua.ingest import ingest_paths
 from torua.llm import LLMError, OpenAICompatible, OpenAIConfig
-from torua.up import LocalCluster, UpOptions
+from torua.up import LocalCluster
 
-from tests.integration.conftest import FAST
+from tests.integration.conftest import SAMPLES, running_cluster
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 _PASSAGE = re.compile(r"^\[([^\]\n]+)\] ", re.MULTILINE)
 
 
@@ -255,12 +254,8 @@ async def test_llm_extractor_retries_invalid_output_then_fails(stub: OpenAIStub)
 def llm_cluster(stub: OpenAIStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     env = {"TORUA_LLM_URL": stub.url, "TORUA_LLM_MODEL": "stub-model", "TORUA_LLM_TIMEOUT": "1",
            "TORUA_LLM_RETRIES": "1"}
-    opts = UpOptions(nodes=2, shards=4, replicas=1, port=-1, data_dir=tmp_path_factory.mktemp("llm"),
-                     extra_env=env, **FAST)
-    cluster = LocalCluster(opts)
-    cluster.start()
-    yield cluster
-    cluster.stop(timeout=10)
+    with running_cluster(tmp_path_factory.mktemp("llm"), nodes=2, shards=4, replicas=1, **env) as cluster:
+        yield cluster
 
 
 @pytest.fixture

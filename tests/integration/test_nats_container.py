@@ -8,20 +8,13 @@ import pytest
 
 from torua.connect import connect
 
+from tests.conftest import docker_available
 
-def _docker_available() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean skip
-        return False
 
 
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.skipif(not _docker_available(), reason="no Docker engine answers here"),
+    pytest.mark.skipif(not docker_available(), reason="no Docker engine answers here"),
 ]
 
 

@@ -26,10 +26,10 @@ import pytest
 from torua import subjects
 from torua.client import Client
 from torua.connect import connect
-from torua.up import LocalCluster, UpOptions
+from torua.up import LocalCluster
 
 from tests.conftest import wait_for
-from tests.integration.conftest import FAST
+from tests.integration.conftest import running_cluster
 from tests.integration.test_llm import OpenAIStub
 
 pytestmark = pytest.mark.timeout(600)
@@ -116,13 +116,11 @@ def readme_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
     stub = OpenAIStub()
     env = {"TORUA_LLM_URL": stub.url, "TORUA_LLM_MODEL": "stub-model", "TORUA_LLM_TIMEOUT": "5"}
     # The shape `make run` starts (3 nodes, 8 shards x 2 replicas): what a reader following the README has.
-    opts = UpOptions(nodes=3, shards=8, replicas=2, port=-1, data_dir=tmp_path_factory.mktemp("readme"),
-                     extra_env=env, **FAST)
-    cluster = LocalCluster(opts)
-    cluster.start()
-    yield cluster
-    cluster.stop(timeout=10)
-    stub.close()
+    try:
+        with running_cluster(tmp_path_factory.mktemp("readme"), nodes=3, shards=8, replicas=2, **env) as cluster:
+            yield cluster
+    finally:
+        stub.close()
 
 
 def run_python(example: Example, url: str, cwd: Path) -> str | None:

@@ -19,7 +19,6 @@ at checkpoint), FLOAT[n] updates (old vectors copied into new rows; schema.py st
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 import math
 import weakref
 from collections.abc import Iterable

@@ -8,7 +8,6 @@ float32 bytes already), and fed to SHA-256.
 from __future__ import annotations
 
 import hashlib
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 import struct
 from collections.abc import Iterable
 from typing import Any

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable

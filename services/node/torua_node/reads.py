@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 from typing import Any, Literal
 
 import kuzu

@@ -13,7 +13,6 @@ float compression turns -0.0 and NaN into 0.0 at checkpoint). The dimension is k
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 
 import kuzu
 

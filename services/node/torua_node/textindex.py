@@ -8,7 +8,6 @@ exactly as one index over all the data would.
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 import math
 from collections import Counter
 from collections.abc import Iterable

@@ -7,7 +7,6 @@ rows become tombstones, compacted once they are the majority.
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 from collections.abc import Sequence
 
 import kuzu
