@@ -13,10 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "metrics", "process_memory_bytes"]
+__all__ = ["Metrics", "metrics", "process_memory_bytes", "GaugeReading"]
 
 # (name, help, labels, samples) produced on demand: [(label values, value)]
-GaugeSource = Callable[[], tuple[str, str, list[str], Iterable[tuple[list[str], float]]]]
+GaugeReading = tuple[str, str, list[str], Iterable[tuple[list[str], float]]]
+GaugeSource = Callable[[], GaugeReading]
 
 
 def process_memory_bytes() -> int:

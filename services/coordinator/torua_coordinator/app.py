@@ -17,7 +17,7 @@ from torua import subjects
 from torua.connect import connect
 from torua.endpoints import ServiceHandle
 from torua.errors import ConfigError
-from torua.metrics import metrics
+from torua.metrics import GaugeReading, metrics
 from torua.streams import ensure_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
 
@@ -50,12 +50,12 @@ class Coordinator:
         metrics.add_gauges(self._nodes_gauge)
         metrics.add_gauges(self._replicas_gauge)
 
-    def _nodes_gauge(self):  # type: ignore[no-untyped-def]
+    def _nodes_gauge(self) -> GaugeReading:
         by_status = Counter(r.status for r in self.registry.nodes.values())
         samples = [([status], float(by_status.get(status, 0))) for status in NODE_STATUSES]
         return "torua_nodes", "Known nodes by status", ["status"], samples
 
-    def _replicas_gauge(self):  # type: ignore[no-untyped-def]
+    def _replicas_gauge(self) -> GaugeReading:
         if self.shardmap is None:
             return "torua_shard_replicas", "Shard replicas by state", ["state"], []
         c = replica_counts(self.shardmap.shards, self.shardmap.replication_factor)

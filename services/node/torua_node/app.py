@@ -16,7 +16,7 @@ from torua import subjects
 from torua.connect import connect
 from torua.endpoints import ServiceHandle, encode
 from torua.errors import NotFound
-from torua.metrics import metrics
+from torua.metrics import GaugeReading, metrics
 from torua.version import __version__
 from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
 
@@ -56,19 +56,22 @@ class Node:
         self._decommission = True
         self._services: list[ServiceHandle] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.router: Router | None = None
         metrics.add_gauges(self._replica_gauge)
         metrics.add_gauges(self._lag_gauge)
         metrics.add_gauges(self._cache_gauge)
 
-    def _replica_gauge(self):  # type: ignore[no-untyped-def]
+    def _replica_gauge(self) -> GaugeReading:
         return "torua_replicas", "Shard replicas hosted by this node", ["node"], [([self.node_id], len(self.replicas.replicas))]
 
-    def _cache_gauge(self):  # type: ignore[no-untyped-def]
-        cache = self.router.cache if hasattr(self, "router") else None
-        samples = [] if cache is None else [(["hits"], cache.hits), (["misses"], cache.misses), (["entries"], len(cache))]
+    def _cache_gauge(self) -> GaugeReading:
+        if self.router is None:
+            return "torua_result_cache", "Router result cache: hits, misses, entries", ["kind"], []
+        cache = self.router.cache
+        samples = [(["hits"], cache.hits), (["misses"], cache.misses), (["entries"], len(cache))]
         return "torua_result_cache", "Router result cache: hits, misses, entries", ["kind"], samples
 
-    def _lag_gauge(self):  # type: ignore[no-untyped-def]
+    def _lag_gauge(self) -> GaugeReading:
         samples = [([str(s), r.state], float(r.lag)) for s, r in sorted(self.replicas.replicas.items())]
         return "torua_wal_lag", "Log entries a replica has not applied yet", ["shard", "state"], samples
 
