@@ -319,7 +319,7 @@ def _rate(value: str) -> float:
 
 def _retrieval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=_positive, default=5, help="passages to return (default 5)")
-    p.add_argument("--hops", type=_non_negative, default=2, help="graph hops from the question's entities (default 2)")
+    p.add_argument("--hops", type=_non_negative, default=3, help="graph hops from the question's entities (default 3)")
     p.add_argument("--token-budget", type=_positive, default=2000, help="context size in tokens (default 2000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -231,7 +231,7 @@ class Client:
         return await self._typed(subjects.SEARCH_HYBRID, SearchReply, payload)
 
     async def retrieve(
-        self, question: str, *, k: int = 5, hops: int = 2, token_budget: int = 2000, after: Tokens | None = None
+        self, question: str, *, k: int = 5, hops: int = 3, token_budget: int = 2000, after: Tokens | None = None
     ) -> RetrieveReply:
         payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}}
         return await self._typed(subjects.RAG_RETRIEVE, RetrieveReply, payload)
@@ -241,7 +241,7 @@ class Client:
         question: str,
         *,
         k: int = 5,
-        hops: int = 2,
+        hops: int = 3,
         token_budget: int = 2000,
         after: Tokens | None = None,
         timeout: float | None = None,

@@ -238,7 +238,7 @@ class SearchReply(Reply):
 class RetrieveRequest(Request):
     question: Query
     k: Annotated[int, Meta(ge=1, le=100)] = 5
-    hops: Annotated[int, Meta(ge=0, le=4)] = 2
+    hops: Annotated[int, Meta(ge=0, le=4)] = 3
     token_budget: Annotated[int, Meta(ge=16, le=200_000)] = 2000
     after: Tokens = msgspec.field(default_factory=dict)
 
@@ -297,7 +297,7 @@ class AnswerRequest(Request):
 
     question: Query
     k: Annotated[int, Meta(ge=1, le=100)] = 5
-    hops: Annotated[int, Meta(ge=0, le=4)] = 2
+    hops: Annotated[int, Meta(ge=0, le=4)] = 3
     token_budget: Annotated[int, Meta(ge=16, le=200_000)] = 2000
     after: Tokens = msgspec.field(default_factory=dict)
 
