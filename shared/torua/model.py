@@ -292,14 +292,8 @@ class QueryReply(Reply):
     shards: dict[str, ShardStatus] = msgspec.field(default_factory=dict)
 
 
-class AnswerRequest(Request):
+class AnswerRequest(RetrieveRequest):
     """`torua.rag.answer`: rag.retrieve's fields; the answer cites the chunk ids it used."""
-
-    question: Query
-    k: Annotated[int, Meta(ge=1, le=100)] = 5
-    hops: Annotated[int, Meta(ge=0, le=4)] = 3
-    token_budget: Annotated[int, Meta(ge=16, le=200_000)] = 2000
-    after: Tokens = msgspec.field(default_factory=dict)
 
 
 class AnswerReply(Reply):

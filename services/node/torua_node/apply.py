@@ -538,10 +538,7 @@ def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
 def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) -> None:
     if rows.num_rows == 0:
         return
-    src, dst = ("Chunk", "Entity") if rel == "MENTIONS" else ("Entity", "Entity")
-    # Two MATCH clauses: a comma pattern is planned as a cross product and exhausts the buffer pool.
-    conn.execute(f"LOAD FROM $t MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}})"
-                 f" CREATE (a)-[:{rel} {props}]->(b)", {"t": _prefixed(rows)})
+    conn.execute(f"COPY {rel} FROM $t", {"t": rows})
 
 
 def _apply_kv(conn: kuzu.Connection, kv: dict[str, str | None]) -> None:

@@ -169,73 +169,79 @@ class ShardApi:
     def __init__(self, replica: ShardReplica) -> None:
         self.replica = replica
 
+    async def _ready(self, after: int) -> int:
+        """Wait until the replica has applied `after`; the applied sequence the answer is at least as
+        of (taken before reading: an apply finishing meanwhile only makes the data newer)."""
+        await self.replica.wait_applied(after)
+        return self.replica.applied_seq
+
     async def get(self, req: ShardGet) -> EntityReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         entity = await r.store.call(reads.get_entity, req.id)
         if entity is None:
             raise NotFound(f"entity {req.id!r} not found")
-        return EntityReply(entity=entity, applied_seq=r.applied_seq)
+        return EntityReply(entity=entity, applied_seq=seq)
 
     async def entities(self, req: ShardEntities) -> EntitiesReply:
         r = self.replica
-        await r.wait_applied(req.after)
-        return EntitiesReply(entities=await r.store.call(reads.entities_by_ids, req.ids), applied_seq=r.applied_seq)
+        seq = await self._ready(req.after)
+        return EntitiesReply(entities=await r.store.call(reads.entities_by_ids, req.ids), applied_seq=seq)
 
     async def edges(self, req: ShardEdges) -> EdgesReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         found = await r.store.call(reads.edges, req.ids, req.direction, req.types, req.limit)
-        return EdgesReply(edges=found, applied_seq=r.applied_seq)
+        return EdgesReply(edges=found, applied_seq=seq)
 
     async def kv_get(self, req: ShardKVGet) -> KVValueReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         value = await r.store.call(reads.kv_get, req.key)
         if value is None:
             raise NotFound(f"key {req.key!r} not found")
-        return KVValueReply(key=req.key, value=value, applied_seq=r.applied_seq)
+        return KVValueReply(key=req.key, value=value, applied_seq=seq)
 
 
     async def vector(self, req: ShardVector) -> HitsReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         if len(req.vector) != r.dim:
             raise BadRequest(f"vector has {len(req.vector)} values; this cluster's embedding_dim is {r.dim}")
         index = r.chunk_index if req.target == "chunks" else r.entity_index
         hits = index.search(np.asarray(req.vector, np.float32), req.k)
-        return HitsReply(hits=hits, applied_seq=r.applied_seq)
+        return HitsReply(hits=hits, applied_seq=seq)
 
     async def text_stats(self, req: ShardTextStats) -> TextStatsReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
         df, n_docs, total = index.stats(req.terms)
-        return TextStatsReply(df=df, n_docs=n_docs, total_length=total, applied_seq=r.applied_seq)
+        return TextStatsReply(df=df, n_docs=n_docs, total_length=total, applied_seq=seq)
 
     async def text(self, req: ShardText) -> HitsReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
-        return HitsReply(hits=index.search(req.idf, req.avg_length, req.k), applied_seq=r.applied_seq)
+        return HitsReply(hits=index.search(req.idf, req.avg_length, req.k), applied_seq=seq)
 
     async def mentions(self, req: ShardMentions) -> MentionsReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         found = await r.store.call(mentions_of, req.entity_ids, req.limit)
-        return MentionsReply(mentions=found, applied_seq=r.applied_seq)
+        return MentionsReply(mentions=found, applied_seq=seq)
 
     async def chunks(self, req: ShardChunks) -> ChunksReply:
         r = self.replica
-        await r.wait_applied(req.after)
-        return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=r.applied_seq)
+        seq = await self._ready(req.after)
+        return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=seq)
 
 
     async def query(self, req: ShardQuery) -> QueryRowsReply:
         r = self.replica
-        await r.wait_applied(req.after)
+        seq = await self._ready(req.after)
         rows = await r.store.call(execute_on_shard, req.query, req.params)
-        return QueryRowsReply(result=rows, applied_seq=r.applied_seq)
+        return QueryRowsReply(result=rows, applied_seq=seq)
 
 
 async def start_shard_service(replica: ShardReplica) -> ServiceHandle:
