@@ -134,7 +134,17 @@ async def test_no_acknowledged_write_lost_while_nodes_are_killed(cluster: LocalC
         assert expected_min[s] <= stored[s] <= expected_max[s], (s, stored[s], expected_min[s], expected_max[s])
 
 
-async def test_wiped_replica_rebuilds_from_the_log_to_the_same_digest(cluster: LocalCluster, client: Client) -> None:
+def corrupt(shards_dir) -> None:
+    """Garbage over every database file: what a crash can leave that Kuzu cannot open."""
+    for f in shards_dir.rglob("graph.kuzu*"):
+        if f.is_file():
+            f.write_bytes(b"\x00not a kuzu database\xff" * 64)
+
+
+@pytest.mark.parametrize("damage", ["wipe", "corrupt"])
+async def test_lost_or_corrupt_replica_rebuilds_from_the_log_to_the_same_digest(
+    cluster: LocalCluster, client: Client, damage: str
+) -> None:
     await client.wait_for_state("green", timeout=30)
     tokens: Tokens = {}
     for b in range(5):
@@ -145,10 +155,14 @@ async def test_wiped_replica_rebuilds_from_the_log_to_the_same_digest(cluster: L
         )
         merge_tokens(tokens, reply.tokens)
     before = await wait_for(lambda: replicas_converged(client), timeout=60, what="converged before wipe")
-    # Stop node-1 keeping its assignments (SIGINT), wipe its databases, start it again.
+    # Stop node-1 keeping its assignments (SIGINT), wipe or corrupt its databases, start it again.
     cluster.signal_node("node-1", signal.SIGINT)
     assert cluster.nodes["node-1"].wait(timeout=30) == 0
-    shutil.rmtree(cluster.opts.data_dir / "node-1" / "shards")
+    shards_dir = cluster.opts.data_dir / "node-1" / "shards"
+    if damage == "wipe":
+        shutil.rmtree(shards_dir)
+    else:
+        corrupt(shards_dir)
     cluster.start_node("node-1")
     after = await wait_for(lambda: replicas_converged(client), timeout=90, what="converged after rebuild")
     assert after == before

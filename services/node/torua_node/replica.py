@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from nats.errors import TimeoutError as NatsTimeout
 
 from torua.endpoints import ServiceHandle
 from torua.errors import Unavailable
@@ -118,7 +118,8 @@ class ShardReplica:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.applied_seq + 1,
             ack_policy=AckPolicy.NONE,
-            inactive_threshold=60.0,
+            # A consumer left behind by a crash is removed by the server after this long.
+            inactive_threshold=15.0,
             max_ack_pending=-1,
         )
         sub = await js.pull_subscribe(wal_subject(self.shard), stream=WAL_STREAM, config=config)
@@ -129,7 +130,7 @@ class ShardReplica:
                     await self._activate()
                 try:
                     msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
-                except NatsTimeout:
+                except TimeoutError:  # nats-py raises its own subclass or asyncio's: nothing new yet
                     continue
                 batch = []
                 for m in msgs:
@@ -142,10 +143,16 @@ class ShardReplica:
                     await self._apply(batch)
                     self.lag = msgs[-1].metadata.num_pending
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection gone
-                pass
+            await self._drop_consumer(sub, config.name)
+
+    async def _drop_consumer(self, sub: Any, name: str | None) -> None:
+        """Best effort: a restarted consumer's predecessor would otherwise linger on the server."""
+        try:
+            await sub.unsubscribe()
+            if name:
+                await asyncio.wait_for(self.nc.jetstream().delete_consumer(WAL_STREAM, name), 2.0)
+        except Exception:  # noqa: BLE001 - connection gone or consumer already removed
+            log.debug("shard %d: could not remove consumer %s", self.shard, name, extra={"shard": self.shard})
 
     async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
         started = time.perf_counter()

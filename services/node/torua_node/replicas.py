@@ -50,10 +50,20 @@ class ReplicaManager:
         self.replicas[shard] = replica
         try:
             await replica.start()
-        except Exception as exc:  # noqa: BLE001 - reported in heartbeats, the node keeps running
-            log.exception("shard %d failed to open", shard)
-            replica.state, replica.error = "failed", f"open failed: {type(exc).__name__}: {exc}"
-            return
+        except Exception:  # noqa: BLE001 - the local database is only a copy of the log
+            # Kuzu 0.11.3 can fail to recover its own WAL after a SIGKILL ("duplicated primary key").
+            # Everything it held is in the write-ahead log, so start over and replay.
+            log.exception("shard %d failed to open; rebuilding it from the write-ahead log", shard)
+            await replica.store.close()
+            replica.store.remove_files()
+            replica = ShardReplica(shard, self._store(shard), nc, self.node_id, dim)
+            self.replicas[shard] = replica
+            try:
+                await replica.start()
+            except Exception as exc:  # noqa: BLE001 - reported in heartbeats, the node keeps running
+                log.exception("shard %d failed to open an empty database", shard)
+                replica.state, replica.error = "failed", f"open failed: {type(exc).__name__}: {exc}"
+                return
         log.info("shard %d replica open at applied_seq %d", shard, replica.applied_seq)
 
     async def _drop(self, shard: int) -> None:
