@@ -4,7 +4,6 @@ against an independent in-Python model of the rules."""
 from __future__ import annotations
 
 import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
-import json
 import math
 import os
 import tempfile
@@ -101,7 +100,7 @@ def dump(conn: kuzu.Connection) -> dict[str, Any]:
         "documents": sorted(tuple(r) for r in q(conn, "MATCH (d:Document) RETURN d.id, d.title, d.metadata")),
         "chunks": sorted(tuple(r) for r in q(
             conn, "MATCH (c:Chunk) RETURN c.id, c.document_id, c.text, c.position, c.embedding, c.stub")),
-        "relations": sorted((r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5]))) for r in q(
+        "relations": sorted((r[0], r[1], r[2], r[3], r[4], tuple(r[5])) for r in q(
             conn, "MATCH (a)-[r:RELATES]->(b) RETURN a.id, r.type, b.id, r.weight, r.properties, r.chunks")),
         "mentions": sorted(tuple(r) for r in q(conn, "MATCH (c)-[:MENTIONS]->(e) RETURN c.id, e.id")),
         "kv": sorted(tuple(r) for r in q(conn, "MATCH (k:KV) RETURN k.key, k.value")),
@@ -488,8 +487,8 @@ def test_relation_upsert_by_source_type_target(tmp_path: Path, no_fallback: None
                                             rel("a", "b", "S"), rel("b", "a", "R")]), start=2), DIM)
         assert q(a, "MATCH (x)-[r:RELATES]->(y) RETURN x.id, r.type, y.id, r.weight, r.chunks,"
                     " r.properties ORDER BY x.id, r.type") == [
-            ["a", "R", "b", 2.0, '["c2","c3"]', '{"z":0}'], ["a", "S", "b", 1.0, "[]", "{}"],
-            ["b", "R", "a", 1.0, "[]", "{}"]]
+            ["a", "R", "b", 2.0, ["c2", "c3"], '{"z":0}'], ["a", "S", "b", 1.0, [], "{}"],
+            ["b", "R", "a", 1.0, [], "{}"]]
 
 
 def test_mentions_are_additive_without_duplicates(tmp_path: Path, no_fallback: None) -> None:
