@@ -7,7 +7,6 @@ stubs, no relation to a never-created entity). Shard calls are plain async funct
 from __future__ import annotations
 
 import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kuzu
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -112,7 +112,8 @@ def random_graph(seed: int) -> Graph:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """JSON text as the router and apply store it (sorted keys, compact)."""
+    return msgspec.json.encode(value, order="sorted").decode()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def reference_db(root: Path, g: Graph) -> kuzu.Connection:
         "from": [r.source for r in rels], "to": [r.target for r in rels], "type": [r.type for r in rels],
         "weight": pa.array([r.weight for r in rels], pa.float64()),
         "properties": [_json(r.properties) for r in rels],
-        "chunks": pa.array([r.chunks for r in rels], pa.list_(pa.string()))})})
+        "chunks": [_json(r.chunks) for r in rels]})})
     mentions = [(c.id, e) for c in chunks for e in dict.fromkeys(c.entities) if e in g.entities]
     conn.execute("COPY MENTIONS FROM $t", {"t": pa.table({
         "from": [m[0] for m in mentions], "to": [m[1] for m in mentions]})})

@@ -68,6 +68,9 @@ def test_missing_embeddings_are_computed_deterministically_and_given_ones_kept()
         (UpsertRequest(), "nothing to write"),
         (UpsertRequest(entities=[Entity(id="a", embedding=[1.0] * 3)]), "entities[0].embedding"),
         (UpsertRequest(chunks=[Chunk(id="c", document_id="d", text="t", embedding=[float("nan")] * 16)]), "chunks[0].embedding"),
+        # Finite as a float64 but not as the float32 that is stored.
+        (UpsertRequest(entities=[Entity(id="a", embedding=[0.5] * 16), Entity(id="b", embedding=[1e39] + [0.0] * 15)]),
+         "entities[1].embedding"),
         (UpsertRequest(relations=[Relation(source="a", target="b", weight=float("inf"))]), "relations[0].weight"),
         (UpsertRequest(entities=[Entity(id="a", properties={"x": {"y": float("nan")}})]), "entities[0].properties.x.y"),
     ],

@@ -43,6 +43,8 @@ __all__ = ["ApplyResult", "apply_batch"]
 # same transaction also writes with CREATE/SET crashed the process or misplaced values at checkpoint
 # (found by fuzzing), and into a non-empty rel table it costs time proportional to the whole table.
 MAX_ERROR_LEN = 300
+_ARROW_CHUNK = 1 << 20
+_JSON = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 # Kuzu errors that say nothing about the entry (memory, disk, interruption): never recorded as poison,
 # since another replica with more memory would apply the entry and the replicas would diverge.
@@ -82,8 +84,9 @@ class _Poison(Exception):
 
 
 _Item = tuple[int, "WalEntry | _Poison"]
-# Per connection: may edges have been inserted since the last checkpoint? (unknown counts as yes)
-_EDGES_SINCE_CHECKPOINT: weakref.WeakKeyDictionary[kuzu.Connection, bool] = weakref.WeakKeyDictionary()
+# Per connection: ids of the nodes (entities and chunks) that got an edge since this module's last
+# checkpoint; None until the first one (after a restart anything may still be in memory).
+_NEW_EDGE_ENDS: weakref.WeakKeyDictionary[kuzu.Connection, set[str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -150,8 +153,10 @@ def apply_batch(conn: kuzu.Connection, batch: list[tuple[int, bytes]], dim: int)
             todo.append((seq, p))
     delta = _Delta()
     for group in _groups(todo):
-        if _has_deletes(group[0][1]) and not _checkpoint_before_deletes(conn, result):
-            break
+        head = group[0][1]
+        if isinstance(head, WalEntry) and _has_deletes(head):
+            if not _checkpoint_before_deletes(conn, head, result):
+                break
         if not _apply_group(conn, group, result, delta):
             break
     return _finish(result, delta, dim)
@@ -171,25 +176,30 @@ def _has_deletes(item: WalEntry | _Poison) -> bool:
     return isinstance(item, WalEntry) and bool(item.delete_entities or item.delete_documents)
 
 
-def _checkpoint_before_deletes(conn: kuzu.Connection, result: ApplyResult) -> bool:
+def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: ApplyResult) -> bool:
     # kuzu 0.11.3 crashes (SIGSEGV on a later read) when a checkpoint follows the deletion of edges
-    # that were inserted since the previous checkpoint (stale CSR index entries; fixed in the fork
-    # ladybug, PR #612). Checkpointing first makes every edge a delete can reach an on-disk one.
-    if not _EDGES_SINCE_CHECKPOINT.get(conn, True):
-        return True
+    # inserted since the previous checkpoint (stale CSR index entries; fixed in the fork ladybug,
+    # PR #612). So a delete that may reach such an edge first checkpoints, making it an on-disk one.
+    # Only when needed: each checkpoint rewrites the whole adjacency data of the touched node groups.
+    recent = _NEW_EDGE_ENDS.get(conn)
+    if recent is not None:
+        reached = set(entry.delete_entities)
+        if entry.delete_documents:
+            reached.update(_col(conn, "LOAD FROM $t MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id",
+                                _ids(entry.delete_documents)))
+        if recent.isdisjoint(reached):
+            return True
     try:
         conn.execute("CHECKPOINT")
     except RuntimeError as exc:
         result.error = f"checkpoint before delete: {exc}"[:MAX_ERROR_LEN]
         return False
-    _EDGES_SINCE_CHECKPOINT[conn] = False
+    _NEW_EDGE_ENDS[conn] = set()
     return True
 
 
 def _apply_group(conn: kuzu.Connection, group: list[_Item], result: ApplyResult, delta: _Delta) -> bool:
     """Apply a group in one transaction, or entry by entry if that fails; False if stopped early."""
-    if any(isinstance(e, WalEntry) and (e.relations or e.mentions) for _, e in group):
-        _EDGES_SINCE_CHECKPOINT[conn] = True  # before trying: a failed try may still leave some
     one = _Delta()
     try:
         _in_tx(conn, lambda: _apply_items(conn, group, one))
@@ -496,13 +506,12 @@ def _upsert_relations(
     maybe = [r for (s, _, t), r in rels.items() if s not in fresh and t not in fresh]
     existing: set[tuple[str, str, str]] = set()
     if maybe:
-        found = conn.execute(
+        found = _rows(conn,
             "LOAD FROM $t MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to})"
             " WHERE r.type = u_type SET r.weight = u_weight, r.properties = u_properties,"
             " r.chunks = u_chunks RETURN a.id, r.type, b.id",
-            {"t": _prefixed(_relation_table(maybe))},
-        ).get_all()
-        existing = {(s, ty, t) for s, ty, t in found}
+            _prefixed(_relation_table(maybe)))
+        existing = set(zip(*found))
     new = [r for k, r in rels.items() if k not in existing]
     _insert_rels(conn, "RELATES", _relation_table(new),
                  "{type: u_type, weight: u_weight, properties: u_properties, chunks: u_chunks}")
@@ -514,7 +523,7 @@ def _relation_table(rels: list[WalRelation]) -> pa.Table:
         # -0.0 + 0.0 is +0.0: Kuzu keeps the sign of a zero DOUBLE only sometimes.
         "weight": pa.array([r.weight + 0.0 for r in rels], pa.float64()),
         "properties": [r.properties for r in rels],
-        "chunks": pa.array([r.chunks for r in rels], pa.list_(pa.string())),
+        "chunks": [_json_list(r.chunks) for r in rels],
     })
 
 
@@ -524,11 +533,14 @@ def _add_mentions(
     maybe = [p for p in pairs if p[0] not in fresh_chunks and p[1] not in fresh_entities]
     existing: set[tuple[str, str]] = set()
     if maybe:
-        found = conn.execute(
-            "LOAD FROM $t MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to})"
-            " RETURN c.id, e.id", {"t": _prefixed(_pairs(maybe))}).get_all()
-        existing = {(c, e) for c, e in found}
+        found = _rows(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to})"
+                            " RETURN c.id, e.id", _prefixed(_pairs(maybe)))
+        existing = set(zip(*found))
     _insert_rels(conn, "MENTIONS", _pairs([p for p in pairs if p not in existing]), "")
+
+
+def _json_list(items: list[str]) -> str:
+    return _JSON.encode(items).decode()
 
 
 def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
@@ -538,7 +550,14 @@ def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
 def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) -> None:
     if rows.num_rows == 0:
         return
-    conn.execute(f"COPY {rel} FROM $t", {"t": rows})
+    recent = _NEW_EDGE_ENDS.get(conn)
+    if recent is not None:  # noted before the transaction commits: a superset is safe
+        recent.update(rows.column("from").to_pylist())
+        recent.update(rows.column("to").to_pylist())
+    src, dst = ("Chunk", "Entity") if rel == "MENTIONS" else ("Entity", "Entity")
+    # Two MATCH clauses: a comma pattern is planned as a cross product and exhausts the buffer pool.
+    conn.execute(f"LOAD FROM $t MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}})"
+                 f" CREATE (a)-[:{rel} {props}]->(b)", {"t": _prefixed(rows)})
 
 
 def _apply_kv(conn: kuzu.Connection, kv: dict[str, str | None]) -> None:
@@ -565,4 +584,10 @@ def _prefixed(t: pa.Table) -> pa.Table:
 
 
 def _col(conn: kuzu.Connection, query: str, t: pa.Table) -> list[str]:
-    return [row[0] for row in conn.execute(query, {"t": t}).get_all()]
+    return _rows(conn, query, t)[0]
+
+
+def _rows(conn: kuzu.Connection, query: str, t: pa.Table) -> list[list]:
+    """The result's columns as lists (through Arrow: row by row costs ~3x more)."""
+    result = conn.execute(query, {"t": t}).get_as_arrow(_ARROW_CHUNK)
+    return [col.to_pylist() for col in result.columns]

@@ -90,4 +90,5 @@ def _entity(row: list[Any], embedding: bytes | None) -> EntityOut:
 
 def _edge(row: list[Any]) -> EdgeOut:
     s, ty, t, w, p, ch = row
-    return EdgeOut(source=s, target=t, type=ty, weight=w, properties=_props(p), chunks=list(ch or []))
+    return EdgeOut(source=s, target=t, type=ty, weight=w, properties=_props(p),
+                   chunks=msgspec.json.decode(ch) if ch else [])

@@ -7,10 +7,10 @@ the entity's shard. Deletes go to every shard, since copies and stubs may be any
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 
+import msgspec
 import numpy as np
 
 from torua.embedding import Embedder
@@ -23,28 +23,39 @@ from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, Wa
 __all__ = ["split_upsert", "split_delete", "split_kv", "kv_shard", "validate_upsert"]
 
 
-def _json(value: object) -> str:
+def _json(value: dict) -> str:
     # Sorted keys: the same properties always give the same stored text on every replica.
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return msgspec.json.encode(value, order="sorted").decode() if value else "{}"
 
 
-def _check_vector(vec: Sequence[float] | None, dim: int, where: str) -> None:
-    if vec is None:
-        return
-    if len(vec) != dim:
-        raise BadRequest(f"{where} has {len(vec)} values; this cluster's embedding_dim is {dim}")
-    if not all(math.isfinite(x) for x in vec):
-        raise BadRequest(f"{where} contains a value that is not a finite number")
+def _given_vectors(given: list[Sequence[float] | None], dim: int, field: str) -> list[bytes | None]:
+    """The given vectors as little-endian float32 bytes (None where absent), checked in one pass."""
+    rows = [i for i, v in enumerate(given) if v is not None]
+    for i in rows:
+        if len(given[i]) != dim:  # type: ignore[arg-type]
+            raise BadRequest(f"{field}[{i}].embedding has {len(given[i])} values;"  # type: ignore[arg-type]
+                             f" this cluster's embedding_dim is {dim}")
+    out: list[bytes | None] = [None] * len(given)
+    if not rows:
+        return out
+    with np.errstate(over="ignore"):  # out of float32 range becomes inf, refused below
+        matrix = np.array([given[i] for i in rows], dtype="<f4")
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad.size:
+        raise BadRequest(f"{field}[{rows[bad[0]]}].embedding contains a value that is not a finite"
+                         " number in float32 range")
+    for i, row in zip(rows, matrix):
+        out[i] = row.tobytes()
+    return out
 
 
-def validate_upsert(req: UpsertRequest, dim: int) -> None:
-    """Everything msgspec's schema cannot say; errors name the field."""
+def validate_upsert(req: UpsertRequest, dim: int) -> tuple[list[bytes | None], list[bytes | None]]:
+    """Everything msgspec's schema cannot say; errors name the field. Returns the given entity and
+    chunk vectors, converted."""
     if not (req.documents or req.chunks or req.entities or req.relations):
         raise BadRequest("nothing to write: give at least one of documents, chunks, entities, relations")
-    for i, e in enumerate(req.entities):
-        _check_vector(e.embedding, dim, f"entities[{i}].embedding")
-    for i, c in enumerate(req.chunks):
-        _check_vector(c.embedding, dim, f"chunks[{i}].embedding")
+    ent_vecs = _given_vectors([e.embedding for e in req.entities], dim, "entities")
+    chunk_vecs = _given_vectors([c.embedding for c in req.chunks], dim, "chunks")
     for i, r in enumerate(req.relations):
         if not math.isfinite(r.weight):
             raise BadRequest(f"relations[{i}].weight must be a finite number")
@@ -52,6 +63,7 @@ def validate_upsert(req: UpsertRequest, dim: int) -> None:
         for i, item in enumerate(items):
             props = getattr(item, "metadata", None) if field == "documents" else item.properties
             _check_json_numbers(props, f"{field}[{i}].{'metadata' if field == 'documents' else 'properties'}")
+    return ent_vecs, chunk_vecs
 
 
 def _check_json_numbers(value: object, where: str) -> None:
@@ -65,20 +77,16 @@ def _check_json_numbers(value: object, where: str) -> None:
             _check_json_numbers(v, where)
 
 
-def _vectors(texts: list[str], given: list[Sequence[float] | None], embedder: Embedder) -> list[bytes]:
+def _vectors(texts: list[str], given: list[bytes | None], embedder: Embedder) -> list[bytes]:
     """Little-endian float32 bytes per row; missing ones computed by the embedder in one call."""
     missing = [i for i, v in enumerate(given) if v is None]
-    computed = embedder.embed([texts[i] for i in missing]) if missing else None
-    out: list[bytes] = []
-    row = 0
-    for v in given:
-        if v is None:
-            assert computed is not None
-            out.append(computed[row].astype("<f4").tobytes())
-            row += 1
-        else:
-            out.append(np.asarray(v, dtype="<f4").tobytes())
-    return out
+    if not missing:
+        return given  # type: ignore[return-value]
+    computed = embedder.embed([texts[i] for i in missing])
+    out = list(given)
+    for row, i in enumerate(missing):
+        out[i] = computed[row].astype("<f4").tobytes()
+    return out  # type: ignore[return-value]
 
 
 def _entity_text(e: Entity) -> str:
@@ -88,7 +96,7 @@ def _entity_text(e: Entity) -> str:
 def split_upsert(
     req: UpsertRequest, num_shards: int, embedder: Embedder, request_id: str, ts: float
 ) -> dict[int, WalEntry]:
-    validate_upsert(req, embedder.dim)
+    given_ent, given_chunk = validate_upsert(req, embedder.dim)
     entries: dict[int, WalEntry] = {}
 
     def entry(shard: int) -> WalEntry:
@@ -96,13 +104,20 @@ def split_upsert(
             entries[shard] = WalEntry(request_id=request_id, ts=ts)
         return entries[shard]
 
-    shard: Callable[[str], int] = lambda key: shard_for(key, num_shards)  # noqa: E731
+    placed: dict[str, int] = {}  # relations name the same ids again and again
+
+    def shard(key: str) -> int:
+        s = placed.get(key)
+        if s is None:
+            s = placed[key] = shard_for(key, num_shards)
+        return s
+
     for d in req.documents:
         entry(shard(d.id)).documents.append(WalDocument(d.id, d.title, _json(d.metadata)))
-    ent_vecs = _vectors([_entity_text(e) for e in req.entities], [e.embedding for e in req.entities], embedder)
+    ent_vecs = _vectors([_entity_text(e) for e in req.entities], given_ent, embedder)
     for e, vec in zip(req.entities, ent_vecs):
         entry(shard(e.id)).entities.append(WalEntity(e.id, e.name, e.type, e.description, _json(e.properties), vec))
-    chunk_vecs = _vectors([c.text for c in req.chunks], [c.embedding for c in req.chunks], embedder)
+    chunk_vecs = _vectors([c.text for c in req.chunks], given_chunk, embedder)
     for c, vec in zip(req.chunks, chunk_vecs):
         home = shard(c.document_id)
         entry(home).chunks.append(WalChunk(c.id, c.document_id, c.text, c.position, vec))
