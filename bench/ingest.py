@@ -102,6 +102,31 @@ async def all_applied(client: Client, tokens: Tokens) -> bool:
     return True
 
 
+class AppliedWatch:
+    """Follows the replicas' `torua.shard.<n>.applied` notices. Polling node info instead would run
+    count queries on every shard thread many times a second, slowing the apply being measured."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.changed = asyncio.Event()
+
+    async def start(self, client: Client) -> None:
+        await client.nc.subscribe("torua.shard.*.applied", cb=self._on_notice)
+
+    async def _on_notice(self, msg) -> None:
+        shard = msg.subject.split(".")[2]
+        self.seen[shard] = max(self.seen.get(shard, 0), int(msg.data))
+        self.changed.set()
+
+    async def wait(self, client: Client, tokens: Tokens) -> None:
+        while any(self.seen.get(s, 0) < seq for s, seq in tokens.items()):
+            self.changed.clear()
+            await self.changed.wait()
+        # With replicas > 1 a notice speaks for one replica: confirm that every replica is there.
+        while not await all_applied(client, tokens):
+            await asyncio.sleep(0.1)
+
+
 async def single_write_latency(client: Client, n: int) -> list[float]:
     out = []
     for i in range(n):
@@ -126,10 +151,11 @@ async def run_cluster(nodes: int, replicas: int, data, args) -> dict[str, float]
             async with await Client.connect(cluster.url, request_timeout=120) as client:
                 await client.wait_for_state("green" if nodes >= replicas else "yellow", 60)
                 work = list(batches(ids, vecs, src, dst, args.entity_batch, args.relation_batch))
+                watch = AppliedWatch()
+                await watch.start(client)
                 t0 = time.perf_counter()
                 acked_s, tokens = await cluster_ingest(client, work, args.concurrency)
-                while not await all_applied(client, tokens):
-                    await asyncio.sleep(0.05)
+                await watch.wait(client, tokens)
                 applied_s = time.perf_counter() - t0
                 probe = await client.search_vector(vector=vecs[7].tolist(), k=1, target="entities", after=tokens)
                 assert probe.hits and probe.hits[0].id == ids[7], "new vectors must be searchable once applied"

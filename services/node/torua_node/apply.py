@@ -87,6 +87,8 @@ _Item = tuple[int, "WalEntry | _Poison"]
 # Per connection: ids of the nodes (entities and chunks) that got an edge since this module's last
 # checkpoint; None until the first one (after a restart anything may still be in memory).
 _NEW_EDGE_ENDS: weakref.WeakKeyDictionary[kuzu.Connection, set[str]] = weakref.WeakKeyDictionary()
+# Beyond this many, a bulk load is under way: stop tracking (memory) and let the next delete checkpoint.
+_MAX_TRACKED_EDGE_ENDS = 100_000
 
 
 @dataclass(slots=True)
@@ -554,6 +556,8 @@ def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) ->
     if recent is not None:  # noted before the transaction commits: a superset is safe
         recent.update(rows.column("from").to_pylist())
         recent.update(rows.column("to").to_pylist())
+        if len(recent) > _MAX_TRACKED_EDGE_ENDS:
+            _NEW_EDGE_ENDS.pop(conn)  # unknown again: the next delete checkpoints first
     src, dst = ("Chunk", "Entity") if rel == "MENTIONS" else ("Entity", "Entity")
     # Two MATCH clauses: a comma pattern is planned as a cross product and exhausts the buffer pool.
     conn.execute(f"LOAD FROM $t MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}})"
