@@ -27,13 +27,34 @@ from torua_node.storage import ShardStore
 from torua_node.textindex import TextIndex, load_text_indexes, texts_for
 from torua_node.vectors import VectorIndex, load_indexes
 
-__all__ = ["ShardReplica"]
+__all__ = ["ShardReplica", "end_task"]
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 512
 # How long a read carrying a write token waits for this replica to apply that far.
 READ_WAIT_S = 2.0
+# How long stop() waits on each step before giving up with a warning: a stuck step must not hold
+# the node's reconcile lock, and with it every later shard map, forever.
+STOP_TIMEOUT_S = 5.0
+
+
+async def end_task(task: asyncio.Task[Any], timeout: float) -> None:
+    """Cancel `task` and wait for it to end; after `timeout` seconds, warn and go on without it.
+
+    One cancel() can be lost on Python 3.11: asyncio.wait_for, inside every nats-py request,
+    returns the reply instead of raising when the cancel lands as the reply arrives (CPython
+    gh-86296). So cancel again while waiting.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done() and (left := deadline - loop.time()) > 0:
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(left, 1.0))
+    if not task.done():
+        log.warning("task %s still running %.0fs after cancel; going on without it", task.get_name(), timeout)
+    elif not task.cancelled():
+        task.exception()  # retrieved, so that asyncio does not report it at exit
 
 
 class ShardReplica:
@@ -55,6 +76,7 @@ class ShardReplica:
         self._applied = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._service: ServiceHandle | None = None
+        self._closing = False
 
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(
@@ -70,13 +92,22 @@ class ShardReplica:
         self._task = asyncio.create_task(self._follow_log(), name=f"wal-{self.shard}")
 
     async def stop(self) -> None:
-        self.state = "closing"
-        if self._service is not None:
-            await self._service.stop()
+        # The log loop also checks the flag: its cancel alone can be lost (see end_task).
+        self.state, self._closing = "closing", True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await end_task(self._task, STOP_TIMEOUT_S)
+        if self._service is not None:  # after the task, which may have started it while ending
+            await self._stop_service(self._service)
         await self.store.close()
+
+    async def _stop_service(self, service: ServiceHandle) -> None:
+        stopping = asyncio.ensure_future(service.stop())
+        if not (await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S))[0]:
+            stopping.cancel()
+            log.warning(
+                "shard %d: shard service did not stop in %.0fs", self.shard, STOP_TIMEOUT_S,
+                extra={"shard": self.shard},
+            )
 
     # --- reads wait for writes they depend on -------------------------------------------------
 
@@ -102,7 +133,7 @@ class ShardReplica:
             return 0
 
     async def _follow_log(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._consume()
             except asyncio.CancelledError:
@@ -125,7 +156,7 @@ class ShardReplica:
         sub = await js.pull_subscribe(wal_subject(self.shard), stream=WAL_STREAM, config=config)
         last_consumer_seq = 0
         try:
-            while True:
+            while not self._closing:
                 if self.state == "recovering" and self.applied_seq >= catch_up_to:
                     await self._activate()
                 try:
@@ -183,5 +214,7 @@ class ShardReplica:
 
     async def _activate(self) -> None:
         self._service = await start_shard_service(self)
+        if self._closing:  # stop() began meanwhile and stops the service once this task ends
+            return
         self.state = "active"
         log.info("shard %d replica caught up at %d and serving", self.shard, self.applied_seq, extra={"shard": self.shard})
