@@ -22,9 +22,10 @@ from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
 
 from torua_node.digest import content_digest, counts
 from torua_node.identity import load_identity
-from torua_node.replica import ShardReplica, end_task
+from torua_node.replica import ShardReplica
 from torua_node.schema import read_applied_seq
 from torua_node.storage import Conn
+from torua_node.tasks import end_task
 from torua_node.replicas import ReplicaManager
 from torua_node.router import Router, start_router_service
 from torua_node.service import start_node_service

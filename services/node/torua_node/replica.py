@@ -24,10 +24,11 @@ from torua_node.apply import ApplyResult, apply_batch
 from torua_node.schema import init_schema, read_applied_seq
 from torua_node.shard_api import applied_subject, start_shard_service
 from torua_node.storage import ShardStore
+from torua_node.tasks import end_task
 from torua_node.textindex import TextIndex, load_text_indexes, texts_for
 from torua_node.vectors import VectorIndex, load_indexes
 
-__all__ = ["ShardReplica", "end_task"]
+__all__ = ["ShardReplica"]
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,6 @@ READ_WAIT_S = 2.0
 # How long stop() waits on each step before giving up with a warning: a stuck step must not hold
 # the node's reconcile lock, and with it every later shard map, forever.
 STOP_TIMEOUT_S = 5.0
-
-
-async def end_task(task: asyncio.Task[Any], timeout: float) -> None:
-    """Cancel `task` and wait for it to end; after `timeout` seconds, warn and go on without it.
-
-    One cancel() can be lost on Python 3.11: asyncio.wait_for, inside every nats-py request,
-    returns the reply instead of raising when the cancel lands as the reply arrives (CPython
-    gh-86296). So cancel again while waiting.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not task.done() and (left := deadline - loop.time()) > 0:
-        task.cancel()
-        await asyncio.wait({task}, timeout=min(left, 1.0))
-    if not task.done():
-        log.warning("task %s still running %.0fs after cancel; going on without it", task.get_name(), timeout)
-    elif not task.cancelled():
-        task.exception()  # retrieved, so that asyncio does not report it at exit
 
 
 class ShardReplica:
