@@ -809,6 +809,10 @@ def _rel_plan(q: _Query, params: dict[str, Any]) -> Plan:
     filters = [f"{anchor.var}.stub = false",
                f"({far.var}.stub = false OR {far.var}.id IN ${REAL_IDS_PARAM})"]
     ident = [f"{left.var}.id"] + ([f"{rel.var}.type"] if rel.table == "RELATES" else []) + [f"{right.var}.id"]
+    if rel.table == "RELATES":
+        # Undirected, a->b and b->a of one type bind the same ends: their content tells them apart
+        # (two edges equal in all of it give equal rows, so their order cannot show).
+        ident += [f"{rel.var}.{col}" for col in ("weight", "properties", "chunks")]
     query, merge = _finish(q, f"MATCH {pattern}{_where(q.where, filters)}", ident)
     if not whole[far.key]:
         probe = (f"MATCH {pattern}{_where(q.where, [f'{anchor.var}.stub = false', f'{far.var}.stub = true'])}"
