@@ -187,8 +187,7 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     if recent is not None:
         reached = set(entry.delete_entities)
         if entry.delete_documents:
-            reached.update(_col(conn, "LOAD FROM $t MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id",
-                                _ids(entry.delete_documents)))
+            reached.update(_chunks_of(conn, _ids(entry.delete_documents)))
         if recent.isdisjoint(reached):
             return True
     try:
@@ -364,7 +363,7 @@ def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> N
     if not ids:
         return
     t = _ids(ids)
-    chunks = _col(conn, "LOAD FROM $t MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id", t)
+    chunks = _chunks_of(conn, t)
     if chunks:
         ct = _ids(chunks)
         near = _col(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_id})-[:MENTIONS]->(e:Entity)"
@@ -375,6 +374,11 @@ def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> N
             delta.chunks[i] = None
         _drop_orphan_stubs(conn, "Entity", near)
     conn.execute("LOAD FROM $t MATCH (d:Document {id: u_id}) DELETE d", {"t": t})
+
+
+def _chunks_of(conn: kuzu.Connection, documents: pa.Table) -> list[str]:
+    """Ids of the chunks (real or stub) of these documents (`_ids` table)."""
+    return _col(conn, "LOAD FROM $t MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id", documents)
 
 
 # Each rel table and direction touching a node table, for deleting a node's edges before the node.
