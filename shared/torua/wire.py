@@ -43,7 +43,7 @@ NodeStatus = Literal["healthy", "unhealthy", "dead", "draining"]
 ClusterState = Literal["green", "yellow", "red"]
 
 
-class Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Base of every public request."""
 
 

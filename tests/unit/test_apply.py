@@ -492,6 +492,40 @@ def test_relation_upsert_by_source_type_target(tmp_path: Path, no_fallback: None
             ["b", "R", "a", 1.0, "[]", "{}"]]
 
 
+class _LookupSpy:
+    """A connection that records the lookups (LOAD FROM ... RETURN) apply runs through it."""
+
+    def __init__(self, conn: kuzu.Connection) -> None:
+        self.conn, self.database, self.lookups = conn, conn.database, []
+
+    def execute(self, query: str, params: dict | None = None) -> Any:
+        if query.startswith("LOAD FROM") and " RETURN " in query:
+            self.lookups.append(query)
+        return self.conn.execute(query, params or {})
+
+
+def test_new_keys_are_written_without_lookups_and_known_ones_are_updated(
+    tmp_path: Path, no_fallback: None
+) -> None:
+    first = entry(entities=[ent("a")], chunks=[chunk("c", "d")], relations=[rel("a", "b")],
+                  mentions=[WalMention("c", "d", "a")])
+    with shard_db(tmp_path / "a") as a:
+        apply_batch(a, wal(first), DIM)
+    with shard_db(tmp_path / "a") as a:  # reopened: what exists is learnt from the database
+        spy = _LookupSpy(a)
+        apply_batch(spy, wal(entry(entities=[ent("x")], chunks=[chunk("cx", "d")],
+                                   relations=[rel("x", "y")], mentions=[WalMention("cx", "d", "x")]),
+                             start=2), DIM)
+        assert spy.lookups == []
+        apply_batch(spy, wal(entry(entities=[ent("a", "A2")], relations=[rel("a", "b", w=5.0)],
+                                   mentions=[WalMention("c", "d", "a")]), start=3), DIM)
+        assert spy.lookups  # all of these may exist: looked up, and updated rather than duplicated
+        assert q(a, "MATCH (x)-[r:RELATES]->(y) RETURN x.id, y.id, r.weight ORDER BY x.id") == [
+            ["a", "b", 5.0], ["x", "y", 1.0]]
+        assert q(a, "MATCH (e:Entity {id: 'a'}) RETURN e.name") == [["A2"]]
+        assert counts(a)["mentions"] == 2
+
+
 def test_mentions_are_additive_without_duplicates(tmp_path: Path, no_fallback: None) -> None:
     m = WalMention("c", "d", "e")
     with shard_db(tmp_path / "a") as a:

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torua_node.presence import Presence
 from torua_node.schema import APPLIED_SEQ_KEY, read_applied_seq
 from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
 
@@ -84,11 +85,40 @@ class _Poison(Exception):
 
 
 _Item = tuple[int, "WalEntry | _Poison"]
-# Per connection: ids of the nodes (entities and chunks) that got an edge since this module's last
-# checkpoint; None until the first one (after a restart anything may still be in memory).
-_NEW_EDGE_ENDS: weakref.WeakKeyDictionary[kuzu.Connection, set[str]] = weakref.WeakKeyDictionary()
 # Beyond this many, a bulk load is under way: stop tracking (memory) and let the next delete checkpoint.
 _MAX_TRACKED_EDGE_ENDS = 100_000
+
+
+@dataclass(slots=True)
+class _Memory:
+    """What apply remembers about one open database between batches (only apply writes to it)."""
+
+    # Keys that may exist, so that inserting new ones needs no lookup: ids for node tables,
+    # (source, type, target) for RELATES, (chunk, entity) for MENTIONS.
+    presence: dict[str, Presence]
+    # Ids of the nodes that got an edge since this module's last checkpoint; None until the first
+    # one (after a restart anything may still be in memory).
+    new_edge_ends: set[str] | None = None
+
+
+_MEMORY: weakref.WeakKeyDictionary[kuzu.Database, _Memory] = weakref.WeakKeyDictionary()
+_PRESENCE_KEYS = {
+    "Entity": "MATCH (n:Entity) RETURN n.id",
+    "Chunk": "MATCH (n:Chunk) RETURN n.id",
+    "RELATES": "MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, r.type, b.id",
+    "MENTIONS": "MATCH (a:Chunk)-[:MENTIONS]->(b:Entity) RETURN a.id, b.id",
+}
+
+
+def _memory(conn: kuzu.Connection) -> _Memory:
+    mem = _MEMORY.get(conn.database)
+    if mem is None:  # first batch since the database was opened: learn its keys once
+        presence = {}
+        for table, query in _PRESENCE_KEYS.items():
+            cols = [c.to_pylist() for c in conn.execute(query).get_as_arrow(_ARROW_CHUNK).columns]
+            presence[table] = Presence(cols[0] if len(cols) == 1 else list(zip(*cols)))
+        mem = _MEMORY[conn.database] = _Memory(presence)
+    return mem
 
 
 @dataclass(slots=True)
@@ -183,7 +213,8 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     # inserted since the previous checkpoint (stale CSR index entries; fixed in the fork ladybug,
     # PR #612). So a delete that may reach such an edge first checkpoints, making it an on-disk one.
     # Only when needed: each checkpoint rewrites the whole adjacency data of the touched node groups.
-    recent = _NEW_EDGE_ENDS.get(conn)
+    mem = _memory(conn)
+    recent = mem.new_edge_ends
     if recent is not None:
         reached = set(entry.delete_entities)
         if entry.delete_documents:
@@ -195,7 +226,7 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     except RuntimeError as exc:
         result.error = f"checkpoint before delete: {exc}"[:MAX_ERROR_LEN]
         return False
-    _NEW_EDGE_ENDS[conn] = set()
+    mem.new_edge_ends = set()
     return True
 
 
@@ -465,7 +496,8 @@ def _ensure_stubs(
     """Insert a stub (id only, content empty) for each absent id; returns those ids."""
     if not ids:
         return set()
-    present = set(_col(conn, f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) RETURN n.id", _ids(ids)))
+    maybe = [i for i, m in zip(ids, _memory(conn).presence[table].maybe(ids)) if m]
+    present = set(_col(conn, f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) RETURN n.id", _ids(maybe))) if maybe else set()
     missing = [i for i in ids if i not in present]
     if not missing:
         return set()
@@ -486,8 +518,12 @@ def _ensure_stubs(
 def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -> set[str]:
     """Overwrite the rows whose key exists, insert the others; returns the inserted keys."""
     keys = rows.column(key)
+    maybe = rows.select([key])
+    presence = _memory(conn).presence.get(table)
+    if presence is not None:
+        maybe = maybe.filter(pa.array(presence.maybe(keys.to_pylist())))
     existing = _col(conn, f"LOAD FROM $t MATCH (n:{table} {{{key}: u_{key}}}) RETURN n.{key}",
-                    _prefixed(rows.select([key])))
+                    _prefixed(maybe)) if maybe.num_rows else []
     if existing:
         known = pc.is_in(keys, value_set=pa.array(existing, pa.string()))
         cols = [c for c in rows.column_names if c != key]
@@ -501,6 +537,9 @@ def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -
 
 def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table) -> None:
     if rows.num_rows:
+        presence = _memory(conn).presence.get(table)
+        if presence is not None:  # noted before the transaction commits: a superset is safe
+            presence.add(rows.column("id").to_pylist())
         props = ", ".join(f"{c}: u_{c}" for c in rows.column_names)
         conn.execute(f"LOAD FROM $t CREATE (n:{table} {{{props}}})", {"t": _prefixed(rows)})
 
@@ -508,18 +547,21 @@ def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table) -> None:
 def _upsert_relations(
     conn: kuzu.Connection, rels: dict[tuple[str, str, str], WalRelation], fresh: set[str]
 ) -> None:
-    # An edge can only exist already if both endpoints existed before this step.
-    maybe = [r for (s, _, t), r in rels.items() if s not in fresh and t not in fresh]
-    existing: set[tuple[str, str, str]] = set()
-    if maybe:
+    keys = list(rels)
+    table = _relation_table(list(rels.values()))
+    # An edge can only exist already if it may be present and both ends existed before this step.
+    maybe = _memory(conn).presence["RELATES"].maybe(keys)
+    maybe &= np.fromiter((s not in fresh and t not in fresh for s, _, t in keys), bool, len(keys))
+    if maybe.any():
         found = _rows(conn,
             "LOAD FROM $t MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to})"
             " WHERE r.type = u_type SET r.weight = u_weight, r.properties = u_properties,"
             " r.chunks = u_chunks RETURN a.id, r.type, b.id",
-            _prefixed(_relation_table(maybe)))
+            _prefixed(table.filter(pa.array(maybe))))
         existing = set(zip(*found))
-    new = [r for k, r in rels.items() if k not in existing]
-    _insert_rels(conn, "RELATES", _relation_table(new),
+        if existing:
+            table = table.filter(pa.array([k not in existing for k in keys]))
+    _insert_rels(conn, "RELATES", table,
                  "{type: u_type, weight: u_weight, properties: u_properties, chunks: u_chunks}")
 
 
@@ -536,7 +578,8 @@ def _relation_table(rels: list[WalRelation]) -> pa.Table:
 def _add_mentions(
     conn: kuzu.Connection, pairs: list[tuple[str, str]], fresh_chunks: set[str], fresh_entities: set[str]
 ) -> None:
-    maybe = [p for p in pairs if p[0] not in fresh_chunks and p[1] not in fresh_entities]
+    present = _memory(conn).presence["MENTIONS"].maybe(pairs)
+    maybe = [p for p, m in zip(pairs, present) if m and p[0] not in fresh_chunks and p[1] not in fresh_entities]
     existing: set[tuple[str, str]] = set()
     if maybe:
         found = _rows(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to})"
@@ -546,7 +589,7 @@ def _add_mentions(
 
 
 def _json_list(items: list[str]) -> str:
-    return _JSON.encode(items).decode()
+    return _JSON.encode(items).decode() if items else "[]"
 
 
 def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
@@ -556,12 +599,18 @@ def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
 def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) -> None:
     if rows.num_rows == 0:
         return
-    recent = _NEW_EDGE_ENDS.get(conn)
-    if recent is not None:  # noted before the transaction commits: a superset is safe
-        recent.update(rows.column("from").to_pylist())
-        recent.update(rows.column("to").to_pylist())
-        if len(recent) > _MAX_TRACKED_EDGE_ENDS:
-            _NEW_EDGE_ENDS.pop(conn)  # unknown again: the next delete checkpoints first
+    mem = _memory(conn)
+    sources, targets = rows.column("from").to_pylist(), rows.column("to").to_pylist()
+    # Noted before the transaction commits: a superset is safe.
+    if rel == "RELATES":
+        mem.presence[rel].add(list(zip(sources, rows.column("type").to_pylist(), targets)))
+    else:
+        mem.presence[rel].add(list(zip(sources, targets)))
+    if mem.new_edge_ends is not None:
+        mem.new_edge_ends.update(sources)
+        mem.new_edge_ends.update(targets)
+        if len(mem.new_edge_ends) > _MAX_TRACKED_EDGE_ENDS:
+            mem.new_edge_ends = None  # unknown again: the next delete checkpoints first
     src, dst = ("Chunk", "Entity") if rel == "MENTIONS" else ("Entity", "Entity")
     # Two MATCH clauses: a comma pattern is planned as a cross product and exhausts the buffer pool.
     conn.execute(f"LOAD FROM $t MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}})"

@@ -123,7 +123,7 @@ def split_upsert(
         entry(home).chunks.append(WalChunk(c.id, c.document_id, c.text, c.position, vec))
         _add_mentions(c, home, shard, entry)
     for r in req.relations:
-        rel = WalRelation(r.source, r.target, r.type, float(r.weight), _json(r.properties), list(r.chunks))
+        rel = WalRelation(r.source, r.target, r.type, float(r.weight), _json(r.properties), tuple(r.chunks))
         for s in {shard(r.source), shard(r.target)}:
             entry(s).relations.append(rel)
     return entries

@@ -26,13 +26,13 @@ __all__ = [
     "decode_entry",
 ]
 
-class WalDocument(msgspec.Struct, array_like=True):
+class WalDocument(msgspec.Struct, array_like=True, gc=False):
     id: str
     title: str
     metadata: str  # JSON text
 
 
-class WalEntity(msgspec.Struct, array_like=True):
+class WalEntity(msgspec.Struct, array_like=True, gc=False):
     id: str
     name: str
     type: str
@@ -41,7 +41,7 @@ class WalEntity(msgspec.Struct, array_like=True):
     embedding: bytes  # float32 little-endian, exactly dim values
 
 
-class WalChunk(msgspec.Struct, array_like=True):
+class WalChunk(msgspec.Struct, array_like=True, gc=False):
     id: str
     document_id: str
     text: str
@@ -49,22 +49,22 @@ class WalChunk(msgspec.Struct, array_like=True):
     embedding: bytes
 
 
-class WalRelation(msgspec.Struct, array_like=True):
+class WalRelation(msgspec.Struct, array_like=True, gc=False):
     source: str
     target: str
     type: str
     weight: float
     properties: str  # JSON text
-    chunks: list[str]
+    chunks: tuple[str, ...]
 
 
-class WalMention(msgspec.Struct, array_like=True):
+class WalMention(msgspec.Struct, array_like=True, gc=False):
     chunk_id: str
     document_id: str
     entity_id: str
 
 
-class WalKV(msgspec.Struct, array_like=True):
+class WalKV(msgspec.Struct, array_like=True, gc=False):
     key: str
     value: str | None  # None deletes
 
