@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from tests.unit.test_apply import DIM, chunk, ent, entry, shard_db, vec, wal
 from torua_node.apply import apply_batch
+from torua_node.textindex import TextIndex, load_text_indexes
 from torua_node.vectors import VectorIndex, load_indexes
 from torua_node.wal import WalDocument, WalMention, WalRelation
 
@@ -144,3 +145,29 @@ def test_rebuild_from_kuzu_matches_the_index_fed_by_apply_results(tmp_path: Path
         assert ents.search(q, 7) == loaded_e.search(q, 7)
         assert chunks.search(q, 4) == loaded_c.search(q, 4)
     assert loaded_e.search(np.array([1, 1, 1, 1], np.float32), 1) == [("e1", pytest.approx(1.0))]
+
+
+def test_text_indexes_fed_by_apply_results_match_a_rebuild_from_kuzu(tmp_path: Path) -> None:
+    ents, chunks = TextIndex(), TextIndex()
+    log = wal(
+        entry(entities=[ent("a", "Marie Curie", description="radium"), ent("b", "Pierre")],
+              documents=[WalDocument("d", "", "{}"), WalDocument("k", "", "{}")],
+              chunks=[chunk("c1", "d", "radium glows"), chunk("c2", "k", "paris in spring")],
+              relations=[WalRelation("a", "far", "R", 1.0, "{}", [])]),
+        entry(entities=[ent("a", "Marie Sklodowska", description="polonium")]),  # replaced text
+        entry(delete_entities=["b"], delete_documents=["d"]),
+        entry(entities=[ent("b", "Pierre Curie")], chunks=[chunk("c3", "k", "warsaw")]),
+        entry(entities=[ent("x", "gone soon")]),
+        entry(delete_entities=["x"]),
+    )
+    with shard_db(tmp_path / "db") as conn:
+        for batch in (log[:2], log[2:3], log[3:]):  # upserts and deletes inside one batch too
+            apply_batch(conn, batch, DIM).update_text_indexes(ents, chunks)
+        loaded_e, loaded_c = load_text_indexes(conn)
+    terms = ["marie", "curie", "radium", "polonium", "sklodowska", "pierre", "gone", "soon", "far",
+             "glows", "paris", "spring", "warsaw"]
+    assert ents.stats(terms) == loaded_e.stats(terms) and len(ents) == 2
+    assert chunks.stats(terms) == loaded_c.stats(terms) and len(chunks) == 2
+    idf = dict.fromkeys(terms, 1.0)
+    assert ents.search(idf, 2.0, 10) == loaded_e.search(idf, 2.0, 10)
+    assert chunks.search(idf, 2.0, 10) == loaded_c.search(idf, 2.0, 10)

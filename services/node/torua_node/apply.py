@@ -33,9 +33,11 @@ import pyarrow.compute as pc
 
 from torua_node.presence import Presence
 from torua_node.schema import APPLIED_SEQ_KEY, read_applied_seq
+from torua_node.textindex import entity_text
 from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
 
 if TYPE_CHECKING:
+    from torua_node.textindex import TextIndex
     from torua_node.vectors import VectorIndex
 
 __all__ = ["ApplyResult", "apply_batch"]
@@ -55,8 +57,8 @@ _TRANSIENT = ("Buffer manager exception", "IO exception", "Interrupted", "Checkp
 
 @dataclass(slots=True)
 class ApplyResult:
-    """What a batch did. The vector fields are net changes for the in-memory indexes: apply
-    `*_removed` and `*_ids`/`*_vectors` in either order (the id sets are disjoint).
+    """What a batch did. The vector and text fields are net changes for the in-memory indexes:
+    apply `*_removed` and `*_ids`/`*_vectors`/`*_texts` in either order (the id sets are disjoint).
 
     `error` is set when a transient failure (memory, disk) stopped the batch early: entries after
     `applied_seq` were not applied and must be delivered again."""
@@ -67,9 +69,11 @@ class ApplyResult:
     failures: list[tuple[int, str]] = field(default_factory=list)
     entity_ids: list[str] = field(default_factory=list)
     entity_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    entity_texts: list[str] = field(default_factory=list)
     entities_removed: list[str] = field(default_factory=list)
     chunk_ids: list[str] = field(default_factory=list)
     chunk_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    chunk_texts: list[str] = field(default_factory=list)
     chunks_removed: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -78,6 +82,12 @@ class ApplyResult:
         entities.upsert(self.entity_ids, self.entity_vectors)
         chunks.remove(self.chunks_removed)
         chunks.upsert(self.chunk_ids, self.chunk_vectors)
+
+    def update_text_indexes(self, entities: TextIndex, chunks: TextIndex) -> None:
+        entities.remove(self.entities_removed)
+        entities.upsert(zip(self.entity_ids, self.entity_texts))
+        chunks.remove(self.chunks_removed)
+        chunks.upsert(zip(self.chunk_ids, self.chunk_texts))
 
 
 class _Poison(Exception):
@@ -123,10 +133,11 @@ def _memory(conn: kuzu.Connection) -> _Memory:
 
 @dataclass(slots=True)
 class _Delta:
-    """Net vector changes, id -> float32 bytes (upsert) or None (removed); later changes win."""
+    """Net index changes, id -> (float32 bytes, indexed text) (upsert) or None (removed); later
+    changes win."""
 
-    entities: dict[str, bytes | None] = field(default_factory=dict)
-    chunks: dict[str, bytes | None] = field(default_factory=dict)
+    entities: dict[str, tuple[bytes, str] | None] = field(default_factory=dict)
+    chunks: dict[str, tuple[bytes, str] | None] = field(default_factory=dict)
 
     def merge(self, other: _Delta) -> None:
         for mine, theirs in ((self.entities, other.entities), (self.chunks, other.chunks)):
@@ -287,16 +298,20 @@ def _count(result: ApplyResult, items: list[_Item]) -> None:
 
 
 def _finish(result: ApplyResult, delta: _Delta, dim: int) -> ApplyResult:
-    result.entity_ids, result.entity_vectors, result.entities_removed = _split(delta.entities, dim)
-    result.chunk_ids, result.chunk_vectors, result.chunks_removed = _split(delta.chunks, dim)
-    return result
+    r = result
+    r.entity_ids, r.entity_vectors, r.entity_texts, r.entities_removed = _split(delta.entities, dim)
+    r.chunk_ids, r.chunk_vectors, r.chunk_texts, r.chunks_removed = _split(delta.chunks, dim)
+    return r
 
 
-def _split(changes: dict[str, bytes | None], dim: int) -> tuple[list[str], np.ndarray, list[str]]:
-    ids = [k for k, v in changes.items() if v is not None]
-    blob = b"".join(v for v in changes.values() if v is not None)
-    matrix = np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=True).reshape(len(ids), dim)
-    return ids, matrix, [k for k, v in changes.items() if v is None]
+def _split(
+    changes: dict[str, tuple[bytes, str] | None], dim: int
+) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+    upserts = [(k, v) for k, v in changes.items() if v is not None]
+    blob = b"".join(v[0] for _, v in upserts)
+    matrix = np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=True).reshape(len(upserts), dim)
+    return ([k for k, _ in upserts], matrix, [v[1] for _, v in upserts],
+            [k for k, v in changes.items() if v is None])
 
 
 def _in_tx(conn: kuzu.Connection, fn) -> None:
@@ -453,13 +468,13 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         fresh_entities |= _upsert_nodes(conn, "Entity", "id", _entity_table(ents))
         for e in ents:
             delta.entities.pop(e.id, None)
-            delta.entities[e.id] = e.embedding
+            delta.entities[e.id] = (e.embedding, entity_text(e.name, e.description))
     if seg.chunks:
         chunks = list(seg.chunks.values())
         fresh_chunks |= _upsert_nodes(conn, "Chunk", "id", _chunk_table(chunks))
         for c in chunks:
             delta.chunks.pop(c.id, None)
-            delta.chunks[c.id] = c.embedding
+            delta.chunks[c.id] = (c.embedding, c.text)
     if seg.relations or seg.mentions:
         ends = dict.fromkeys(i for s, _, t in seg.relations for i in (s, t))
         ends.update(dict.fromkeys(e for _, e in seg.mentions))

@@ -20,12 +20,12 @@ from torua.errors import Unavailable
 from torua.streams import WAL_STREAM, wal_subject
 from torua.wire import ReplicaStatus
 
-from torua_node.apply import ApplyResult, apply_batch
+from torua_node.apply import apply_batch
 from torua_node.schema import init_schema, read_applied_seq
 from torua_node.shard_api import applied_subject, start_shard_service
 from torua_node.storage import ShardStore
 from torua_node.tasks import end_task
-from torua_node.textindex import TextIndex, load_text_indexes, texts_for
+from torua_node.textindex import TextIndex, load_text_indexes
 from torua_node.vectors import VectorIndex, load_indexes
 
 __all__ = ["ShardReplica"]
@@ -172,7 +172,7 @@ class ShardReplica:
         started = time.perf_counter()
         result = await self.store.call(apply_batch, batch, self.dim)
         result.update_indexes(self.entity_index, self.chunk_index)
-        await self._update_text(result)
+        result.update_text_indexes(self.entity_text, self.chunk_text)
         for seq, err in result.failures:
             self.failures += 1
             self.error = f"entry {seq} skipped: {err}"
@@ -185,15 +185,6 @@ class ShardReplica:
         if result.error is not None:
             # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log.
             raise RuntimeError(f"apply stopped early: {result.error}")
-
-    async def _update_text(self, result: ApplyResult) -> None:
-        # Every upsert carries a vector, so the vector delta names every row whose text may have changed.
-        self.entity_text.remove(result.entities_removed)
-        self.chunk_text.remove(result.chunks_removed)
-        if result.entity_ids:
-            self.entity_text.upsert(await self.store.call(texts_for, "Entity", result.entity_ids))
-        if result.chunk_ids:
-            self.chunk_text.upsert(await self.store.call(texts_for, "Chunk", result.chunk_ids))
 
     async def _activate(self) -> None:
         self._service = await start_shard_service(self)

@@ -16,7 +16,7 @@ import kuzu
 
 from torua.embedding import tokenize
 
-__all__ = ["TextIndex", "bm25_idf", "query_terms", "load_text_indexes", "entity_text", "texts_for"]
+__all__ = ["TextIndex", "bm25_idf", "query_terms", "load_text_indexes", "entity_text"]
 
 K1 = 1.2
 B = 0.75
@@ -89,17 +89,6 @@ class TextIndex:
                 norm = tf + K1 * (1 - B + B * self._lengths[doc_id] / avg)
                 scores[doc_id] = scores.get(doc_id, 0.0) + weight * tf * (K1 + 1) / norm
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-
-
-def texts_for(conn: kuzu.Connection, table: str, ids: list[str]) -> list[tuple[str, str]]:
-    """(id, indexed text) of the non-stub rows among `ids`."""
-    if not ids:
-        return []
-    cols = "n.name, n.description" if table == "Entity" else "n.text, ''"
-    rows = conn.execute(
-        f"MATCH (n:{table}) WHERE n.id IN $ids AND NOT n.stub RETURN n.id, {cols}", {"ids": ids}
-    ).get_all()
-    return [(r[0], entity_text(r[1], r[2]) if table == "Entity" else (r[1] or "")) for r in rows]
 
 
 def load_text_indexes(conn: kuzu.Connection) -> tuple[TextIndex, TextIndex]:
