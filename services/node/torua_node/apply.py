@@ -123,10 +123,12 @@ _PRESENCE_KEYS = {
 def _memory(conn: kuzu.Connection) -> _Memory:
     mem = _MEMORY.get(conn.database)
     if mem is None:  # first batch since the database was opened: learn its keys once
-        presence = {}
+        presence = {table: Presence() for table in _PRESENCE_KEYS}
         for table, query in _PRESENCE_KEYS.items():
-            cols = [c.to_pylist() for c in conn.execute(query).get_as_arrow(_ARROW_CHUNK).columns]
-            presence[table] = Presence(cols[0] if len(cols) == 1 else list(zip(*cols)))
+            # Batch by batch: a large shard's keys as Python strings all at once would be a spike.
+            for batch in conn.execute(query).get_as_arrow(_ARROW_CHUNK).to_batches():
+                cols = [c.to_pylist() for c in batch.columns]
+                presence[table].add(cols[0] if len(cols) == 1 else list(zip(*cols)))
         mem = _MEMORY[conn.database] = _Memory(presence)
     return mem
 
