@@ -76,7 +76,8 @@ def main() -> None:
     wall = cpu = 0.0
     with tempfile.TemporaryDirectory(prefix="torua-replay-") as tmp:
         for shard in range(SHARDS):
-            db = kuzu.Database(f"{tmp}/{shard}", buffer_pool_size=256 << 20, max_db_size=1 << 36, max_num_threads=2)
+            db = kuzu.Database(f"{tmp}/{shard}", buffer_pool_size=256 << 20, max_db_size=1 << 36,
+                               max_num_threads=2)
             conn = kuzu.Connection(db)
             init_schema(conn, DIM)
             timed = TimedConnection(conn, spent, calls)

@@ -104,7 +104,8 @@ def test_bulk_rows_are_not_tracked_by_the_garbage_collector() -> None:
     # A batch holds hundreds of thousands of rows at once: tracked, they made every collection walk
     # them, which measured as a quarter of a node's ingest time.
     req = msgspec.json.decode(msgspec.json.encode(UpsertRequest(
-        entities=[Entity(id="e", embedding=[0.0] * 16)], relations=[Relation(source="a", target="b", chunks=["c"])],
+        entities=[Entity(id="e", embedding=[0.0] * 16)],
+        relations=[Relation(source="a", target="b", chunks=["c"])],
     )), type=UpsertRequest)
     assert not any(gc.is_tracked(x) for x in (req, req.entities[0], req.relations[0]))
     entries = [decode_entry(encode_entry(e)) for e in split(req).values()]

@@ -186,6 +186,9 @@ def apply_batch(conn: kuzu.Connection, batch: list[tuple[int, bytes]], dim: int)
     """Apply `(stream seq, raw entry)` pairs (increasing seq); entries at or below the stored
     applied_seq are skipped."""
     result = ApplyResult(applied_seq=read_applied_seq(conn), dim=dim)
+    # Learnt outside any transaction: read inside one after its deletes, then rolled back, it would
+    # miss rows that exist.
+    _memory(conn)
     todo: list[_Item] = []
     last = result.applied_seq
     for seq, raw in batch:
@@ -514,7 +517,8 @@ def _ensure_stubs(
     if not ids:
         return set()
     maybe = [i for i, m in zip(ids, _memory(conn).presence[table].maybe(ids)) if m]
-    present = set(_col(conn, f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) RETURN n.id", _ids(maybe))) if maybe else set()
+    query = f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) RETURN n.id"
+    present = set(_col(conn, query, _ids(maybe))) if maybe else set()
     missing = [i for i in ids if i not in present]
     if not missing:
         return set()
@@ -596,7 +600,8 @@ def _add_mentions(
     conn: kuzu.Connection, pairs: list[tuple[str, str]], fresh_chunks: set[str], fresh_entities: set[str]
 ) -> None:
     present = _memory(conn).presence["MENTIONS"].maybe(pairs)
-    maybe = [p for p, m in zip(pairs, present) if m and p[0] not in fresh_chunks and p[1] not in fresh_entities]
+    maybe = [p for p, m in zip(pairs, present)
+             if m and p[0] not in fresh_chunks and p[1] not in fresh_entities]
     existing: set[tuple[str, str]] = set()
     if maybe:
         found = _rows(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to})"
