@@ -466,30 +466,28 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         _upsert_nodes(conn, "Document", "id", pa.table({
             "id": [d.id for d in docs], "title": [d.title for d in docs],
             "metadata": [d.metadata for d in docs]}))
-    fresh_entities: set[str] = set()  # ids with no edges yet: inserted in this step
-    fresh_chunks: set[str] = set()
     if seg.entities:
         ents = list(seg.entities.values())
-        fresh_entities |= _upsert_nodes(conn, "Entity", "id", _entity_table(ents))
+        _upsert_nodes(conn, "Entity", "id", _entity_table(ents))
         for e in ents:
             delta.entities.pop(e.id, None)
             delta.entities[e.id] = (e.embedding, entity_text(e.name, e.description))
     if seg.chunks:
         chunks = list(seg.chunks.values())
-        fresh_chunks |= _upsert_nodes(conn, "Chunk", "id", _chunk_table(chunks))
+        _upsert_nodes(conn, "Chunk", "id", _chunk_table(chunks))
         for c in chunks:
             delta.chunks.pop(c.id, None)
             delta.chunks[c.id] = (c.embedding, c.text)
     if seg.relations or seg.mentions:
         ends = dict.fromkeys(i for s, _, t in seg.relations for i in (s, t))
         ends.update(dict.fromkeys(e for _, e in seg.mentions))
-        fresh_entities |= _ensure_stubs(conn, "Entity", [i for i in ends if i not in seg.entities])
+        _ensure_stubs(conn, "Entity", [i for i in ends if i not in seg.entities])
     if seg.relations:
-        _upsert_relations(conn, seg.relations, fresh_entities)
+        _upsert_relations(conn, seg.relations)
     if seg.mentions:
         absent = {c: d for c, d in seg.mention_docs.items() if c not in seg.chunks}
-        fresh_chunks |= _ensure_stubs(conn, "Chunk", list(absent), absent)
-        _add_mentions(conn, list(seg.mentions), fresh_chunks, fresh_entities)
+        _ensure_stubs(conn, "Chunk", list(absent), absent)
+        _add_mentions(conn, list(seg.mentions))
     if seg.kv:
         _apply_kv(conn, seg.kv)
 
@@ -512,16 +510,16 @@ def _chunk_table(chunks: list[WalChunk]) -> pa.Table:
 
 def _ensure_stubs(
     conn: kuzu.Connection, table: str, ids: list[str], docs: dict[str, str] | None = None
-) -> set[str]:
-    """Insert a stub (id only, content empty) for each absent id; returns those ids."""
+) -> None:
+    """Insert a stub (id only, content empty) for each absent id."""
     if not ids:
-        return set()
+        return
     maybe = [i for i, m in zip(ids, _memory(conn).presence[table].maybe(ids)) if m]
     query = f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) RETURN n.id"
     present = set(_col(conn, query, _ids(maybe))) if maybe else set()
     missing = [i for i in ids if i not in present]
     if not missing:
-        return set()
+        return
     # Empty values, not NULL: in kuzu 0.11.3 NULLs in a column that also has deleted rows get other
     # rows' values after an update and a checkpoint (found by fuzzing; without NULLs it holds).
     n = len(missing)
@@ -533,11 +531,10 @@ def _ensure_stubs(
                 "position": pa.array([0] * n, pa.int64())}
     _insert_nodes(conn, table, pa.table({**cols, "embedding": pa.array([b""] * n, pa.binary()),
                                          "stub": pa.repeat(True, n)}))
-    return set(missing)
 
 
-def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -> set[str]:
-    """Overwrite the rows whose key exists, insert the others; returns the inserted keys."""
+def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -> None:
+    """Overwrite the rows whose key exists, insert the others."""
     keys = rows.column(key)
     maybe = rows.select([key])
     presence = _memory(conn).presence.get(table)
@@ -553,7 +550,6 @@ def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -
                      {"t": _prefixed(rows.filter(known))})
         rows = rows.filter(pc.invert(known))
     _insert_nodes(conn, table, rows)
-    return set(rows.column(key).to_pylist())
 
 
 def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table) -> None:
@@ -565,14 +561,10 @@ def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table) -> None:
         conn.execute(f"LOAD FROM $t CREATE (n:{table} {{{props}}})", {"t": _prefixed(rows)})
 
 
-def _upsert_relations(
-    conn: kuzu.Connection, rels: dict[tuple[str, str, str], WalRelation], fresh: set[str]
-) -> None:
+def _upsert_relations(conn: kuzu.Connection, rels: dict[tuple[str, str, str], WalRelation]) -> None:
     keys = list(rels)
     table = _relation_table(list(rels.values()))
-    # An edge can only exist already if it may be present and both ends existed before this step.
     maybe = _memory(conn).presence["RELATES"].maybe(keys)
-    maybe &= np.fromiter((s not in fresh and t not in fresh for s, _, t in keys), bool, len(keys))
     if maybe.any():
         found = _rows(conn,
             "LOAD FROM $t MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to})"
@@ -596,12 +588,8 @@ def _relation_table(rels: list[WalRelation]) -> pa.Table:
     })
 
 
-def _add_mentions(
-    conn: kuzu.Connection, pairs: list[tuple[str, str]], fresh_chunks: set[str], fresh_entities: set[str]
-) -> None:
-    present = _memory(conn).presence["MENTIONS"].maybe(pairs)
-    maybe = [p for p, m in zip(pairs, present)
-             if m and p[0] not in fresh_chunks and p[1] not in fresh_entities]
+def _add_mentions(conn: kuzu.Connection, pairs: list[tuple[str, str]]) -> None:
+    maybe = [p for p, m in zip(pairs, _memory(conn).presence["MENTIONS"].maybe(pairs)) if m]
     existing: set[tuple[str, str]] = set()
     if maybe:
         found = _rows(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to})"
