@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torua_node import apply as apply_mod
+from torua_node import statements
 from torua_node.apply import ApplyResult, apply_batch
 from torua_node.digest import content_digest, counts
 from torua_node.schema import SCHEMA_VERSION, init_schema, read_applied_seq
@@ -268,7 +269,7 @@ def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 @given(entries=st.lists(s_entry(), min_size=1, max_size=12), cuts=st.lists(st.integers(0, 20), max_size=4),
        checkpoint=st.booleans())
 def test_any_batch_split_matches_the_model_and_one_by_one(
-    no_fallback: None, entries: list[WalEntry | bytes], cuts: list[int], checkpoint: bool
+    no_fallback: None, statement_mode: str, entries: list[WalEntry | bytes], cuts: list[int], checkpoint: bool
 ) -> None:
     log, decoded = decode_all(entries)
     expected = model_of(log, decoded).dump()
@@ -422,7 +423,9 @@ def test_a_transient_error_stops_without_poison_and_redelivery_finishes(
 # -- data rules ---------------------------------------------------------------------------------------
 
 
-def test_entity_upsert_replaces_every_field_and_stub_becomes_real(tmp_path: Path, no_fallback: None) -> None:
+def test_entity_upsert_replaces_every_field_and_stub_becomes_real(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(entities=[ent("a", "A", vec(1, 2, 3, 4), properties='{"x":1}')],
                                  relations=[rel("a", "x")])), DIM)
@@ -438,7 +441,9 @@ def test_entity_upsert_replaces_every_field_and_stub_becomes_real(tmp_path: Path
         assert counts(a)["relations"] == 1 and counts(a)["stub_entities"] == 0
 
 
-def test_embeddings_are_stored_bit_exact(tmp_path: Path, no_fallback: None) -> None:
+def test_embeddings_are_stored_bit_exact(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     # -0.0, smallest subnormal, NaN with payload, infinity, ordinary values, zeros
     bits = [0x80000000, 0x00000001, 0x7FC00123, 0x7F800000, 0x3F9E0652, 0, 0, 0]
     raw = np.array(bits, "<u4").tobytes()
@@ -471,7 +476,9 @@ def test_new_vectors_after_a_vector_update_are_not_corrupted(tmp_path: Path, no_
         assert q(a, "MATCH (c:Chunk) RETURN c.embedding") == [[vec(9)]]
 
 
-def test_chunk_upsert_and_document_upsert_replace(tmp_path: Path, no_fallback: None) -> None:
+def test_chunk_upsert_and_document_upsert_replace(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(mentions=[WalMention("c", "d1", "e")]),
                            entry(documents=[WalDocument("d2", "T", "{}")], chunks=[chunk("c", "d2", "t1", 3)]),
@@ -481,7 +488,9 @@ def test_chunk_upsert_and_document_upsert_replace(tmp_path: Path, no_fallback: N
         assert q(a, "MATCH (d:Document) RETURN d.id, d.title, d.metadata") == [["d2", "T2", '{"a":1}']]
 
 
-def test_relation_upsert_by_source_type_target(tmp_path: Path, no_fallback: None) -> None:
+def test_relation_upsert_by_source_type_target(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(relations=[rel("a", "b", "R", 1.0, ["c1"])])), DIM)
         apply_batch(a, wal(entry(relations=[rel("a", "b", "R", 2.0, ["c2", "c3"], '{"z":0}'),
@@ -492,16 +501,24 @@ def test_relation_upsert_by_source_type_target(tmp_path: Path, no_fallback: None
             ["b", "R", "a", 1.0, "[]", "{}"]]
 
 
-class _LookupSpy:
-    """A connection that records the lookups (LOAD FROM ... RETURN) apply runs through it."""
+class _Spy:
+    """A connection that records every statement apply runs through it."""
 
     def __init__(self, conn: kuzu.Connection) -> None:
-        self.conn, self.database, self.lookups = conn, conn.database, []
+        self.conn, self.database, self.queries = conn, conn.database, []
 
     def execute(self, query: str, params: dict | None = None) -> Any:
-        if query.startswith("LOAD FROM") and " RETURN " in query:
-            self.lookups.append(query)
+        self.queries.append(query)
         return self.conn.execute(query, params or {})
+
+    @property
+    def lookups(self) -> list[str]:
+        return [x for x in self.queries if x.startswith("LOAD FROM") and " RETURN " in x]
+
+    @property
+    def table_scans(self) -> list[str]:
+        """Statements that match a batch of keys (in kuzu 0.11.3 a scan of the whole table)."""
+        return [x for x in self.queries if x.startswith("LOAD FROM") and " MATCH " in x]
 
 
 def test_new_keys_are_written_without_lookups_and_known_ones_are_updated(
@@ -512,7 +529,7 @@ def test_new_keys_are_written_without_lookups_and_known_ones_are_updated(
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(first), DIM)
     with shard_db(tmp_path / "a") as a:  # reopened: what exists is learnt from the database
-        spy = _LookupSpy(a)
+        spy = _Spy(a)
         apply_batch(spy, wal(entry(entities=[ent("x")], chunks=[chunk("cx", "d")],
                                    relations=[rel("x", "y")], mentions=[WalMention("cx", "d", "x")]),
                              start=2), DIM)
@@ -526,7 +543,31 @@ def test_new_keys_are_written_without_lookups_and_known_ones_are_updated(
         assert counts(a)["mentions"] == 2
 
 
-def test_mentions_are_additive_without_duplicates(tmp_path: Path, no_fallback: None) -> None:
+def test_few_rows_on_a_large_table_go_row_by_row_and_batches_set_at_a_time(
+    tmp_path: Path, no_fallback: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statements, "KEYS_PER_ROW", 4)  # so 40 entities are a large table for <= 10 rows
+    chain = [rel(f"e{i}", f"e{i + 1}") for i in range(39)]
+    with shard_db(tmp_path / "a") as a:
+        apply_batch(a, wal(entry(entities=[ent(f"e{i}") for i in range(40)], relations=chain)), DIM)
+        spy = _Spy(a)
+        small = entry(entities=[ent("e0", "Renamed")],
+                      relations=[rel("e0", "e1", w=7.0), rel("e1", "e0", w=3.0)],
+                      mentions=[WalMention("c", "d", "e5")], kv=[WalKV("k", "v")])
+        apply_batch(spy, wal(small, start=2), DIM)
+        assert spy.lookups == [] and spy.table_scans == []  # updates and edges probed key by key
+        assert q(a, "MATCH (e:Entity {id: 'e0'}) RETURN e.name") == [["Renamed"]]
+        assert q(a, "MATCH (x)-[r:RELATES]->(y) WHERE x.id IN ['e0', 'e1'] AND y.id IN ['e0', 'e1']"
+                    " RETURN x.id, y.id, r.weight ORDER BY x.id") == [["e0", "e1", 7.0], ["e1", "e0", 3.0]]
+        spy.queries.clear()
+        apply_batch(spy, wal(entry(relations=[rel(f"e{i}", f"e{i + 2}") for i in range(20)]), start=3), DIM)
+        assert spy.table_scans  # 20 rows meet 40 keys: one set-at-a-time statement beats 20 probes
+        assert counts(a)["relations"] == 39 + 1 + 20 and counts(a)["mentions"] == 1
+
+
+def test_mentions_are_additive_without_duplicates(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     m = WalMention("c", "d", "e")
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(mentions=[m, m]), entry(mentions=[m, WalMention("c", "d", "f")])), DIM)
@@ -536,7 +577,9 @@ def test_mentions_are_additive_without_duplicates(tmp_path: Path, no_fallback: N
                                   "stub_chunks": 1, "relations": 0, "mentions": 2, "kv": 0, "failures": 0}
 
 
-def test_delete_entity_removes_edges_and_orphan_stubs(tmp_path: Path, no_fallback: None) -> None:
+def test_delete_entity_removes_edges_and_orphan_stubs(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(entities=[ent("a"), ent("b")],
                                  relations=[rel("a", "b"), rel("a", "s1"), rel("s2", "a"), rel("b", "s3")],
@@ -582,7 +625,9 @@ def test_deleting_edges_inserted_since_the_last_checkpoint_does_not_crash(
         assert counts(a)["stub_entities"] == 2
 
 
-def test_delete_document_cascades_to_chunks_real_and_stub(tmp_path: Path, no_fallback: None) -> None:
+def test_delete_document_cascades_to_chunks_real_and_stub(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(
             entry(documents=[WalDocument("d", "T", "{}"), WalDocument("keep", "K", "{}")],
@@ -597,7 +642,9 @@ def test_delete_document_cascades_to_chunks_real_and_stub(tmp_path: Path, no_fal
         assert q(a, "MATCH (c)-[:MENTIONS]->(e) RETURN c.id, e.id") == [["c2", "far2"]]
 
 
-def test_delete_then_upsert_in_one_entry_and_vector_changes(tmp_path: Path, no_fallback: None) -> None:
+def test_delete_then_upsert_in_one_entry_and_vector_changes(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(entities=[ent("a", v=vec(1)), ent("b", v=vec(2))])), DIM)
         r = apply_batch(a, wal(entry(delete_entities=["a", "b"], entities=[ent("a", v=vec(3))]),
@@ -607,7 +654,9 @@ def test_delete_then_upsert_in_one_entry_and_vector_changes(tmp_path: Path, no_f
         assert q(a, "MATCH (e:Entity) RETURN e.id, e.embedding") == [["a", vec(3)]]
 
 
-def test_kv_put_get_delete_unicode_and_one_mib_value(tmp_path: Path, no_fallback: None) -> None:
+def test_kv_put_get_delete_unicode_and_one_mib_value(
+    tmp_path: Path, no_fallback: None, statement_mode: str
+) -> None:
     big = "".join(chr(c) for c in range(0x20, 0x2FF)) * 1500 + "\U0001F600"
     big = big[: 1024 * 1024]
     keys = ["ключ", "🔑/x y", "k" * 1024]

@@ -17,7 +17,7 @@ from torua_node.wal import WalKV, WalMention
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[kuzu.Connection]:
+def conn(tmp_path: Path, statement_mode: str) -> Iterator[kuzu.Connection]:
     with shard_db(tmp_path / "shard") as c:
         apply_batch(c, wal(
             entry(entities=[ent("a", "Alice", vec(1, 2, 3, 4), properties='{"age": 30, "tags": ["x"]}',
@@ -94,7 +94,7 @@ def test_kv_get(conn: kuzu.Connection) -> None:
     assert kv_get(conn, "missing") is None
 
 
-def test_edges_limit_is_exact_on_a_hub(tmp_path: Path) -> None:
+def test_edges_limit_is_exact_on_a_hub(tmp_path: Path, statement_mode: str) -> None:
     rng = np.random.default_rng(1)
     targets = [f"t{i:04d}" for i in rng.permutation(500)]
     with shard_db(tmp_path / "hub") as c:

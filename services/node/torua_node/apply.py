@@ -31,8 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torua_node.keyspace import known_keys, table_size
 from torua_node.presence import Presence
 from torua_node.schema import APPLIED_SEQ_KEY, read_applied_seq
+from torua_node.statements import run
 from torua_node.textindex import entity_text
 from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
 
@@ -46,7 +48,6 @@ __all__ = ["ApplyResult", "apply_batch"]
 # same transaction also writes with CREATE/SET crashed the process or misplaced values at checkpoint
 # (found by fuzzing), and into a non-empty rel table it costs time proportional to the whole table.
 MAX_ERROR_LEN = 300
-_ARROW_CHUNK = 1 << 20
 _JSON = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 # Kuzu errors that say nothing about the entry (memory, disk, interruption): never recorded as poison,
@@ -103,8 +104,7 @@ _MAX_TRACKED_EDGE_ENDS = 100_000
 class _Memory:
     """What apply remembers about one open database between batches (only apply writes to it)."""
 
-    # Keys that may exist, so that inserting new ones needs no lookup: ids for node tables,
-    # (source, type, target) for RELATES, (chunk, entity) for MENTIONS.
+    # Keys that may exist (keyspace.py), so that inserting new ones needs no lookup.
     presence: dict[str, Presence]
     # Ids of the nodes that got an edge since this module's last checkpoint; None until the first
     # one (after a restart anything may still be in memory).
@@ -112,24 +112,12 @@ class _Memory:
 
 
 _MEMORY: weakref.WeakKeyDictionary[kuzu.Database, _Memory] = weakref.WeakKeyDictionary()
-_PRESENCE_KEYS = {
-    "Entity": "MATCH (n:Entity) RETURN n.id",
-    "Chunk": "MATCH (n:Chunk) RETURN n.id",
-    "RELATES": "MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, r.type, b.id",
-    "MENTIONS": "MATCH (a:Chunk)-[:MENTIONS]->(b:Entity) RETURN a.id, b.id",
-}
 
 
 def _memory(conn: kuzu.Connection) -> _Memory:
     mem = _MEMORY.get(conn.database)
-    if mem is None:  # first batch since the database was opened: learn its keys once
-        presence = {table: Presence() for table in _PRESENCE_KEYS}
-        for table, query in _PRESENCE_KEYS.items():
-            # Batch by batch: a large shard's keys as Python strings all at once would be a spike.
-            for batch in conn.execute(query).get_as_arrow(_ARROW_CHUNK).to_batches():
-                cols = [c.to_pylist() for c in batch.columns]
-                presence[table].add(cols[0] if len(cols) == 1 else list(zip(*cols)))
-        mem = _MEMORY[conn.database] = _Memory(presence)
+    if mem is None:
+        mem = _MEMORY[conn.database] = _Memory(known_keys(conn))
     return mem
 
 
@@ -393,14 +381,15 @@ def _delete_entities(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> No
     if not ids:
         return
     t = _ids(ids)
-    found = _col(conn, "LOAD FROM $t MATCH (e:Entity {id: u_id}) RETURN e.id", t)
+    keys = table_size(conn, "Entity")
+    found = run(conn, "MATCH (e:Entity {id: u_id}) RETURN e.id", t, keys)[0]
     if not found:
         return
     t = _ids(found)
-    near = _col(conn, "LOAD FROM $t MATCH (e:Entity {id: u_id})-[:RELATES]-(n:Entity) WHERE n.stub"
-                      " RETURN DISTINCT n.id", t)
-    near_chunks = _col(conn, "LOAD FROM $t MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
-                             " WHERE c.stub RETURN DISTINCT c.id", t)
+    near = run(conn, "MATCH (e:Entity {id: u_id})-[:RELATES]-(n:Entity) WHERE n.stub"
+                     " RETURN DISTINCT n.id", t, keys)[0]
+    near_chunks = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
+                            " WHERE c.stub RETURN DISTINCT c.id", t, keys)[0]
     _delete_nodes(conn, "Entity", t)
     for i in found:
         delta.entities.pop(i, None)
@@ -417,19 +406,20 @@ def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> N
     chunks = _chunks_of(conn, t)
     if chunks:
         ct = _ids(chunks)
-        near = _col(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_id})-[:MENTIONS]->(e:Entity)"
-                          " WHERE e.stub RETURN DISTINCT e.id", ct)
+        near = run(conn, "MATCH (c:Chunk {id: u_id})-[:MENTIONS]->(e:Entity) WHERE e.stub"
+                         " RETURN DISTINCT e.id", ct, table_size(conn, "Chunk"))[0]
         _delete_nodes(conn, "Chunk", ct)
         for i in chunks:
             delta.chunks.pop(i, None)
             delta.chunks[i] = None
         _drop_orphan_stubs(conn, "Entity", near)
-    conn.execute("LOAD FROM $t MATCH (d:Document {id: u_id}) DELETE d", {"t": t})
+    run(conn, "MATCH (d:Document {id: u_id}) DELETE d", t, table_size(conn, "Document"))
 
 
 def _chunks_of(conn: kuzu.Connection, documents: pa.Table) -> list[str]:
     """Ids of the chunks (real or stub) of these documents (`_ids` table)."""
-    return _col(conn, "LOAD FROM $t MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id", documents)
+    # Not a key lookup (document_id has no index): always one scan, never one per document.
+    return run(conn, "MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id", documents, 0)[0]
 
 
 # Each rel table and direction touching a node table, for deleting a node's edges before the node.
@@ -443,17 +433,18 @@ def _delete_nodes(conn: kuzu.Connection, table: str, ids: pa.Table) -> None:
     # Not DETACH DELETE: in kuzu 0.11.3 it mishandles self-loops (a RELATES a) and leaves a phantom
     # edge on a neighbour that then can never be deleted. Deleting edges one direction at a time first
     # keeps the adjacency lists consistent.
+    keys = table_size(conn, table)
     for edge in _EDGES[table]:
-        conn.execute(f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}){edge} DELETE r", {"t": ids})
-    conn.execute(f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) DELETE n", {"t": ids})
+        run(conn, f"MATCH (n:{table} {{id: u_id}}){edge} DELETE r", ids, keys)
+    run(conn, f"MATCH (n:{table} {{id: u_id}}) DELETE n", ids, keys)
 
 
 def _drop_orphan_stubs(conn: kuzu.Connection, table: str, ids: list[str]) -> None:
     # Only stubs next to something deleted can become orphans, so checking those keeps the
     # invariant "no stub without an edge" after every entry.
     if ids:
-        conn.execute(f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) WHERE n.stub AND NOT EXISTS"
-                     " { MATCH (n)-[]-() } DELETE n", {"t": _ids(ids)})
+        run(conn, f"MATCH (n:{table} {{id: u_id}}) WHERE n.stub AND NOT EXISTS {{ MATCH (n)-[]-() }}"
+                  " DELETE n", _ids(ids), table_size(conn, table))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -515,8 +506,8 @@ def _ensure_stubs(
     if not ids:
         return
     maybe = [i for i, m in zip(ids, _memory(conn).presence[table].maybe(ids)) if m]
-    query = f"LOAD FROM $t MATCH (n:{table} {{id: u_id}}) RETURN n.id"
-    present = set(_col(conn, query, _ids(maybe))) if maybe else set()
+    query = f"MATCH (n:{table} {{id: u_id}}) RETURN n.id"
+    present = set(run(conn, query, _ids(maybe), table_size(conn, table))[0]) if maybe else set()
     missing = [i for i in ids if i not in present]
     if not missing:
         return
@@ -536,27 +527,23 @@ def _ensure_stubs(
 def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -> None:
     """Overwrite the rows whose key exists, insert the others."""
     keys = rows.column(key)
-    maybe = rows.select([key])
-    presence = _memory(conn).presence.get(table)
-    if presence is not None:
-        maybe = maybe.filter(pa.array(presence.maybe(keys.to_pylist())))
-    existing = _col(conn, f"LOAD FROM $t MATCH (n:{table} {{{key}: u_{key}}}) RETURN n.{key}",
-                    _prefixed(maybe)) if maybe.num_rows else []
+    size = table_size(conn, table)
+    maybe = rows.select([key]).filter(pa.array(_memory(conn).presence[table].maybe(keys.to_pylist())))
+    match = f"MATCH (n:{table} {{{key}: u_{key}}})"
+    existing = run(conn, f"{match} RETURN n.{key}", _prefixed(maybe), size)[0] if maybe.num_rows else []
     if existing:
         known = pc.is_in(keys, value_set=pa.array(existing, pa.string()))
-        cols = [c for c in rows.column_names if c != key]
-        sets = ", ".join(f"n.{c} = u_{c}" for c in cols)
-        conn.execute(f"LOAD FROM $t MATCH (n:{table} {{{key}: u_{key}}}) SET {sets}",
-                     {"t": _prefixed(rows.filter(known))})
+        sets = ", ".join(f"n.{c} = u_{c}" for c in rows.column_names if c != key)
+        run(conn, f"{match} SET {sets}", _prefixed(rows.filter(known)), size)
         rows = rows.filter(pc.invert(known))
-    _insert_nodes(conn, table, rows)
+    _insert_nodes(conn, table, rows, key)
 
 
-def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table) -> None:
+def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table, key: str = "id") -> None:
     if rows.num_rows:
-        presence = _memory(conn).presence.get(table)
-        if presence is not None:  # noted before the transaction commits: a superset is safe
-            presence.add(rows.column("id").to_pylist())
+        # Noted before the transaction commits: a superset is safe.
+        _memory(conn).presence[table].add(rows.column(key).to_pylist())
+        # No MATCH, so no scan: always set-at-a-time.
         props = ", ".join(f"{c}: u_{c}" for c in rows.column_names)
         conn.execute(f"LOAD FROM $t CREATE (n:{table} {{{props}}})", {"t": _prefixed(rows)})
 
@@ -566,11 +553,11 @@ def _upsert_relations(conn: kuzu.Connection, rels: dict[tuple[str, str, str], Wa
     table = _relation_table(list(rels.values()))
     maybe = _memory(conn).presence["RELATES"].maybe(keys)
     if maybe.any():
-        found = _rows(conn,
-            "LOAD FROM $t MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to})"
-            " WHERE r.type = u_type SET r.weight = u_weight, r.properties = u_properties,"
-            " r.chunks = u_chunks RETURN a.id, r.type, b.id",
-            _prefixed(table.filter(pa.array(maybe))))
+        found = run(conn,
+            "MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to}) WHERE r.type = u_type"
+            " SET r.weight = u_weight, r.properties = u_properties, r.chunks = u_chunks"
+            " RETURN a.id, r.type, b.id",
+            _prefixed(table.filter(pa.array(maybe))), table_size(conn, "Entity", "RELATES"))
         existing = set(zip(*found))
         if existing:
             table = table.filter(pa.array([k not in existing for k in keys]))
@@ -592,8 +579,8 @@ def _add_mentions(conn: kuzu.Connection, pairs: list[tuple[str, str]]) -> None:
     maybe = [p for p, m in zip(pairs, _memory(conn).presence["MENTIONS"].maybe(pairs)) if m]
     existing: set[tuple[str, str]] = set()
     if maybe:
-        found = _rows(conn, "LOAD FROM $t MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to})"
-                            " RETURN c.id, e.id", _prefixed(_pairs(maybe)))
+        found = run(conn, "MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to}) RETURN c.id, e.id",
+                    _prefixed(_pairs(maybe)), table_size(conn, "Chunk", "Entity", "MENTIONS"))
         existing = set(zip(*found))
     _insert_rels(conn, "MENTIONS", _pairs([p for p in pairs if p not in existing]), "")
 
@@ -623,14 +610,14 @@ def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) ->
             mem.new_edge_ends = None  # unknown again: the next delete checkpoints first
     src, dst = ("Chunk", "Entity") if rel == "MENTIONS" else ("Entity", "Entity")
     # Two MATCH clauses: a comma pattern is planned as a cross product and exhausts the buffer pool.
-    conn.execute(f"LOAD FROM $t MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}})"
-                 f" CREATE (a)-[:{rel} {props}]->(b)", {"t": _prefixed(rows)})
+    run(conn, f"MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}}) CREATE (a)-[:{rel} {props}]->(b)",
+        _prefixed(rows), table_size(conn, src, dst))
 
 
 def _apply_kv(conn: kuzu.Connection, kv: dict[str, str | None]) -> None:
     gone = [k for k, v in kv.items() if v is None]
     if gone:
-        conn.execute("LOAD FROM $t MATCH (k:KV {key: u_key}) DELETE k", {"t": pa.table({"u_key": gone})})
+        run(conn, "MATCH (k:KV {key: u_key}) DELETE k", pa.table({"u_key": gone}), table_size(conn, "KV"))
     puts = [(k, v) for k, v in kv.items() if v is not None]
     if puts:
         _upsert_nodes(conn, "KV", "key", pa.table({
@@ -649,12 +636,3 @@ def _prefixed(t: pa.Table) -> pa.Table:
     # LOAD FROM exposes columns as bare variables: a prefix keeps them apart from n, e, a, b...
     return t.rename_columns([f"u_{c}" for c in t.column_names])
 
-
-def _col(conn: kuzu.Connection, query: str, t: pa.Table) -> list[str]:
-    return _rows(conn, query, t)[0]
-
-
-def _rows(conn: kuzu.Connection, query: str, t: pa.Table) -> list[list]:
-    """The result's columns as lists (through Arrow: row by row costs ~3x more)."""
-    result = conn.execute(query, {"t": t}).get_as_arrow(_ARROW_CHUNK)
-    return [col.to_pylist() for col in result.columns]

@@ -11,6 +11,9 @@ import pyarrow as pa
 
 from torua.model import EdgeOut, EntityOut
 
+from torua_node.keyspace import table_size
+from torua_node.statements import run
+
 __all__ = ["get_entity", "entities_by_ids", "edges", "kv_get"]
 
 Direction = Literal["out", "in", "both"]
@@ -31,10 +34,8 @@ def entities_by_ids(conn: kuzu.Connection, ids: list[str], *, embeddings: bool =
     if not wanted:
         return []
     extra = ", e.embedding" if embeddings else ""
-    rows = conn.execute(
-        f"LOAD FROM $t MATCH (e:Entity {{id: u_id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}{extra}",
-        {"t": pa.table({"u_id": pa.array(wanted, pa.string())})},
-    ).get_all()
+    rows = _rows(run(conn, f"MATCH (e:Entity {{id: u_id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}{extra}",
+                     _ids(wanted), table_size(conn, "Entity")))
     found = {r[0]: _entity(r[:5], r[5] if embeddings else None) for r in rows}
     return [found[i] for i in wanted if i in found]
 
@@ -55,16 +56,16 @@ def edges(
     if direction in ("in", "both"):
         patterns.append("(a:Entity)-[r:RELATES]->(b:Entity {id: u_id})")
     where = " WHERE r.type IN $types" if types else ""
-    params: dict[str, Any] = {"t": pa.table({"u_id": pa.array(wanted, pa.string())}), "n": limit}
+    params: dict[str, Any] = {"n": limit}
     if types:
         params["types"] = list(types)
+    table, keys = _ids(wanted), table_size(conn, "Entity", "RELATES")
     found: dict[tuple[str, str, str], list[Any]] = {}
     for pattern in patterns:
-        # Kuzu orders strings by code point like Python, so each side's first `limit` rows hold the
-        # merged first `limit`.
-        q = (f"LOAD FROM $t MATCH {pattern}{where} RETURN {_EDGE_COLS}"
-             " ORDER BY a.id, r.type, b.id LIMIT $n")
-        for row in conn.execute(q, params).get_all():
+        # Kuzu orders strings by code point like Python, so each side's (or each id's) first `limit`
+        # rows hold the merged first `limit`.
+        q = f"MATCH {pattern}{where} RETURN {_EDGE_COLS} ORDER BY a.id, r.type, b.id LIMIT $n"
+        for row in _rows(run(conn, q, table, keys, params)):
             found.setdefault((row[0], row[1], row[2]), row)
     return [_edge(found[k]) for k in sorted(found)[:limit]]
 
@@ -72,6 +73,14 @@ def edges(
 def kv_get(conn: kuzu.Connection, key: str) -> str | None:
     rows = conn.execute("MATCH (k:KV {key: $k}) RETURN k.value", {"k": key}).get_all()
     return rows[0][0] if rows else None
+
+
+def _ids(ids: list[str]) -> pa.Table:
+    return pa.table({"u_id": pa.array(ids, pa.string())})
+
+
+def _rows(columns: list[list]) -> list[list[Any]]:
+    return [list(row) for row in zip(*columns)]
 
 
 def _props(text: str | None) -> dict[str, Any]:
