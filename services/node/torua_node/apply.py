@@ -62,7 +62,7 @@ class ApplyResult:
     apply `*_removed` and `*_ids`/`*_vectors`/`*_texts` in either order (the id sets are disjoint).
 
     `error` is set when a transient failure (memory, disk) stopped the batch early: entries after
-    `applied_seq` were not applied and must be delivered again."""
+    `applied_seq` were not applied and must be delivered again, to a reopened database."""
 
     applied_seq: int
     dim: int
@@ -239,7 +239,12 @@ def _apply_group(conn: kuzu.Connection, group: list[_Item], result: ApplyResult,
     one = _Delta()
     try:
         _in_tx(conn, lambda: _apply_items(conn, group, one))
-    except Exception:  # noqa: BLE001 - rolled back; retried entry by entry
+    except Exception as exc:  # noqa: BLE001 - rolled back; retried entry by entry
+        if _transient(exc):
+            # Not the entries' fault, and kuzu 0.11.3 may crash (SIGSEGV) when a database whose
+            # buffer pool ran out is used again: stop here, the replica reopens it and retries.
+            result.error = f"seq {group[0][0]}: {exc}"[:MAX_ERROR_LEN]
+            return False
         return _apply_one_by_one(conn, group, result, delta)
     _count(result, group)
     delta.merge(one)
@@ -269,7 +274,7 @@ def _apply_one_by_one(conn: kuzu.Connection, group: list[_Item], result: ApplyRe
 def _record_poison(conn: kuzu.Connection, seq: int, exc: Exception, result: ApplyResult) -> bool:
     """Record the entry as poison; False (and result.error) if the failure was transient."""
     text = str(exc)
-    if isinstance(exc, RuntimeError) and text.startswith(_TRANSIENT):
+    if _transient(exc):
         result.error = f"seq {seq}: {text}"[:MAX_ERROR_LEN]
         return False
     error = f"{type(exc).__name__}: {text}"[:MAX_ERROR_LEN]
@@ -280,6 +285,10 @@ def _record_poison(conn: kuzu.Connection, seq: int, exc: Exception, result: Appl
         return False
     result.failures.append((seq, error))
     return True
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc).startswith(_TRANSIENT)
 
 
 def _count(result: ApplyResult, items: list[_Item]) -> None:

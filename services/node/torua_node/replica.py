@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 512
 # How long a read carrying a write token waits for this replica to apply that far.
 READ_WAIT_S = 2.0
+# Pause before the log consumer restarts after a failure, doubling while it fails at the same place.
+RETRY_S = 0.5
+MAX_RETRY_S = 5.0
+_STOPPED_EARLY = "apply stopped early, database reopened"
 # How long stop() waits on each step before giving up with a warning: a stuck step must not hold
 # the node's reconcile lock, and with it every later shard map, forever.
 STOP_TIMEOUT_S = 5.0
@@ -60,6 +64,9 @@ class ShardReplica:
         self._task: asyncio.Task[None] | None = None
         self._service: ServiceHandle | None = None
         self._closing = False
+        self._reopen_needed = False
+        self._batch_limit = FETCH_BATCH
+        self.reopens = 0  # of the database, after transient apply failures
 
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(
@@ -116,14 +123,22 @@ class ShardReplica:
             return 0
 
     async def _follow_log(self) -> None:
+        failures, failed_at = 0, -1
         while not self._closing:
             try:
+                if self._reopen_needed:
+                    await self.store.reopen()
+                    self._reopen_needed = False
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - consumer lost (NATS restart, gap): resume from Kuzu's position
+                self._reopen_needed = self._reopen_needed or not self.store.is_open
+                failures = failures + 1 if self.applied_seq == failed_at else 1
+                failed_at = self.applied_seq
                 log.warning("shard %d: log consumer restarting after %s", self.shard, type(exc).__name__, extra={"shard": self.shard})
-                await asyncio.sleep(0.5)
+                # Backs off when the same failure repeats (e.g. a batch larger than the buffer pool).
+                await asyncio.sleep(min(RETRY_S * 2 ** (failures - 1), MAX_RETRY_S))
 
     async def _consume(self) -> None:
         js = self.nc.jetstream()
@@ -143,7 +158,7 @@ class ShardReplica:
                 if self.state == "recovering" and self.applied_seq >= catch_up_to:
                     await self._activate()
                 try:
-                    msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
+                    msgs = await sub.fetch(self._batch_limit, timeout=1.0)
                 except TimeoutError:  # nats-py raises its own subclass or asyncio's: nothing new yet
                     continue
                 batch = []
@@ -156,6 +171,7 @@ class ShardReplica:
                 if batch:
                     await self._apply(batch)
                     self.lag = msgs[-1].metadata.num_pending
+                    self._batch_limit = min(FETCH_BATCH, self._batch_limit * 2)
         finally:
             await self._drop_consumer(sub, config.name)
 
@@ -177,13 +193,22 @@ class ShardReplica:
             self.failures += 1
             self.error = f"entry {seq} skipped: {err}"
             log.error("shard %d: %s", self.shard, self.error, extra={"shard": self.shard})
+        if result.error is None and self.error is not None and self.error.startswith(_STOPPED_EARLY):
+            self.error = None  # recovered
         async with self._applied:
             self.applied_seq = result.applied_seq
             self._applied.notify_all()
         await self.nc.publish(applied_subject(self.shard), str(self.applied_seq).encode())
         log.debug("shard %d applied %d entries in %.1f ms", self.shard, len(batch), (time.perf_counter() - started) * 1e3)
         if result.error is not None:
-            # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log.
+            # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log
+            # into a reopened database (storage.ShardStore.reopen says why).
+            self.error = f"{_STOPPED_EARLY}: {result.error}"
+            self._reopen_needed = True
+            # A transaction larger than the buffer pool fails however often it is retried: halve it.
+            self._batch_limit = max(1, len(batch) // 2)
+            self.reopens += 1
+            log.warning("shard %d: %s", self.shard, self.error, extra={"shard": self.shard})
             raise RuntimeError(f"apply stopped early: {result.error}")
 
     async def _activate(self) -> None:

@@ -23,7 +23,7 @@ class NodeSettings(BaseServiceSettings, EmbedderSettings, LLMSettings):
     data_dir: Path = Path("data/node")
     heartbeat_interval: float = Field(1.0, gt=0, le=60)
     node_max_shards: int | None = Field(64, ge=1)
-    buffer_pool_mb: int = Field(64, ge=16, le=1 << 20)
+    buffer_pool_mb: int = Field(256, ge=16, le=1 << 20)
     max_db_size_gb: int = Field(64, ge=1, le=1 << 16)
     # On SIGTERM, how long to keep serving while the coordinator moves this node's replicas away.
     drain_timeout: float = Field(10.0, ge=0)

@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 
 import kuzu
 
-__all__ = ["ShardStore", "Conn"]
+__all__ = ["ShardStore", "Conn", "OUT_OF_MEMORY"]
 
 T = TypeVar("T")
 Conn = kuzu.Connection
 _MIB = 1024 * 1024
+# How Kuzu's errors start when the buffer pool ran out.
+OUT_OF_MEMORY = "Buffer manager exception"
 
 
 class ShardStore:
@@ -33,29 +35,59 @@ class ShardStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard}")
         self._db: kuzu.Database | None = None
         self._conn: kuzu.Connection | None = None
+        self._init: Callable[[Conn], Any] | None = None
 
     async def open(self, init: Callable[[Conn], Any] | None = None) -> None:
-        def _open() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = kuzu.Database(
-                str(self.path),
-                buffer_pool_size=self._buffer_pool,
-                max_db_size=self._max_db_size,
-                max_num_threads=2,
-            )
-            self._conn = kuzu.Connection(self._db)
-            if init is not None:
-                init(self._conn)
+        self._init = init
+        await self._run(self._open)
 
-        await self._run(_open)
+    async def reopen(self) -> None:
+        """Close and open the database again: kuzu 0.11.3 holds on to buffer-pool memory it no
+        longer needs until the database closes, and may crash if used again once the pool ran out."""
+
+        def _reopen() -> None:
+            self._close()
+            self._open()
+
+        await self._run(_reopen)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = kuzu.Database(
+            str(self.path),
+            buffer_pool_size=self._buffer_pool,
+            max_db_size=self._max_db_size,
+            max_num_threads=2,
+        )
+        self._conn = kuzu.Connection(self._db)
+        if self._init is not None:
+            self._init(self._conn)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._db is not None:
+            self._db.close()
+        self._conn = self._db = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(conn, *args)` on this shard's thread."""
+        """Run `fn(conn, *args)` on this shard's thread; if it runs out of buffer pool, the database
+        is reopened before the error is raised."""
 
         def _call() -> T:
             if self._conn is None:
                 raise RuntimeError(f"shard {self.shard} store is closed")
-            return fn(self._conn, *args)
+            try:
+                return fn(self._conn, *args)
+            except RuntimeError as exc:
+                if str(exc).startswith(OUT_OF_MEMORY):
+                    self._close()  # before anything else uses it (see reopen)
+                    self._open()
+                raise
 
         return await self._run(_call)
 
@@ -63,15 +95,8 @@ class ShardStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def close(self) -> None:
-        def _close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-            if self._db is not None:
-                self._db.close()
-            self._conn = self._db = None
-
         try:
-            await self._run(_close)
+            await self._run(self._close)
         finally:
             self._executor.shutdown(wait=True)
 
