@@ -532,13 +532,16 @@ def test_far_ends_resolve_on_their_owning_shard(small: Cluster) -> None:
     """A chunk lives on its document's shard, not on shard(chunk id): resolution asks the owner."""
     from torua_node.cypher import resolve_query
 
-    q = resolve_query("Chunk", ("id", "document_id"))
-    found = {}
-    for s in range(8):
-        for cid, doc in execute_on_shard(small.conn(s), q, {"__q_ids": ["c1", "c2", "c3", "nope"]}).rows:
-            assert shard_for(doc, 8) == s
-            found[cid] = doc
-    assert set(found) == {"c1", "c2", "c3"}
+    ids = ["c1", "c2", "c3", "nope"]
+    for many in (False, True):  # a few ids are probed one by one, many in one statement
+        found = {}
+        for s in range(8):
+            query, params = resolve_query("Chunk", ("id", "document_id"), ids + [f"absent{i}" for i in range(9 * many)])
+            assert ("UNWIND" in query) is many
+            for cid, doc in execute_on_shard(small.conn(s), query, params).rows:
+                assert shard_for(doc, 8) == s
+                found[cid] = doc
+        assert set(found) == {"c1", "c2", "c3"}
 
 
 def test_gather_columns_match_the_shard_schema(tmp_path: Path) -> None:

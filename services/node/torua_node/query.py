@@ -46,7 +46,6 @@ from torua.hashing import shard_for
 from torua.model import ShardStatus
 
 from torua_node.cypher import (
-    IDS_PARAM,
     OWNER_KEY,
     REAL_IDS_PARAM,
     AggSpec,
@@ -225,8 +224,7 @@ class _Run:
             if owner is not None:
                 by_shard.setdefault(shard_for(str(owner), self.num_shards), []).append(i)
         cols = ("id", *(c for c in columns if c not in ("id", "stub")))
-        query = resolve_query(table, cols)
-        parts = await self.fan_out(lambda s: (query, {IDS_PARAM: sorted(by_shard[s])}), by_shard)
+        parts = await self.fan_out(lambda s: resolve_query(table, cols, sorted(by_shard[s])), by_shard)
         return {row[0]: dict(zip(cols, row)) for p in parts.values() for row in p.rows}
 
 
