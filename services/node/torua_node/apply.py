@@ -52,6 +52,18 @@ _JSON = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 # Kuzu errors that say nothing about the entry (memory, disk, interruption): never recorded as poison,
 # since another replica with more memory would apply the entry and the replicas would diverge.
+# Explicit Arrow types: inferring them from Python lists costs ~10x more (pyarrow tries to import
+# dateutil on every call when it is not installed).
+_S, _B = pa.string(), pa.binary()
+_ENTITY = pa.schema([("id", _S), ("name", _S), ("type", _S), ("description", _S), ("properties", _S),
+                     ("embedding", _B), ("stub", pa.bool_())])
+_CHUNK = pa.schema([("id", _S), ("document_id", _S), ("text", _S), ("position", pa.int64()),
+                    ("embedding", _B), ("stub", pa.bool_())])
+_DOCUMENT = pa.schema([("id", _S), ("title", _S), ("metadata", _S)])
+_RELATION = pa.schema([("from", _S), ("to", _S), ("type", _S), ("weight", pa.float64()),
+                       ("properties", _S), ("chunks", _S)])
+_PAIR = pa.schema([("from", _S), ("to", _S)])
+_KV = pa.schema([("key", _S), ("value", _S)])
 _TRANSIENT = ("Buffer manager exception", "IO exception", "Interrupted", "Checkpoint exception",
               "Transaction manager exception")
 
@@ -465,7 +477,7 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         docs = list(seg.documents.values())
         _upsert_nodes(conn, "Document", "id", pa.table({
             "id": [d.id for d in docs], "title": [d.title for d in docs],
-            "metadata": [d.metadata for d in docs]}))
+            "metadata": [d.metadata for d in docs]}, schema=_DOCUMENT))
     if seg.entities:
         ents = list(seg.entities.values())
         _upsert_nodes(conn, "Entity", "id", _entity_table(ents))
@@ -496,16 +508,16 @@ def _entity_table(ents: list[WalEntity]) -> pa.Table:
     return pa.table({
         "id": [e.id for e in ents], "name": [e.name for e in ents], "type": [e.type for e in ents],
         "description": [e.description for e in ents], "properties": [e.properties for e in ents],
-        "embedding": pa.array([e.embedding for e in ents], pa.binary()), "stub": pa.repeat(False, len(ents)),
-    })
+        "embedding": [e.embedding for e in ents], "stub": pa.repeat(False, len(ents)),
+    }, schema=_ENTITY)
 
 
 def _chunk_table(chunks: list[WalChunk]) -> pa.Table:
     return pa.table({
         "id": [c.id for c in chunks], "document_id": [c.document_id for c in chunks],
-        "text": [c.text for c in chunks], "position": pa.array([c.position for c in chunks], pa.int64()),
-        "embedding": pa.array([c.embedding for c in chunks], pa.binary()), "stub": pa.repeat(False, len(chunks)),
-    })
+        "text": [c.text for c in chunks], "position": [c.position for c in chunks],
+        "embedding": [c.embedding for c in chunks], "stub": pa.repeat(False, len(chunks)),
+    }, schema=_CHUNK)
 
 
 def _ensure_stubs(
@@ -524,13 +536,13 @@ def _ensure_stubs(
     # rows' values after an update and a checkpoint (found by fuzzing; without NULLs it holds).
     n = len(missing)
     if table == "Entity":
-        cols = {"id": missing, "name": [""] * n, "type": [""] * n, "description": [""] * n,
-                "properties": [""] * n}
+        cols, schema = {"id": missing, "name": [""] * n, "type": [""] * n, "description": [""] * n,
+                        "properties": [""] * n}, _ENTITY
     else:
-        cols = {"id": missing, "document_id": [docs[i] for i in missing], "text": [""] * n,
-                "position": pa.array([0] * n, pa.int64())}
-    _insert_nodes(conn, table, pa.table({**cols, "embedding": pa.array([b""] * n, pa.binary()),
-                                         "stub": pa.repeat(True, n)}))
+        cols, schema = {"id": missing, "document_id": [docs[i] for i in missing], "text": [""] * n,
+                        "position": [0] * n}, _CHUNK
+    _insert_nodes(conn, table, pa.table({**cols, "embedding": [b""] * n, "stub": pa.repeat(True, n)},
+                                        schema=schema))
 
 
 def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -> None:
@@ -578,10 +590,10 @@ def _relation_table(rels: list[WalRelation]) -> pa.Table:
     return pa.table({
         "from": [r.source for r in rels], "to": [r.target for r in rels], "type": [r.type for r in rels],
         # -0.0 + 0.0 is +0.0: Kuzu keeps the sign of a zero DOUBLE only sometimes.
-        "weight": pa.array([r.weight + 0.0 for r in rels], pa.float64()),
+        "weight": [r.weight + 0.0 for r in rels],
         "properties": [r.properties for r in rels],
         "chunks": [_json_list(r.chunks) for r in rels],
-    })
+    }, schema=_RELATION)
 
 
 def _add_mentions(conn: kuzu.Connection, pairs: list[tuple[str, str]]) -> None:
@@ -599,7 +611,7 @@ def _json_list(items: list[str]) -> str:
 
 
 def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
-    return pa.table({"from": [p[0] for p in pairs], "to": [p[1] for p in pairs]})
+    return pa.table({"from": [p[0] for p in pairs], "to": [p[1] for p in pairs]}, schema=_PAIR)
 
 
 def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) -> None:
@@ -626,11 +638,12 @@ def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) ->
 def _apply_kv(conn: kuzu.Connection, kv: dict[str, str | None]) -> None:
     gone = [k for k, v in kv.items() if v is None]
     if gone:
-        run(conn, "MATCH (k:KV {key: u_key}) DELETE k", pa.table({"u_key": gone}), table_size(conn, "KV"))
+        run(conn, "MATCH (k:KV {key: u_key}) DELETE k", pa.table({"u_key": pa.array(gone, pa.string())}),
+            table_size(conn, "KV"))
     puts = [(k, v) for k, v in kv.items() if v is not None]
     if puts:
         _upsert_nodes(conn, "KV", "key", pa.table({
-            "key": [k for k, _ in puts], "value": [v for _, v in puts]}))
+            "key": [k for k, _ in puts], "value": [v for _, v in puts]}, schema=_KV))
 
 
 # ---------------------------------------------------------------------------------------------------
