@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 from torua_node.keyspace import known_keys, table_size
 from torua_node.presence import Presence
 from torua_node.schema import APPLIED_SEQ_KEY, read_applied_seq
-from torua_node.statements import run
+from torua_node.statements import id_rows, run
+from torua_node.storage import is_transient
 from torua_node.textindex import entity_text
 from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
 
@@ -50,8 +51,6 @@ __all__ = ["ApplyResult", "apply_batch"]
 MAX_ERROR_LEN = 300
 _JSON = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-# Kuzu errors that say nothing about the entry (memory, disk, interruption): never recorded as poison,
-# since another replica with more memory would apply the entry and the replicas would diverge.
 # Explicit Arrow types: inferring them from Python lists costs ~10x more (pyarrow tries to import
 # dateutil on every call when it is not installed).
 _S, _B = pa.string(), pa.binary()
@@ -64,8 +63,6 @@ _RELATION = pa.schema([("from", _S), ("to", _S), ("type", _S), ("weight", pa.flo
                        ("properties", _S), ("chunks", _S)])
 _PAIR = pa.schema([("from", _S), ("to", _S)])
 _KV = pa.schema([("key", _S), ("value", _S)])
-_TRANSIENT = ("Buffer manager exception", "IO exception", "Interrupted", "Checkpoint exception",
-              "Transaction manager exception")
 
 
 @dataclass(slots=True)
@@ -234,7 +231,7 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     if recent is not None:
         reached = set(entry.delete_entities)
         if entry.delete_documents:
-            reached.update(_chunks_of(conn, _ids(entry.delete_documents)))
+            reached.update(_chunks_of(conn, id_rows(entry.delete_documents)))
         if recent.isdisjoint(reached):
             return True
     try:
@@ -252,7 +249,7 @@ def _apply_group(conn: kuzu.Connection, group: list[_Item], result: ApplyResult,
     try:
         _in_tx(conn, lambda: _apply_items(conn, group, one))
     except Exception as exc:  # noqa: BLE001 - rolled back; retried entry by entry
-        if _transient(exc):
+        if is_transient(exc):
             # Not the entries' fault, and kuzu 0.11.3 may crash (SIGSEGV) when a database whose
             # buffer pool ran out is used again: stop here, the replica reopens it and retries.
             result.error = f"seq {group[0][0]}: {exc}"[:MAX_ERROR_LEN]
@@ -286,7 +283,9 @@ def _apply_one_by_one(conn: kuzu.Connection, group: list[_Item], result: ApplyRe
 def _record_poison(conn: kuzu.Connection, seq: int, exc: Exception, result: ApplyResult) -> bool:
     """Record the entry as poison; False (and result.error) if the failure was transient."""
     text = str(exc)
-    if _transient(exc):
+    # Never recorded as poison: another replica with more memory would apply the entry, and the
+    # replicas would diverge.
+    if is_transient(exc):
         result.error = f"seq {seq}: {text}"[:MAX_ERROR_LEN]
         return False
     error = f"{type(exc).__name__}: {text}"[:MAX_ERROR_LEN]
@@ -297,10 +296,6 @@ def _record_poison(conn: kuzu.Connection, seq: int, exc: Exception, result: Appl
         return False
     result.failures.append((seq, error))
     return True
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc).startswith(_TRANSIENT)
 
 
 def _count(result: ApplyResult, items: list[_Item]) -> None:
@@ -401,12 +396,12 @@ def _record_failure(conn: kuzu.Connection, seq: int, error: str, advance: bool =
 def _delete_entities(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> None:
     if not ids:
         return
-    t = _ids(ids)
+    t = id_rows(ids)
     keys = table_size(conn, "Entity")
     found = run(conn, "MATCH (e:Entity {id: u_id}) RETURN e.id", t, keys)[0]
     if not found:
         return
-    t = _ids(found)
+    t = id_rows(found)
     near = run(conn, "MATCH (e:Entity {id: u_id})-[:RELATES]-(n:Entity) WHERE n.stub"
                      " RETURN DISTINCT n.id", t, keys)[0]
     near_chunks = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
@@ -423,10 +418,10 @@ def _delete_entities(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> No
 def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> None:
     if not ids:
         return
-    t = _ids(ids)
+    t = id_rows(ids)
     chunks = _chunks_of(conn, t)
     if chunks:
-        ct = _ids(chunks)
+        ct = id_rows(chunks)
         near = run(conn, "MATCH (c:Chunk {id: u_id})-[:MENTIONS]->(e:Entity) WHERE e.stub"
                          " RETURN DISTINCT e.id", ct, table_size(conn, "Chunk"))[0]
         _delete_nodes(conn, "Chunk", ct)
@@ -438,7 +433,7 @@ def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> N
 
 
 def _chunks_of(conn: kuzu.Connection, documents: pa.Table) -> list[str]:
-    """Ids of the chunks (real or stub) of these documents (`_ids` table)."""
+    """Ids of the chunks (real or stub) of these documents (`id_rows` table)."""
     # Not a key lookup (document_id has no index): always one scan, never one per document.
     return run(conn, "MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id", documents, 0)[0]
 
@@ -465,7 +460,7 @@ def _drop_orphan_stubs(conn: kuzu.Connection, table: str, ids: list[str]) -> Non
     # invariant "no stub without an edge" after every entry.
     if ids:
         run(conn, f"MATCH (n:{table} {{id: u_id}}) WHERE n.stub AND NOT EXISTS {{ MATCH (n)-[]-() }}"
-                  " DELETE n", _ids(ids), table_size(conn, table))
+                  " DELETE n", id_rows(ids), table_size(conn, table))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -528,7 +523,7 @@ def _ensure_stubs(
         return
     maybe = [i for i, m in zip(ids, _memory(conn).presence[table].maybe(ids)) if m]
     query = f"MATCH (n:{table} {{id: u_id}}) RETURN n.id"
-    present = set(run(conn, query, _ids(maybe), table_size(conn, table))[0]) if maybe else set()
+    present = set(run(conn, query, id_rows(maybe), table_size(conn, table))[0]) if maybe else set()
     missing = [i for i in ids if i not in present]
     if not missing:
         return
@@ -648,10 +643,6 @@ def _apply_kv(conn: kuzu.Connection, kv: dict[str, str | None]) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _ids(ids: Iterable[str]) -> pa.Table:
-    return pa.table({"u_id": pa.array(list(dict.fromkeys(ids)), pa.string())})
 
 
 def _prefixed(t: pa.Table) -> pa.Table:

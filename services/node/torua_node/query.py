@@ -57,6 +57,7 @@ from torua_node.cypher import (
     resolve_query,
 )
 from torua_node.schema import init_schema
+from torua_node.storage import TRANSIENT_ERRORS
 
 __all__ = [
     "ShardRows",
@@ -90,9 +91,6 @@ RunOnShard = Callable[[int, str, dict[str, Any]], Awaitable[ShardRows]]
 MAX_GATHERED_BINDINGS = 1_000_000
 _MIB = 1024 * 1024
 _MAX_ERROR_LEN = 1000
-# Kuzu errors that say nothing about the query (memory, disk, interruption): the shard is unwell.
-_TRANSIENT = ("Buffer manager exception", "IO exception", "Interrupted", "Checkpoint exception",
-              "Transaction manager exception")
 _ORDERABLE = frozenset({"BOOL", "INT8", "INT16", "INT32", "INT64", "INT128", "UINT8", "UINT16", "UINT32",
                         "UINT64", "SERIAL", "FLOAT", "DOUBLE", "STRING", "DATE", "TIMESTAMP"})
 
@@ -132,7 +130,7 @@ def _rollback(conn: kuzu.Connection) -> None:
 
 def _kuzu_error(exc: RuntimeError) -> ToruaError:
     text = str(exc)[:_MAX_ERROR_LEN]
-    if text.startswith(_TRANSIENT):
+    if text.startswith(TRANSIENT_ERRORS):  # the shard is unwell, not the query
         return Unavailable(f"the shard could not run the query: {text}")
     return BadRequest(f"query failed: {text}")
 

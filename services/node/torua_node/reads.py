@@ -7,12 +7,11 @@ from typing import Any, Literal
 import kuzu
 import msgspec
 import numpy as np
-import pyarrow as pa
 
 from torua.model import EdgeOut, EntityOut
 
 from torua_node.keyspace import table_size
-from torua_node.statements import run
+from torua_node.statements import id_rows, run
 
 __all__ = ["get_entity", "entities_by_ids", "edges", "kv_get"]
 
@@ -35,7 +34,7 @@ def entities_by_ids(conn: kuzu.Connection, ids: list[str], *, embeddings: bool =
         return []
     extra = ", e.embedding" if embeddings else ""
     rows = _rows(run(conn, f"MATCH (e:Entity {{id: u_id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}{extra}",
-                     _ids(wanted), table_size(conn, "Entity")))
+                     id_rows(wanted), table_size(conn, "Entity")))
     found = {r[0]: _entity(r[:5], r[5] if embeddings else None) for r in rows}
     return [found[i] for i in wanted if i in found]
 
@@ -59,7 +58,7 @@ def edges(
     params: dict[str, Any] = {"n": limit}
     if types:
         params["types"] = list(types)
-    table, keys = _ids(wanted), table_size(conn, "Entity", "RELATES")
+    table, keys = id_rows(wanted), table_size(conn, "Entity", "RELATES")
     found: dict[tuple[str, str, str], list[Any]] = {}
     for pattern in patterns:
         # Kuzu orders strings by code point like Python, so each side's (or each id's) first `limit`
@@ -73,10 +72,6 @@ def edges(
 def kv_get(conn: kuzu.Connection, key: str) -> str | None:
     rows = conn.execute("MATCH (k:KV {key: $k}) RETURN k.value", {"k": key}).get_all()
     return rows[0][0] if rows else None
-
-
-def _ids(ids: list[str]) -> pa.Table:
-    return pa.table({"u_id": pa.array(ids, pa.string())})
 
 
 def _rows(columns: list[list]) -> list[list[Any]]:

@@ -12,12 +12,13 @@ set-at-a-time.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import kuzu
 import pyarrow as pa
 
-__all__ = ["KEYS_PER_ROW", "run"]
+__all__ = ["KEYS_PER_ROW", "id_rows", "run"]
 
 # Row by row when the largest table the statement matches in has at least this many keys per input
 # row (break-even measured at 300k entities: 40-150 rows, i.e. 2,000-7,500 keys per row).
@@ -39,6 +40,11 @@ def run(conn: kuzu.Connection, query: str, rows: pa.Table, keys: int,
             return []
         return [c.to_pylist() for c in result.get_as_arrow(_ARROW_CHUNK).columns]
     return _row_by_row(conn, query, rows, params or {})
+
+
+def id_rows(ids: Iterable[str]) -> pa.Table:
+    """Distinct ids, in first-seen order, as the `u_id` rows of a statement."""
+    return pa.table({"u_id": pa.array(list(dict.fromkeys(ids)), pa.string())})
 
 
 def _row_by_row(conn: kuzu.Connection, query: str, rows: pa.Table, params: dict[str, Any]) -> list[list]:

@@ -17,13 +17,21 @@ from typing import Any, TypeVar
 
 import kuzu
 
-__all__ = ["ShardStore", "Conn", "OUT_OF_MEMORY"]
+__all__ = ["ShardStore", "Conn", "OUT_OF_MEMORY", "TRANSIENT_ERRORS", "is_transient"]
 
 T = TypeVar("T")
 Conn = kuzu.Connection
 _MIB = 1024 * 1024
 # How Kuzu's errors start when the buffer pool ran out.
 OUT_OF_MEMORY = "Buffer manager exception"
+# ... and when they say nothing about the statement (memory, disk, interruption): the replica is
+# unwell, not the entry or the query.
+TRANSIENT_ERRORS = (OUT_OF_MEMORY, "IO exception", "Interrupted", "Checkpoint exception",
+                    "Transaction manager exception")
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc).startswith(TRANSIENT_ERRORS)
 
 
 class ShardStore:
