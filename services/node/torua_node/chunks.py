@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-
 import kuzu
 
 from torua.wire import Reply
+
+from torua_node.keyspace import table_size
+from torua_node.statements import id_rows, run
 
 __all__ = ["ChunkOut", "Mention", "chunks_by_ids", "mentions_of"]
 
@@ -28,25 +30,25 @@ def chunks_by_ids(conn: kuzu.Connection, ids: list[str]) -> list[ChunkOut]:
     """The real chunks among `ids` (stubs are skipped), with the entities each mentions."""
     if not ids:
         return []
-    rows = conn.execute(
-        "MATCH (c:Chunk) WHERE c.id IN $ids AND NOT c.stub "
-        "OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity) "
-        "RETURN c.id, c.document_id, c.text, c.position, collect(e.id)",
-        {"ids": list(dict.fromkeys(ids))},
-    ).get_all()
+    cols = run(conn, "MATCH (c:Chunk {id: u_id}) WHERE NOT c.stub OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity)"
+                     " RETURN c.id, c.document_id, c.text, c.position, collect(e.id)",
+               id_rows(ids), table_size(conn, "Chunk"))
     return sorted(
-        (ChunkOut(id=r[0], document_id=r[1], text=r[2] or "", position=r[3] or 0, entities=sorted(e for e in (r[4] or []) if e is not None)) for r in rows),
+        (ChunkOut(id=i, document_id=d, text=t or "", position=p or 0,
+                  entities=sorted(e for e in (es or []) if e is not None))
+         for i, d, t, p, es in zip(*cols)),
         key=lambda c: c.id,
     )
 
 
 def mentions_of(conn: kuzu.Connection, entity_ids: list[str], limit: int) -> list[Mention]:
-    """Chunks mentioning any of `entity_ids` (local copies of mentions make this one lookup)."""
-    if not entity_ids:
+    """Chunks mentioning any of `entity_ids` (local copies of mentions make this one lookup), ordered
+    by (entity, chunk), at most `limit`."""
+    if not entity_ids or limit <= 0:
         return []
-    rows = conn.execute(
-        "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) WHERE e.id IN $ids "
-        "RETURN c.id, c.document_id, e.id ORDER BY e.id, c.id LIMIT $n",
-        {"ids": list(dict.fromkeys(entity_ids)), "n": limit},
-    ).get_all()
-    return [Mention(chunk_id=r[0], document_id=r[1], entity_id=r[2]) for r in rows]
+    cols = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
+                     " RETURN c.id, c.document_id, e.id ORDER BY e.id, c.id LIMIT $n",
+               id_rows(entity_ids), table_size(conn, "Entity"), {"n": limit})
+    # Row by row, each id brings its own first `limit`: merge them.
+    rows = sorted(zip(*cols), key=lambda r: (r[2], r[0]))[:limit]
+    return [Mention(chunk_id=c, document_id=d, entity_id=e) for c, d, e in rows]
