@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from torua_node.keyspace import known_keys, table_size
-from torua_node.presence import Presence
 from torua_node.schema import APPLIED_SEQ_KEY, read_applied_seq
 from torua_node.statements import id_rows, run
 from torua_node.storage import is_transient
@@ -111,10 +110,9 @@ _MAX_TRACKED_EDGE_ENDS = 100_000
 
 @dataclass(slots=True)
 class _Memory:
-    """What apply remembers about one open database between batches (only apply writes to it)."""
+    """What apply remembers about one open database between batches, beside its known keys
+    (keyspace.py)."""
 
-    # Keys that may exist (keyspace.py), so that inserting new ones needs no lookup.
-    presence: dict[str, Presence]
     # Ids of the nodes that got an edge since this module's last checkpoint; None until the first
     # one (after a restart anything may still be in memory).
     new_edge_ends: set[str] | None = None
@@ -126,7 +124,7 @@ _MEMORY: weakref.WeakKeyDictionary[kuzu.Database, _Memory] = weakref.WeakKeyDict
 def _memory(conn: kuzu.Connection) -> _Memory:
     mem = _MEMORY.get(conn.database)
     if mem is None:
-        mem = _MEMORY[conn.database] = _Memory(known_keys(conn))
+        mem = _MEMORY[conn.database] = _Memory()
     return mem
 
 
@@ -185,7 +183,7 @@ def apply_batch(conn: kuzu.Connection, batch: list[tuple[int, bytes]], dim: int)
     result = ApplyResult(applied_seq=read_applied_seq(conn), dim=dim)
     # Learnt outside any transaction: read inside one after its deletes, then rolled back, it would
     # miss rows that exist.
-    _memory(conn)
+    known_keys(conn)
     todo: list[_Item] = []
     last = result.applied_seq
     for seq, raw in batch:
@@ -521,7 +519,7 @@ def _ensure_stubs(
     """Insert a stub (id only, content empty) for each absent id."""
     if not ids:
         return
-    maybe = [i for i, m in zip(ids, _memory(conn).presence[table].maybe(ids)) if m]
+    maybe = [i for i, m in zip(ids, known_keys(conn)[table].maybe(ids)) if m]
     query = f"MATCH (n:{table} {{id: u_id}}) RETURN n.id"
     present = set(run(conn, query, id_rows(maybe), table_size(conn, table))[0]) if maybe else set()
     missing = [i for i in ids if i not in present]
@@ -544,7 +542,7 @@ def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -
     """Overwrite the rows whose key exists, insert the others."""
     keys = rows.column(key)
     size = table_size(conn, table)
-    maybe = rows.select([key]).filter(pa.array(_memory(conn).presence[table].maybe(keys.to_pylist())))
+    maybe = rows.select([key]).filter(pa.array(known_keys(conn)[table].maybe(keys.to_pylist())))
     match = f"MATCH (n:{table} {{{key}: u_{key}}})"
     existing = run(conn, f"{match} RETURN n.{key}", _prefixed(maybe), size)[0] if maybe.num_rows else []
     if existing:
@@ -558,7 +556,7 @@ def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -
 def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table, key: str = "id") -> None:
     if rows.num_rows:
         # Noted before the transaction commits: a superset is safe.
-        _memory(conn).presence[table].add(rows.column(key).to_pylist())
+        known_keys(conn)[table].add(rows.column(key).to_pylist())
         # No MATCH, so no scan: always set-at-a-time.
         props = ", ".join(f"{c}: u_{c}" for c in rows.column_names)
         conn.execute(f"LOAD FROM $t CREATE (n:{table} {{{props}}})", {"t": _prefixed(rows)})
@@ -567,7 +565,7 @@ def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table, key: str = 
 def _upsert_relations(conn: kuzu.Connection, rels: dict[tuple[str, str, str], WalRelation]) -> None:
     keys = list(rels)
     table = _relation_table(list(rels.values()))
-    maybe = _memory(conn).presence["RELATES"].maybe(keys)
+    maybe = known_keys(conn)["RELATES"].maybe(keys)
     if maybe.any():
         found = run(conn,
             "MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to}) WHERE r.type = u_type"
@@ -592,7 +590,7 @@ def _relation_table(rels: list[WalRelation]) -> pa.Table:
 
 
 def _add_mentions(conn: kuzu.Connection, pairs: list[tuple[str, str]]) -> None:
-    maybe = [p for p, m in zip(pairs, _memory(conn).presence["MENTIONS"].maybe(pairs)) if m]
+    maybe = [p for p, m in zip(pairs, known_keys(conn)["MENTIONS"].maybe(pairs)) if m]
     existing: set[tuple[str, str]] = set()
     if maybe:
         found = run(conn, "MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to}) RETURN c.id, e.id",
@@ -612,13 +610,13 @@ def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
 def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) -> None:
     if rows.num_rows == 0:
         return
-    mem = _memory(conn)
+    mem, known = _memory(conn), known_keys(conn)
     sources, targets = rows.column("from").to_pylist(), rows.column("to").to_pylist()
     # Noted before the transaction commits: a superset is safe.
     if rel == "RELATES":
-        mem.presence[rel].add(list(zip(sources, rows.column("type").to_pylist(), targets)))
+        known[rel].add(list(zip(sources, rows.column("type").to_pylist(), targets)))
     else:
-        mem.presence[rel].add(list(zip(sources, targets)))
+        known[rel].add(list(zip(sources, targets)))
     if mem.new_edge_ends is not None:
         mem.new_edge_ends.update(sources)
         mem.new_edge_ends.update(targets)
