@@ -33,11 +33,14 @@ bench: $(TEST_STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data
 
-# The Dockerfile with hadolint (from the test extras), and docker-compose.yml with a real compose
+# Python: ruff (style, imports, common bugs) and mypy (types) on the three packages, configured in
+# pyproject.toml; then the Dockerfile with hadolint (from the test extras), and docker-compose.yml with a real compose
 # implementation (Debian's docker-compose 1.29 in CI), in both NATS modes. Skipped with a message
 # where no docker-compose is installed.
 .PHONY: lint
 lint: $(TEST_STAMP)
+	$(BIN)/ruff check shared services
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	@if command -v docker-compose >/dev/null 2>&1; then \
 		echo "docker-compose config -q (single NATS server, then the cluster profile)"; \

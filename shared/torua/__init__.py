@@ -1,7 +1,6 @@
 """Torua: a distributed GraphRAG store. `from torua import Client`."""
 
 from torua.client import Client
-from torua.sync import SyncClient
 from torua.errors import (
     BadRequest,
     ConfigError,
@@ -13,6 +12,7 @@ from torua.errors import (
     Unavailable,
 )
 from torua.model import Chunk, Document, Entity, Relation
+from torua.sync import SyncClient
 from torua.version import __version__
 
 __all__ = [

@@ -22,7 +22,7 @@ _SENTENCE_WINDOW = 0.4
 
 
 def approx_tokens(text: str) -> int:
-    """The retriever's count (torua_node.retrieve.approx_tokens): about four characters per token."""
+    """The retriever's count (torua_node.rag.retrieve.approx_tokens): about four characters per token."""
     return max(1, (len(text) + 3) // 4)
 
 

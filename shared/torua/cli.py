@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
-    except Exception as exc:  # noqa: BLE001 - one line for people; TORUA_DEBUG=1 for the traceback
+    except Exception as exc:
         if os.environ.get("TORUA_DEBUG"):
             raise
         print(f"torua: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -16,8 +16,6 @@ from nats.js.errors import NotFoundError
 from torua import subjects
 from torua.connect import connect
 from torua.errors import Unavailable, error_for_code
-from torua.settings import DEFAULT_NATS_URL
-from torua.streams import WAL_STREAM, wal_subject
 from torua.model import (
     AnswerReply,
     Chunk,
@@ -34,10 +32,12 @@ from torua.model import (
     Tokens,
     UpsertReply,
 )
+from torua.settings import DEFAULT_NATS_URL
+from torua.streams import WAL_STREAM, wal_subject
 from torua.wire import (
     BroadcastReply,
-    DigestReply,
     ClusterInfo,
+    DigestReply,
     HealthReply,
     NodeHealthReply,
     NodeInfoReply,

@@ -7,6 +7,7 @@ travels in the log, so every replica stores the same vector.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Protocol
 
@@ -39,7 +40,7 @@ class HashEmbedder:
     def _features(self, text: str) -> list[tuple[str, float]]:
         words = tokenize(text)
         feats = [(f"w:{w}", 1.0) for w in words]
-        feats += [(f"b:{a} {b}", 0.5) for a, b in zip(words, words[1:])]
+        feats += [(f"b:{a} {b}", 0.5) for a, b in itertools.pairwise(words)]
         for w in words:
             padded = f"<{w}>"
             feats += [(f"c:{padded[i:i + 3]}", 0.25) for i in range(len(padded) - 2)]

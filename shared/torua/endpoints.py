@@ -117,7 +117,7 @@ class _Runner:
             except ToruaError as exc:
                 code = exc.code
                 await _respond_error(request, exc.code, exc.description)
-            except Exception as exc:  # noqa: BLE001 - last resort: the caller must get an answer
+            except Exception as exc:
                 code = 500
                 log.exception("endpoint %s failed", ep.subject)
                 await _respond_error(request, 500, f"internal error ({type(exc).__name__}); see the server log")
@@ -150,7 +150,7 @@ async def _respond_error(request: MicroRequest, code: int, description: str) -> 
     body, headers = error_reply(code, description)
     try:
         await request.respond(body, headers=headers)
-    except Exception:  # noqa: BLE001 - connection closing: nothing more to tell the caller
+    except Exception:
         log.debug("could not send error reply", exc_info=True)
 
 
@@ -169,7 +169,7 @@ class ServiceHandle:
         """Stop taking requests, then let in-flight ones finish (up to `grace` seconds)."""
         try:
             await self.service.stop()
-        except Exception:  # noqa: BLE001 - connection already closed
+        except Exception:
             log.debug("service stop failed", exc_info=True)
         if self._runner.tasks:
             await asyncio.wait(list(self._runner.tasks), timeout=grace)

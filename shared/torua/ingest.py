@@ -132,7 +132,7 @@ class Progress:
         filled = min(width, width * self.done // total)
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = self.done / elapsed
-        eta = f" ETA {max(self.total - self.done, 0) / rate:.0f}s" if 0 < rate and self.done < self.total else ""
+        eta = f" ETA {max(self.total - self.done, 0) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
         pct = 100 * self.done // total
         bar = "#" * filled + "-" * (width - filled)
         return f"{self.label} [{bar}] {self.done}/{self.total} documents {pct:3d}% {rate:.1f}/s{eta} {self.note}".rstrip()
@@ -281,7 +281,7 @@ class _Batcher:
 
 
 def _entity_text(e: Entity) -> str:
-    # As the router embeds an entity written without a vector (torua_node.split), so both agree.
+    # As the router embeds an entity written without a vector (torua_node.router.split), so both agree.
     return f"{e.name}. {e.description}".strip() if e.description else (e.name or e.id)
 
 

@@ -89,7 +89,7 @@ def start_nats_server(
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):
         stale.unlink()
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - closed after the server exits
     try:
         proc = subprocess.Popen(
             [find_nats_server(), "-c", str(conf), "--ports_file_dir", str(ports_dir)],

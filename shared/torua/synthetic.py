@@ -15,7 +15,7 @@ from torua.model import Chunk, Document, Entity, Relation
 
 __all__ = ["Question", "Corpus", "multihop_corpus"]
 
-_SYLLABLES = "ka lo ri ve zan tor mi sel dru qua bex nor fen ilo pra vos tem yul gri osh".split()
+_SYLLABLES = ["ka", "lo", "ri", "ve", "zan", "tor", "mi", "sel", "dru", "qua", "bex", "nor", "fen", "ilo", "pra", "vos", "tem", "yul", "gri", "osh"]
 
 # relation type -> (sentence, source type, target type)
 _FACTS = {

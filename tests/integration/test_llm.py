@@ -309,7 +309,7 @@ async def test_answer_llm_failures_are_clear_503s(
 
 
 def test_citations_are_parsed_and_filtered() -> None:
-    from torua_node.answer import cited
+    from torua_node.rag.answer import cited
 
     text = "A [doc:a#0]. B [doc:b#1, doc:zz#9]; C [`doc:a#0`] [doc:c#2][see doc:b#1] [doc:b#1]."
     assert cited(text, ["doc:a#0", "doc:b#1", "doc:c#2"]) == ["doc:a#0", "doc:b#1", "doc:c#2"]

@@ -15,10 +15,10 @@ import numpy as np
 from nats.aio.client import Client as NATS
 
 from torua.streams import WAL_STREAM, ensure_wal_stream, wal_subject
-from torua_node.apply import apply_batch
-from torua_node.digest import content_digest, counts
-from torua_node.replicas import ReplicaManager
-from torua_node.wal import WalEntity, WalEntry, WalRelation, encode_entry
+from torua_node.shard.apply import apply_batch
+from torua_node.storage.digest import content_digest, counts
+from torua_node.node.replicas import ReplicaManager
+from torua_node.shard.wal import WalEntity, WalEntry, WalRelation, encode_entry
 
 from tests.conftest import wait_for
 from tests.unit.test_apply import shard_db

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from torua.streams import ensure_wal_stream
-from torua_node.replicas import ReplicaManager
+from torua_node.node.replicas import ReplicaManager
 
 from tests.conftest import wait_for
 

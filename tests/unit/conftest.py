@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from torua_node import statements
+from torua_node.storage import statements
 
 
 @pytest.fixture(params=["set-at-a-time", "row-by-row"])

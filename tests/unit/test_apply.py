@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torua_node import apply as apply_mod
-from torua_node import statements
-from torua_node.apply import ApplyResult, apply_batch
-from torua_node.digest import content_digest, counts
-from torua_node.schema import SCHEMA_VERSION, init_schema, read_applied_seq
-from torua_node.wal import (
+from torua_node.shard import apply as apply_mod
+from torua_node.storage import statements
+from torua_node.shard.apply import ApplyResult, apply_batch
+from torua_node.storage.digest import content_digest, counts
+from torua_node.storage.schema import SCHEMA_VERSION, init_schema, read_applied_seq
+from torua_node.shard.wal import (
     WalChunk,
     WalDocument,
     WalEntity,
@@ -460,7 +460,7 @@ def test_embeddings_are_stored_bit_exact(
         a.execute("CHECKPOINT")
         assert q(a, "MATCH (n:Entity) RETURN n.id, n.embedding ORDER BY n.id") == [["a", raw[::-1]], ["b", raw]]
         assert q(a, "MATCH (n:Chunk) RETURN n.embedding") == [[raw], [raw]]
-        from torua_node.reads import get_entity
+        from torua_node.storage.reads import get_entity
         got = get_entity(a, "b")
         assert got is not None and np.array(got.embedding, "<f4").view("<u4").tolist() == bits
 
@@ -666,7 +666,7 @@ def test_kv_put_get_delete_unicode_and_one_mib_value(
     keys = ["ключ", "🔑/x y", "k" * 1024]
     with shard_db(tmp_path / "a") as a:
         apply_batch(a, wal(entry(kv=[WalKV(k, big) for k in keys])), DIM)
-        from torua_node.reads import kv_get
+        from torua_node.storage.reads import kv_get
         assert all(kv_get(a, k) == big for k in keys)
         assert kv_get(a, "absent") is None
         apply_batch(a, wal(entry(kv=[WalKV(keys[0], None), WalKV(keys[1], "small")]), start=2), DIM)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from torua_node.cache import ResultCache
+from torua_node.router.cache import ResultCache
 
 
 def test_entry_served_until_a_shard_it_read_moves_on() -> None:

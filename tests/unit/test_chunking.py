@@ -85,7 +85,7 @@ def test_invalid_settings(max_tokens: int, overlap: int) -> None:
 
 
 def test_same_count_as_the_retriever() -> None:
-    from torua_node.retrieve import approx_tokens as retriever_tokens
+    from torua_node.rag.retrieve import approx_tokens as retriever_tokens
 
     for text in ["", "a", "abcd", "abcde", "x" * 1001]:
         assert approx_tokens(text) == retriever_tokens(text)

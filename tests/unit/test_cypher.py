@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from torua.errors import BadRequest
 
-from torua_node.cypher import (
+from torua_node.cypher.planner import (
     AGGREGATES,
     FORBIDDEN,
     KUZU_AGGREGATES,
@@ -22,7 +22,7 @@ from torua_node.cypher import (
     render,
     tokenize,
 )
-from torua_node.schema import init_schema
+from torua_node.storage.schema import init_schema
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torua.errors import BadRequest, NotFound, Unavailable, error_for_code
 from torua.hashing import shard_for, stable_hash
 from torua.wire import BroadcastRequest
 
-from torua_node.identity import load_identity
+from torua_node.node.identity import load_identity
 
 
 def test_generated_id_is_kept_and_incarnation_grows(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torua_node.presence import Presence
+from torua_node.storage.presence import Presence
 
 keys = st.one_of(st.text(max_size=8), st.tuples(st.text(max_size=4), st.text(max_size=4)))
 

@@ -26,8 +26,8 @@ from torua.errors import BadRequest, Unavailable
 from torua.hashing import shard_for
 from torua.model import Chunk, DeleteRequest, Document, Entity, Relation, UpsertRequest
 
-from torua_node.apply import apply_batch
-from torua_node.query import (
+from torua_node.shard.apply import apply_batch
+from torua_node.cypher.execute import (
     QueryResult,
     ShardRows,
     execute_on_shard,
@@ -35,10 +35,10 @@ from torua_node.query import (
     run_query,
     to_json_value,
 )
-from torua_node.cypher import TABLE_COLUMNS, plan_query
-from torua_node.schema import init_schema
-from torua_node.split import split_delete, split_upsert
-from torua_node.wal import encode_entry
+from torua_node.cypher.planner import TABLE_COLUMNS, plan_query
+from torua_node.storage.schema import init_schema
+from torua_node.router.split import split_delete, split_upsert
+from torua_node.shard.wal import encode_entry
 
 DIM = 8
 EMB = HashEmbedder(DIM)
@@ -510,7 +510,7 @@ async def test_refusals_never_reach_a_shard(small: Cluster) -> None:
 
 
 def test_the_shard_side_runs_in_a_read_only_transaction(tmp_path: Path) -> None:
-    from torua_node import query as query_mod
+    from torua_node.cypher import execute as query_mod
 
     db, conn = open_db(tmp_path / "x.kz")
     try:
@@ -530,7 +530,7 @@ def test_the_shard_side_runs_in_a_read_only_transaction(tmp_path: Path) -> None:
 
 def test_far_ends_resolve_on_their_owning_shard(small: Cluster) -> None:
     """A chunk lives on its document's shard, not on shard(chunk id): resolution asks the owner."""
-    from torua_node.cypher import resolve_query
+    from torua_node.cypher.planner import resolve_query
 
     ids = ["c1", "c2", "c3", "nope"]
     for many in (False, True):  # a few ids are probed one by one, many in one statement

@@ -15,8 +15,8 @@ from torua.errors import BadRequest, PayloadTooLarge
 from torua.hashing import shard_for
 from torua.model import Chunk, DeleteRequest, Document, Entity, Relation, UpsertRequest
 
-from torua_node.split import kv_shard, split_delete, split_kv, split_upsert
-from torua_node.wal import decode_entry, encode_entry
+from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
+from torua_node.shard.wal import decode_entry, encode_entry
 
 S = 8
 EMB = HashEmbedder(16)

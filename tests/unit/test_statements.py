@@ -9,7 +9,7 @@ import kuzu
 import pyarrow as pa
 import pytest
 
-from torua_node.statements import KEYS_PER_ROW, run
+from torua_node.storage.statements import KEYS_PER_ROW, run
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 import kuzu
 import pytest
 
-from torua_node.reads import kv_get
-from torua_node.schema import init_schema
-from torua_node.storage import OUT_OF_MEMORY, ShardStore
+from torua_node.storage.reads import kv_get
+from torua_node.storage.schema import init_schema
+from torua_node.storage.store import OUT_OF_MEMORY, ShardStore
 
 
 async def test_a_call_that_runs_out_of_buffer_pool_reopens_the_database(tmp_path: Path) -> None:

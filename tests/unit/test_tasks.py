@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from torua_node.tasks import end_task
+from torua_node.node.tasks import end_task
 
 
 async def test_a_task_that_swallows_its_first_cancel_is_cancelled_again() -> None:
@@ -42,7 +42,7 @@ async def test_a_task_that_never_ends_is_left_with_a_warning(caplog: pytest.LogC
 
     task = asyncio.create_task(deaf(), name="deaf")
     await asyncio.sleep(0)
-    with caplog.at_level(logging.WARNING, logger="torua_node.tasks"):
+    with caplog.at_level(logging.WARNING, logger="torua_node.node.tasks"):
         await end_task(task, timeout=0.3)
     assert not task.done()
     assert "task deaf still running" in caplog.text

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from torua.hashing import shard_for
 
-from torua_node.textindex import TextIndex, bm25_idf, query_terms
+from torua_node.storage.textindex import TextIndex, bm25_idf, query_terms
 
 WORDS = ["alpha", "beta", "gamma", "delta", "radium", "curie", "paris", "warsaw", "the", "of"]
 docs = st.dictionaries(

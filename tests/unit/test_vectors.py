@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tests.unit.test_apply import DIM, chunk, ent, entry, shard_db, vec, wal
-from torua_node.apply import apply_batch
-from torua_node.textindex import TextIndex, load_text_indexes
-from torua_node.vectors import VectorIndex, load_indexes
-from torua_node.wal import WalDocument, WalMention, WalRelation
+from torua_node.shard.apply import apply_batch
+from torua_node.storage.textindex import TextIndex, load_text_indexes
+from torua_node.storage.vectors import VectorIndex, load_indexes
+from torua_node.shard.wal import WalDocument, WalMention, WalRelation
 
 
 def reference(ids: list[str], m: np.ndarray, q: np.ndarray) -> dict[str, float]:

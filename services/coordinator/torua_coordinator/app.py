@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 import time
 import uuid
+from collections import Counter
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -20,7 +20,6 @@ from torua.errors import ConfigError
 from torua.metrics import GaugeReading, metrics
 from torua.streams import ensure_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
-
 from torua_coordinator.leader import Lease
 from torua_coordinator.placement import place
 from torua_coordinator.registry import Registry
@@ -110,7 +109,7 @@ class Coordinator:
         while not self._stop.is_set():
             try:
                 await self._tick()
-            except Exception:  # noqa: BLE001 - keep leading through transient NATS errors
+            except Exception:
                 log.exception("coordinator tick failed")
             try:
                 await asyncio.wait_for(self._wait_any(), tick)

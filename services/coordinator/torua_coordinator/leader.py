@@ -57,6 +57,6 @@ class Lease:
             lease = msgspec.json.decode(entry.value or b"{}", type=LeaderLease)
             if lease.holder == self.holder:
                 await self._kv.delete(KV_LEADER, last=entry.revision)
-        except Exception:  # noqa: BLE001 - best effort: the lease expires anyway
+        except Exception:
             log.debug("lease release failed", exc_info=True)
         self.held = False

@@ -8,7 +8,6 @@ from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
 from torua.metrics import metrics
 from torua.settings import load_settings
-
 from torua_coordinator.app import Coordinator
 from torua_coordinator.settings import CoordinatorSettings
 

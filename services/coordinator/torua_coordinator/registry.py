@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torua.wire import Announce, Heartbeat, NodeView, ReplicaStatus
-
 from torua_coordinator.placement import NodeSlot
 
 __all__ = ["NodeRecord", "Registry"]

@@ -27,7 +27,6 @@ from torua.wire import (
     NodesReply,
     ShardMap,
 )
-
 from torua_coordinator.shardmap import assignments_by_node, cluster_state, replica_counts
 
 if TYPE_CHECKING:

@@ -8,8 +8,7 @@ from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
 from torua.metrics import metrics
 from torua.settings import load_settings
-
-from torua_node.app import Node
+from torua_node.node.process import Node
 from torua_node.settings import NodeSettings
 
 __all__ = ["main"]

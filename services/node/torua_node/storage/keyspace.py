@@ -12,7 +12,7 @@ import weakref
 
 import kuzu
 
-from torua_node.presence import Presence
+from torua_node.storage.presence import Presence
 
 __all__ = ["known_keys", "table_size"]
 

@@ -12,7 +12,7 @@ from torua.version import __version__
 from torua.wire import ControlRequest, DigestReply, DigestRequest, Empty, NodeHealthReply, NodeInfoReply
 
 if TYPE_CHECKING:
-    from torua_node.app import Node
+    from torua_node.node.process import Node
 
 __all__ = ["start_node_service", "CONTROL_OPS"]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import kuzu
 
 from torua.wire import Reply
-
-from torua_node.keyspace import table_size
-from torua_node.statements import id_rows, run
+from torua_node.storage.keyspace import table_size
+from torua_node.storage.statements import id_rows, run
 
 __all__ = ["ChunkOut", "Mention", "chunks_by_ids", "mentions_of"]
 

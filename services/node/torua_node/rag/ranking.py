@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from torua.model import Hit
-
-from torua_node.textindex import bm25_idf
+from torua_node.storage.textindex import bm25_idf
 
 __all__ = ["top_k", "global_bm25", "rrf", "RRF_K"]
 

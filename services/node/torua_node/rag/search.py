@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING
 
 from torua.errors import BadRequest
 from torua.model import Hit, SearchReply, ShardStatus, TextSearchRequest, Tokens, VectorSearchRequest
-
-from torua_node.ranking import global_bm25, rrf, top_k
-from torua_node.shard_api import HitsReply, ShardText, ShardTextStats, ShardVector, TextStatsReply
-from torua_node.textindex import query_terms
+from torua_node.rag.ranking import global_bm25, rrf, top_k
+from torua_node.shard.api import HitsReply, ShardText, ShardTextStats, ShardVector, TextStatsReply
+from torua_node.storage.textindex import query_terms
 
 if TYPE_CHECKING:
-    from torua_node.router import Router
+    from torua_node.router.api import Router
 
 __all__ = ["Search"]
 

@@ -1,6 +1,6 @@
 """Distributed execution of `torua.graph.query`: fan-out to the shards, far-end resolution, merge.
 
-`run_query` runs on the router. The planner (`torua_node.cypher`) gives one of three plans:
+`run_query` runs on the router. The planner (`torua_node.cypher.planner`) gives one of three plans:
 
 - "node": one node pattern. Every shard runs the query restricted to its real nodes (each real node
   lives on exactly one shard), with aggregates rewritten into mergeable partials; the merge groups,
@@ -44,8 +44,7 @@ import pyarrow as pa
 from torua.errors import BadRequest, ToruaError, Unavailable
 from torua.hashing import shard_for
 from torua.model import ShardStatus
-
-from torua_node.cypher import (
+from torua_node.cypher.planner import (
     OWNER_KEY,
     REAL_IDS_PARAM,
     AggSpec,
@@ -56,8 +55,8 @@ from torua_node.cypher import (
     plan_query,
     resolve_query,
 )
-from torua_node.schema import init_schema
-from torua_node.storage import TRANSIENT_ERRORS
+from torua_node.storage.schema import init_schema
+from torua_node.storage.store import TRANSIENT_ERRORS
 
 __all__ = [
     "ShardRows",

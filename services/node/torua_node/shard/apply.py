@@ -31,16 +31,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from torua_node.keyspace import known_keys, table_size
-from torua_node.schema import APPLIED_SEQ_KEY, read_applied_seq
-from torua_node.statements import id_rows, run
-from torua_node.storage import is_transient
-from torua_node.textindex import entity_text
-from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
+from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
+from torua_node.storage.keyspace import known_keys, table_size
+from torua_node.storage.schema import APPLIED_SEQ_KEY, read_applied_seq
+from torua_node.storage.statements import id_rows, run
+from torua_node.storage.store import is_transient
+from torua_node.storage.textindex import entity_text
 
 if TYPE_CHECKING:
-    from torua_node.textindex import TextIndex
-    from torua_node.vectors import VectorIndex
+    from torua_node.storage.textindex import TextIndex
+    from torua_node.storage.vectors import VectorIndex
 
 __all__ = ["ApplyResult", "apply_batch"]
 
@@ -264,7 +264,7 @@ def _apply_one_by_one(conn: kuzu.Connection, group: list[_Item], result: ApplyRe
     for seq, item in group:
         one = _Delta()
         try:
-            _in_tx(conn, lambda: _apply_items(conn, [(seq, item)], one))
+            _in_tx(conn, lambda seq=seq, item=item, one=one: _apply_items(conn, [(seq, item)], one))
         except (RuntimeError, pa.ArrowException) as exc:
             if not _record_poison(conn, seq, exc, result):
                 return False

@@ -17,7 +17,6 @@ distinct values that costs ~35x more (100k edges in batches of 5k: 171 s against
 
 from __future__ import annotations
 
-
 import kuzu
 
 __all__ = ["init_schema", "read_applied_seq", "read_dim", "APPLIED_SEQ_KEY", "DIM_KEY", "SCHEMA_VERSION"]

@@ -17,8 +17,7 @@ from torua.embedding import Embedder
 from torua.errors import BadRequest, PayloadTooLarge
 from torua.hashing import shard_for
 from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, Entity, UpsertRequest
-
-from torua_node.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, WalMention, WalRelation
+from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, WalMention, WalRelation
 
 __all__ = ["split_upsert", "split_delete", "split_kv", "kv_shard", "validate_upsert"]
 

@@ -19,14 +19,13 @@ from torua.endpoints import ServiceHandle
 from torua.errors import Unavailable
 from torua.streams import WAL_STREAM, wal_subject
 from torua.wire import ReplicaStatus
-
-from torua_node.apply import apply_batch
-from torua_node.schema import init_schema, read_applied_seq
-from torua_node.shard_api import applied_subject, start_shard_service
-from torua_node.storage import ShardStore
-from torua_node.tasks import end_task
-from torua_node.textindex import TextIndex, load_text_indexes
-from torua_node.vectors import VectorIndex, load_indexes
+from torua_node.node.tasks import end_task
+from torua_node.shard.api import applied_subject, start_shard_service
+from torua_node.shard.apply import apply_batch
+from torua_node.storage.schema import init_schema, read_applied_seq
+from torua_node.storage.store import ShardStore
+from torua_node.storage.textindex import TextIndex, load_text_indexes
+from torua_node.storage.vectors import VectorIndex, load_indexes
 
 __all__ = ["ShardReplica"]
 

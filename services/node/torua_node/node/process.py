@@ -19,17 +19,16 @@ from torua.errors import NotFound
 from torua.metrics import GaugeReading, metrics
 from torua.version import __version__
 from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
-
-from torua_node.digest import content_digest, counts
-from torua_node.identity import load_identity
-from torua_node.replica import ShardReplica
-from torua_node.schema import read_applied_seq
-from torua_node.storage import Conn
-from torua_node.tasks import end_task
-from torua_node.replicas import ReplicaManager
-from torua_node.router import Router, start_router_service
-from torua_node.service import start_node_service
+from torua_node.node.admin import start_node_service
+from torua_node.node.identity import load_identity
+from torua_node.node.replicas import ReplicaManager
+from torua_node.node.tasks import end_task
+from torua_node.router.api import Router, start_router_service
 from torua_node.settings import NodeSettings
+from torua_node.shard.replica import ShardReplica
+from torua_node.storage.digest import content_digest, counts
+from torua_node.storage.schema import read_applied_seq
+from torua_node.storage.store import Conn
 
 __all__ = ["Node"]
 
@@ -166,7 +165,7 @@ class Node:
         while True:
             try:
                 await self._send_heartbeat()
-            except Exception:  # noqa: BLE001 - disconnected: nats-py reconnects, we keep beating
+            except Exception:
                 log.debug("heartbeat failed", exc_info=True)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
@@ -192,7 +191,7 @@ class Node:
                         await self._apply_map(msgspec.json.decode(entry.value, type=ShardMap))
                 except KeyNotFoundError:
                     pass
-                except Exception:  # noqa: BLE001 - retried on the next poll
+                except Exception:
                     log.warning("reading the shard map failed", exc_info=True)
                 await asyncio.sleep(max(self.settings.heartbeat_interval, 1.0))
         finally:
@@ -207,7 +206,7 @@ class Node:
                         await self._apply_map(msgspec.json.decode(entry.value, type=ShardMap))
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - re-watch; the poll covers the gap
+            except Exception:
                 log.debug("shard map watch ended", exc_info=True)
                 await asyncio.sleep(1.0)
 

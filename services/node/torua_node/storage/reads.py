@@ -9,9 +9,8 @@ import msgspec
 import numpy as np
 
 from torua.model import EdgeOut, EntityOut
-
-from torua_node.keyspace import table_size
-from torua_node.statements import id_rows, run
+from torua_node.storage.keyspace import table_size
+from torua_node.storage.statements import id_rows, run
 
 __all__ = ["get_entity", "entities_by_ids", "edges", "kv_get"]
 
@@ -20,7 +19,7 @@ _ENTITY_COLS = "e.id, e.name, e.type, e.description, e.properties"
 _EDGE_COLS = "a.id, r.type, b.id, r.weight, r.properties, r.chunks"
 
 
-def get_entity(conn: kuzu.Connection, id: str) -> EntityOut | None:  # noqa: A002 - API name
+def get_entity(conn: kuzu.Connection, id: str) -> EntityOut | None:
     rows = conn.execute(
         f"MATCH (e:Entity {{id: $id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}, e.embedding", {"id": id}
     ).get_all()

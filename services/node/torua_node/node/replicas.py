@@ -9,9 +9,8 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from torua.wire import ReplicaStatus
-
-from torua_node.replica import ShardReplica
-from torua_node.storage import ShardStore
+from torua_node.shard.replica import ShardReplica
+from torua_node.storage.store import ShardStore
 
 __all__ = ["ReplicaManager"]
 
@@ -50,7 +49,7 @@ class ReplicaManager:
         self.replicas[shard] = replica
         try:
             await replica.start()
-        except Exception:  # noqa: BLE001 - the local database is only a copy of the log
+        except Exception:
             # Kuzu 0.11.3 can fail to recover its own WAL after a SIGKILL ("duplicated primary key").
             # Everything it held is in the write-ahead log, so start over and replay.
             log.exception("shard %d failed to open; rebuilding it from the write-ahead log", shard)
@@ -60,7 +59,7 @@ class ReplicaManager:
             self.replicas[shard] = replica
             try:
                 await replica.start()
-            except Exception as exc:  # noqa: BLE001 - reported in heartbeats, the node keeps running
+            except Exception as exc:
                 log.exception("shard %d failed to open an empty database", shard)
                 replica.state, replica.error = "failed", f"open failed: {type(exc).__name__}: {exc}"
                 return

@@ -17,7 +17,7 @@ from torua.model import AnswerReply, AnswerRequest, RetrieveRequest
 from torua.settings import load_settings
 
 if TYPE_CHECKING:
-    from torua_node.retrieve import Retriever
+    from torua_node.rag.retrieve import Retriever
 
 __all__ = ["Answerer", "AnswerRequest", "build_messages", "cited"]
 

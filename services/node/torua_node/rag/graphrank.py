@@ -17,8 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torua.model import EdgeOut, Hit
-
-from torua_node.textindex import query_terms
+from torua_node.storage.textindex import query_terms
 
 __all__ = ["Weights", "stems", "seed_weights", "spread", "overlap", "entity_relevance", "relation_score", "ChunkScores"]
 

@@ -25,15 +25,22 @@ from torua.model import (
     ShardStatus,
     Tokens,
 )
-
-from torua_node.chunks import ChunkOut, Mention
-from torua_node.graphrank import ChunkScores, Weights, entity_relevance, relation_score, seed_weights, spread, stems
-from torua_node.ranking import rrf
-from torua_node.shard_api import ChunksReply, MentionsReply, ShardChunks, ShardMentions
+from torua_node.rag.graphrank import (
+    ChunkScores,
+    Weights,
+    entity_relevance,
+    relation_score,
+    seed_weights,
+    spread,
+    stems,
+)
+from torua_node.rag.ranking import rrf
+from torua_node.shard.api import ChunksReply, MentionsReply, ShardChunks, ShardMentions
+from torua_node.storage.chunks import ChunkOut, Mention
 
 if TYPE_CHECKING:
-    from torua_node.router import Router
-    from torua_node.search import Search
+    from torua_node.rag.search import Search
+    from torua_node.router.api import Router
 
 __all__ = ["Retriever", "approx_tokens", "build_context"]
 

@@ -21,8 +21,7 @@ __all__ = ["TextIndex", "bm25_idf", "query_terms", "load_text_indexes", "entity_
 K1 = 1.2
 B = 0.75
 STOPWORDS = frozenset(
-    "a an and are as at be by did do does for from had has have he her his how i in is it its of on or "
-    "she that the their them they this to was were what when where which who whom whose why will with".split()
+    ["a", "an", "and", "are", "as", "at", "be", "by", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "his", "how", "i", "in", "is", "it", "its", "of", "on", "or", "she", "that", "the", "their", "them", "they", "this", "to", "was", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "will", "with"]
 )
 
 

@@ -18,13 +18,12 @@ from torua.errors import BadRequest, NotFound
 from torua.model import EdgeOut, EntityOut
 from torua.version import __version__
 from torua.wire import Reply, Request
-
-from torua_node import reads
-from torua_node.chunks import ChunkOut, Mention, chunks_by_ids, mentions_of
-from torua_node.query import ShardRows, execute_on_shard
+from torua_node.cypher.execute import ShardRows, execute_on_shard
+from torua_node.storage import reads
+from torua_node.storage.chunks import ChunkOut, Mention, chunks_by_ids, mentions_of
 
 if TYPE_CHECKING:
-    from torua_node.replica import ShardReplica
+    from torua_node.shard.replica import ShardReplica
 
 __all__ = [
     "APPLIED_ALL",

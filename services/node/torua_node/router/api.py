@@ -40,31 +40,30 @@ from torua.model import (
     ShardStatus,
     TextSearchRequest,
     Tokens,
-    VectorSearchRequest,
     UpsertReply,
     UpsertRequest,
+    VectorSearchRequest,
 )
 from torua.natsserver import MAX_PAYLOAD
 from torua.streams import WAL_STREAM
 from torua.version import __version__
 from torua.wire import ShardMap
-
-from torua_node.cache import ResultCache
-from torua_node.shard_api import (
+from torua_node.cypher.execute import ShardRows, run_query
+from torua_node.router.cache import ResultCache
+from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
+from torua_node.shard.api import (
     APPLIED_ALL,
-    QueryRowsReply,
-    ShardQuery,
     EdgesReply,
     EntitiesReply,
+    QueryRowsReply,
     ShardEdges,
     ShardEntities,
     ShardGet,
     ShardKVGet,
+    ShardQuery,
     shard_subject,
 )
-from torua_node.query import ShardRows, run_query
-from torua_node.split import kv_shard, split_delete, split_kv, split_upsert
-from torua_node.wal import WalEntry, encode_entry, wal_subject
+from torua_node.shard.wal import WalEntry, encode_entry, wal_subject
 
 __all__ = ["Router", "start_router_service"]
 
@@ -363,12 +362,12 @@ def _reason(exc: BaseException) -> str:
 
 
 async def start_router_service(nc: NATS, router: Router) -> ServiceHandle:
-    from torua_node.retrieve import Retriever
-    from torua_node.search import Search
+    from torua_node.rag.retrieve import Retriever
+    from torua_node.rag.search import Search
 
     search = Search(router)
     retriever = Retriever(router, search)
-    from torua_node.answer import Answerer, AnswerRequest
+    from torua_node.rag.answer import Answerer, AnswerRequest
     answerer = Answerer(retriever)
     q = subjects.API_QUEUE
     eps = [
