@@ -33,7 +33,7 @@ from torua.model import (
     UpsertReply,
 )
 from torua.settings import DEFAULT_NATS_URL
-from torua.streams import WAL_STREAM, wal_subject
+from torua.subjects import WAL_STREAM, wal_subject
 from torua.wire import (
     BroadcastReply,
     ClusterInfo,

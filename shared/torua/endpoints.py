@@ -23,7 +23,17 @@ from torua.errors import BadRequest, ToruaError
 from torua.metrics import metrics as prometheus
 from torua.wire import ErrorBody, ErrorDetail
 
-__all__ = ["Endpoint", "EndpointMetrics", "add_endpoints", "decode_request", "error_reply", "encode"]
+__all__ = [
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "Endpoint",
+    "EndpointMetrics",
+    "add_endpoints",
+    "decode_request",
+    "encode",
+    "error_of",
+    "error_reply",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,24 @@ def decode_request(data: bytes, request_type: type[T]) -> T:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request is not valid JSON: {exc}") from None
+
+
+def error_of(headers: dict[str, str] | None, data: bytes) -> ErrorDetail | None:
+    """The service error a reply carries (None for a success): the one decoder of error replies,
+    for the client, the router and the coordinator alike. A body that is not Torua's error shape
+    (another service, a truncated reply) still gives the code, with the header's description."""
+    code = (headers or {}).get(ERROR_CODE_HEADER)
+    if code is None:
+        return None
+    try:
+        return msgspec.json.decode(data, type=ErrorBody).error
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        fallback = (headers or {}).get(ERROR_HEADER) or data.decode("utf-8", "replace")[:500]
+        try:
+            number = int(code)
+        except ValueError:
+            number = 500
+        return ErrorDetail(code=number, description=fallback)
 
 
 def error_reply(code: int, description: str) -> tuple[bytes, dict[str, str]]:

@@ -13,17 +13,12 @@ from nats.js.kv import KeyValue
 
 from torua import subjects
 from torua.natsserver import MAX_PAYLOAD
+from torua.subjects import WAL_STREAM, WAL_SUBJECTS
 
-__all__ = ["WAL_STREAM", "WAL_SUBJECTS", "DUPLICATE_WINDOW_S", "ensure_bucket", "ensure_wal_stream", "wal_subject"]
+__all__ = ["DUPLICATE_WINDOW_S", "ensure_bucket", "ensure_wal_stream"]
 
-WAL_STREAM = "TORUA_WAL"
-WAL_SUBJECTS = "torua.wal.>"
 # A retried write with the same request id within this window is stored once.
 DUPLICATE_WINDOW_S = 600.0
-
-
-def wal_subject(shard: int) -> str:
-    return f"torua.wal.{shard}"
 
 
 async def ensure_bucket(nc: NATS, replicas: int = 1) -> KeyValue:

@@ -30,8 +30,16 @@ __all__ = [
     "NODE_SERVICE",
     "API_SERVICE",
     "API_QUEUE",
+    "SHARD_SERVICE",
+    "SHARD_APPLIED_ALL",
+    "WAL_STREAM",
+    "WAL_SUBJECTS",
     "heartbeat",
     "node_endpoint",
+    "shard_applied",
+    "shard_endpoint",
+    "shard_queue",
+    "wal_subject",
 ]
 
 ANNOUNCE = "torua.node.announce"
@@ -65,6 +73,14 @@ COORDINATOR_SERVICE = "torua-coordinator"
 NODE_SERVICE = "torua-node"
 API_SERVICE = "torua-api"
 API_QUEUE = "torua-api"
+SHARD_SERVICE = "torua-shard"
+
+# The write-ahead log: one JetStream stream, one subject per shard.
+WAL_STREAM = "TORUA_WAL"
+WAL_SUBJECTS = "torua.wal.>"
+
+# Replicas announce here how far they have applied (the payload is the sequence, as text).
+SHARD_APPLIED_ALL = "torua.shard.*.applied"
 
 
 def heartbeat(node_id: str) -> str:
@@ -74,3 +90,23 @@ def heartbeat(node_id: str) -> str:
 def node_endpoint(node_id: str, name: str) -> str:
     """`torua.node.<id>.<name>`: health, info, control, digest."""
     return f"torua.node.{node_id}.{name}"
+
+
+def wal_subject(shard: int) -> str:
+    """The log subject of one shard: `torua.wal.<shard>`."""
+    return f"torua.wal.{shard}"
+
+
+def shard_endpoint(shard: int, op: str) -> str:
+    """`torua.shard.<n>.<op>`: the router's requests to one shard, answered by its queue group."""
+    return f"torua.shard.{shard}.{op}"
+
+
+def shard_queue(shard: int) -> str:
+    """The queue group of one shard's caught-up replicas."""
+    return f"shard-{shard}"
+
+
+def shard_applied(shard: int) -> str:
+    """`torua.shard.<n>.applied`: where a replica announces its applied position."""
+    return f"torua.shard.{shard}.applied"

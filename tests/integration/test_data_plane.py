@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torua import BadRequest, Client, NotFound, PayloadTooLarge
 from torua.model import Chunk, Document, Entity, Relation
 from torua.hashing import shard_for
-from torua.streams import WAL_STREAM
+from torua.subjects import WAL_STREAM
 from torua.up import LocalCluster
 
 from tests.conftest import wait_for
@@ -201,7 +201,7 @@ async def test_fuzzed_bad_writes_get_4xx_and_never_reach_the_log(api: Client) ->
 
 
 async def test_poison_entry_is_skipped_identically_by_every_replica(api: Client) -> None:
-    from torua.streams import wal_subject
+    from torua.subjects import wal_subject
 
     smap = await api.cluster_shards()
     shard = shard_for("after-poison", smap.num_shards)

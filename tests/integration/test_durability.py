@@ -13,7 +13,7 @@ import pytest
 from torua import Client, ToruaError
 from torua.hashing import shard_for
 from torua.model import Entity, Relation, Tokens
-from torua.streams import WAL_STREAM, wal_subject
+from torua.subjects import WAL_STREAM, wal_subject
 from torua.up import LocalCluster
 
 from tests.conftest import wait_for

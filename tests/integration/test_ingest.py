@@ -17,7 +17,7 @@ from torua import BadRequest, Client
 from torua.embedding import HashEmbedder
 from torua.extract import entity_id
 from torua.ingest import IngestOptions, Progress, discover, document_id, ingest_paths, ingest_texts
-from torua.streams import WAL_STREAM
+from torua.subjects import WAL_STREAM
 from torua.synthetic import multihop_corpus
 from torua.up import LocalCluster
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from torua.streams import WAL_STREAM, ensure_wal_stream, wal_subject
+from torua.streams import ensure_wal_stream
+from torua.subjects import WAL_STREAM, wal_subject
 from torua_node.shard.apply import apply_batch
 from torua_node.storage.digest import content_digest, counts
 from torua_node.node.replicas import ReplicaManager

@@ -257,7 +257,7 @@ ESCAPES = [
 
 async def test_graph_query_refuses_every_write_or_escape_and_changes_nothing(pair) -> None:
     from torua import BadRequest
-    from torua.streams import WAL_STREAM
+    from torua.subjects import WAL_STREAM
 
     _, b, _, tb = pair
     before = (await b.nc.jetstream().stream_info(WAL_STREAM)).state.last_seq

@@ -45,14 +45,13 @@ from torua.model import (
     VectorSearchRequest,
 )
 from torua.natsserver import MAX_PAYLOAD
-from torua.streams import WAL_STREAM
+from torua.subjects import WAL_STREAM, wal_subject
 from torua.version import __version__
 from torua.wire import ShardMap
 from torua_node.cypher.execute import ShardRows, run_query
 from torua_node.router.cache import ResultCache
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
 from torua_node.shard.api import (
-    APPLIED_ALL,
     EdgesReply,
     EntitiesReply,
     QueryRowsReply,
@@ -61,9 +60,8 @@ from torua_node.shard.api import (
     ShardGet,
     ShardKVGet,
     ShardQuery,
-    shard_subject,
 )
-from torua_node.shard.wal import WalEntry, encode_entry, wal_subject
+from torua_node.shard.wal import WalEntry, encode_entry
 
 __all__ = ["Router", "start_router_service"]
 
@@ -92,7 +90,7 @@ class Router:
             except ValueError:
                 log.debug("ignoring malformed applied notice on %s", msg.subject)
 
-        await self.nc.subscribe(APPLIED_ALL, cb=on_applied)
+        await self.nc.subscribe(subjects.SHARD_APPLIED_ALL, cb=on_applied)
 
     def cached(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
         """Serve repeated reads from the cache while every shard they read is unchanged."""
@@ -191,7 +189,7 @@ class Router:
         data = encode(req)
         for attempt in (0, 1):
             try:
-                msg = await self.nc.request(shard_subject(shard, op), data, timeout=SHARD_TIMEOUT_S)
+                msg = await self.nc.request(subjects.shard_endpoint(shard, op), data, timeout=SHARD_TIMEOUT_S)
             except (NoRespondersError, NatsTimeout) as exc:
                 if attempt:
                     raise Unavailable(f"no replica of shard {shard} answered ({type(exc).__name__})") from None

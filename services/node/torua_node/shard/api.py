@@ -13,6 +13,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
 from torua.errors import BadRequest, NotFound
 from torua.model import EdgeOut, EntityOut
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from torua_node.shard.replica import ShardReplica
 
 __all__ = [
-    "APPLIED_ALL",
-    "applied_subject",
     "ShardGet",
     "ShardEntities",
     "ShardEdges",
@@ -36,26 +35,8 @@ __all__ = [
     "QueryRowsReply",
     "EntitiesReply",
     "EdgesReply",
-    "shard_subject",
-    "shard_queue",
     "start_shard_service",
 ]
-
-
-APPLIED_ALL = "torua.shard.*.applied"
-
-
-def applied_subject(shard: int) -> str:
-    """Replicas announce here how far they have applied (the payload is the sequence, as text)."""
-    return f"torua.shard.{shard}.applied"
-
-
-def shard_subject(shard: int, op: str) -> str:
-    return f"torua.shard.{shard}.{op}"
-
-
-def shard_queue(shard: int) -> str:
-    return f"shard-{shard}"
 
 
 class ShardRequest(Request):
@@ -245,22 +226,22 @@ class ShardApi:
 
 async def start_shard_service(replica: ShardReplica) -> ServiceHandle:
     api = ShardApi(replica)
-    n, q = replica.shard, shard_queue(replica.shard)
+    n, q = replica.shard, subjects.shard_queue(replica.shard)
     eps = [
-        Endpoint("get", shard_subject(n, "get"), api.get, ShardGet, "One entity by id", q, True),
-        Endpoint("entities", shard_subject(n, "entities"), api.entities, ShardEntities, "Entities by ids", q, True),
-        Endpoint("edges", shard_subject(n, "edges"), api.edges, ShardEdges, "1-hop edges of ids", q, True),
-        Endpoint("kv_get", shard_subject(n, "kv_get"), api.kv_get, ShardKVGet, "One key's value", q, True),
-        Endpoint("vector", shard_subject(n, "vector"), api.vector, ShardVector, "Exact top-k by cosine", q, True),
-        Endpoint("text_stats", shard_subject(n, "text_stats"), api.text_stats, ShardTextStats, "BM25 corpus statistics", q, True),
-        Endpoint("text", shard_subject(n, "text"), api.text, ShardText, "BM25 top-k with global statistics", q, True),
-        Endpoint("mentions", shard_subject(n, "mentions"), api.mentions, ShardMentions, "Chunks mentioning entities", q, True),
-        Endpoint("chunks", shard_subject(n, "chunks"), api.chunks, ShardChunks, "Chunks by ids", q, True),
-        Endpoint("query", shard_subject(n, "query"), api.query, ShardQuery, "A planned read-only query", q, True),
+        Endpoint("get", subjects.shard_endpoint(n, "get"), api.get, ShardGet, "One entity by id", q, True),
+        Endpoint("entities", subjects.shard_endpoint(n, "entities"), api.entities, ShardEntities, "Entities by ids", q, True),
+        Endpoint("edges", subjects.shard_endpoint(n, "edges"), api.edges, ShardEdges, "1-hop edges of ids", q, True),
+        Endpoint("kv_get", subjects.shard_endpoint(n, "kv_get"), api.kv_get, ShardKVGet, "One key's value", q, True),
+        Endpoint("vector", subjects.shard_endpoint(n, "vector"), api.vector, ShardVector, "Exact top-k by cosine", q, True),
+        Endpoint("text_stats", subjects.shard_endpoint(n, "text_stats"), api.text_stats, ShardTextStats, "BM25 corpus statistics", q, True),
+        Endpoint("text", subjects.shard_endpoint(n, "text"), api.text, ShardText, "BM25 top-k with global statistics", q, True),
+        Endpoint("mentions", subjects.shard_endpoint(n, "mentions"), api.mentions, ShardMentions, "Chunks mentioning entities", q, True),
+        Endpoint("chunks", subjects.shard_endpoint(n, "chunks"), api.chunks, ShardChunks, "Chunks by ids", q, True),
+        Endpoint("query", subjects.shard_endpoint(n, "query"), api.query, ShardQuery, "A planned read-only query", q, True),
     ]
     return await add_endpoints(
         replica.nc,
-        name="torua-shard",
+        name=subjects.SHARD_SERVICE,
         version=__version__,
         description=f"Shard {n} replica on node {replica.node_id}",
         endpoints=eps,

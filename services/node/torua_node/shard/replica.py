@@ -17,10 +17,10 @@ from nats.js.errors import NotFoundError
 
 from torua.endpoints import ServiceHandle
 from torua.errors import Unavailable
-from torua.streams import WAL_STREAM, wal_subject
+from torua.subjects import WAL_STREAM, shard_applied, wal_subject
 from torua.wire import ReplicaStatus
 from torua_node.node.tasks import end_task
-from torua_node.shard.api import applied_subject, start_shard_service
+from torua_node.shard.api import start_shard_service
 from torua_node.shard.apply import apply_batch
 from torua_node.storage.schema import init_schema, read_applied_seq
 from torua_node.storage.store import ShardStore
@@ -197,7 +197,7 @@ class ShardReplica:
         async with self._applied:
             self.applied_seq = result.applied_seq
             self._applied.notify_all()
-        await self.nc.publish(applied_subject(self.shard), str(self.applied_seq).encode())
+        await self.nc.publish(shard_applied(self.shard), str(self.applied_seq).encode())
         log.debug("shard %d applied %d entries in %.1f ms", self.shard, len(batch), (time.perf_counter() - started) * 1e3)
         if result.error is not None:
             # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from torua.streams import WAL_STREAM as STREAM
-from torua.streams import wal_subject
-
 __all__ = [
-    "STREAM",
-    "wal_subject",
     "WalDocument",
     "WalEntity",
     "WalChunk",
