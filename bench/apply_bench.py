@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 
 from torua_node.shard.apply import apply_batch
+from torua_node.shard.wal import WalEntity, WalEntry, WalRelation, encode_entry
 from torua_node.storage.digest import counts
 from torua_node.storage.schema import init_schema
 from torua_node.storage.vectors import VectorIndex
-from torua_node.shard.wal import WalEntity, WalEntry, WalRelation, encode_entry
 
 KINDS = ["person", "organization", "location", "event", "concept", "product"]
 REL_TYPES = ["WORKS_AT", "KNOWS", "LOCATED_IN", "PART_OF", "FOUNDED", "MENTIONS", "RELATED_TO",

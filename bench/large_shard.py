@@ -22,11 +22,11 @@ import kuzu
 import numpy as np
 import pyarrow as pa
 
-from torua_node.storage import statements
 from torua_node.shard.apply import apply_batch
+from torua_node.shard.wal import WalEntity, WalEntry, WalKV, WalRelation, encode_entry
+from torua_node.storage import statements
 from torua_node.storage.reads import edges, entities_by_ids
 from torua_node.storage.schema import init_schema
-from torua_node.shard.wal import WalEntity, WalEntry, WalKV, WalRelation, encode_entry
 
 DIM = 64
 

@@ -23,10 +23,10 @@ import msgspec
 
 from bench.ingest import DIM, batches, make_data
 from torua.model import UpsertRequest
-from torua_node.shard.apply import apply_batch
-from torua_node.storage.schema import init_schema
 from torua_node.router.split import split_upsert
+from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import encode_entry
+from torua_node.storage.schema import init_schema
 
 SHARDS = 8
 

@@ -22,7 +22,7 @@ _SENTENCE_WINDOW = 0.4
 
 
 def approx_tokens(text: str) -> int:
-    """The retriever's count (torua_node.rag.retrieve.approx_tokens): about four characters per token."""
+    """About four characters per token: the one count, used by the chunker and by the retriever when it fills a context budget."""
     return max(1, (len(text) + 3) // 4)
 
 

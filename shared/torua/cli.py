@@ -10,29 +10,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import sys
-import textwrap
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from torua.client import Client
-from torua.display import status_text, table
+from torua.display import answer_text, retrieve_text, status_text, table
 from torua.errors import BadRequest, ToruaError
-from torua.model import AnswerReply, RetrieveReply
-from torua.settings import DEFAULT_NATS_URL
+from torua.settings import DEFAULT_NATS_URL, load_settings
 
-__all__ = ["main", "build_parser", "retrieve_text", "answer_text", "sample_demo"]
+if TYPE_CHECKING:
+    from torua.extract import Extractor
+    from torua.llm import LLMSettings
 
-WIDTH = 100
+__all__ = ["main", "build_parser", "CliSettings"]
 
 
-def _url(args: argparse.Namespace) -> str:
-    return args.server or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+class CliSettings(BaseSettings):
+    """What the command line takes from the environment: read once, in main()."""
+
+    model_config = SettingsConfigDict(env_prefix="TORUA_", extra="ignore", frozen=True, populate_by_name=True)
+
+    # The NATS ecosystem's own variable; --server wins over it.
+    nats_url: str = Field("", validation_alias="NATS_URL")
+    # TORUA_DEBUG: any value shows the traceback of an unexpected error.
+    debug: str = ""
 
 
 def _print_json(value: Any) -> None:
@@ -40,54 +47,14 @@ def _print_json(value: Any) -> None:
 
 
 async def _connect(args: argparse.Namespace) -> Client:
-    return await Client.connect(_url(args), timeout=args.timeout)
+    # main() has resolved --server: the option, else $NATS_URL, else the default.
+    return await Client.connect(args.server, timeout=args.timeout)
 
 
 def _warn_partial(partial: bool, shards: dict[str, Any]) -> None:
     if partial:
         failed = sorted((k for k, v in shards.items() if not v.ok), key=int)
         print(f"torua: warning: partial result, shards {', '.join(failed)} did not answer", file=sys.stderr)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = re.sub(r"^#+[ \t]*(.+)$", r"\1 —", text, flags=re.MULTILINE)  # a markdown heading, inline
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _wrap(text: str, indent: str = "") -> str:
-    return textwrap.fill(" ".join(text.split()), WIDTH, initial_indent=indent, subsequent_indent=indent)
-
-
-# --- readable output ------------------------------------------------------------------------------
-
-
-def retrieve_text(reply: RetrieveReply, question: str) -> str:
-    names = {e.id: e.name or e.id for e in reply.entities}
-    lines = [f"Question: {question}", "", f"Top passages ({len(reply.chunks)}):"]
-    for i, c in enumerate(reply.chunks, 1):
-        lines.append(f"{i:>3}. [{c.id}]  score {c.score:.3f}")
-        lines.append(_wrap(_short(c.text), "     "))
-    if reply.entities:
-        by_hop = ", ".join(f"{e.name or e.id} ({e.hop})" for e in reply.entities[:15])
-        lines += ["", _wrap(f"Entities on the paths (hops from the question): {by_hop}")]
-    if reply.relations:
-        lines += ["", "Relations on the paths:"]
-        for r in reply.relations[:10]:
-            src = ", ".join(r.chunks[:2])
-            lines.append(f"  {names.get(r.source, r.source)} -{r.type}-> {names.get(r.target, r.target)}"
-                         + (f"  [{src}]" if src else ""))
-    lines.append(f"\n{reply.tokens_used} context tokens")
-    return "\n".join(lines)
-
-
-def answer_text(reply: AnswerReply) -> str:
-    texts = {c.id: c.text for c in reply.chunks}
-    lines = [textwrap.fill(reply.answer, WIDTH, replace_whitespace=False) if len(reply.answer) < 2000 else reply.answer]
-    if reply.citations:
-        lines += ["", "Citations:"]
-        lines += [f"  [{cid}] {_short(texts.get(cid, ''), 80)}" for cid in reply.citations]
-    return "\n".join(lines)
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -178,6 +145,7 @@ async def _answer(args: argparse.Namespace) -> int:
 
 
 async def _ingest(args: argparse.Namespace) -> int:
+    from torua.embedders import EmbedderSettings, make_embedder
     from torua.ingest import IngestOptions, Progress, discover, ingest_paths
 
     discover(args.paths)  # bad paths fail before connecting
@@ -187,10 +155,15 @@ async def _ingest(args: argparse.Namespace) -> int:
     )
     if not 0 <= opts.overlap < opts.max_tokens:
         raise BadRequest("--overlap must be at least 0 and less than --max-tokens")
+    # The settings this run needs, read once, before connecting: a wrong value stops it here.
+    extractor = _extractor(args)
+    # "cluster": the nodes embed with their own TORUA_EMBEDDER, always consistent with queries.
+    embedding = None if args.embedder == "cluster" else load_settings(EmbedderSettings, embedder=args.embedder)
     progress = Progress(sys.stderr, enabled=True if args.progress else None)
     async with await _connect(args) as client:
-        extractor = _extractor(args)
-        embedder = await _embedder(args, client)
+        embedder = None
+        if embedding is not None:
+            embedder = make_embedder((await client.cluster_info()).embedding_dim, embedding)
         stats = await ingest_paths(client, args.paths, opts, extractor=extractor, embedder=embedder, progress=progress)
     if args.json:
         print(json.dumps(stats.as_dict(), indent=2))
@@ -199,34 +172,27 @@ async def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extractor(args: argparse.Namespace) -> Any:
+def _llm_settings(args: argparse.Namespace) -> LLMSettings:
+    """TORUA_LLM_*, with --llm-url, --llm-model and --llm-rate over them."""
+    from torua.llm import LLMSettings
+
+    overrides = {k: v for k, v in (("llm_url", args.llm_url), ("llm_model", args.llm_model),
+                                   ("llm_rate", args.llm_rate)) if v is not None}
+    settings = load_settings(LLMSettings).model_copy(update=overrides)
+    if not settings.llm_url:
+        raise BadRequest("--extractor llm needs a model endpoint: set TORUA_LLM_URL or pass --llm-url")
+    return settings
+
+
+def _extractor(args: argparse.Namespace) -> Extractor:
     from torua.extract import HeuristicExtractor, LLMExtractor, NullExtractor
+    from torua.llm import OpenAIConfig
 
     if args.extractor == "none":
         return NullExtractor()
     if args.extractor == "heuristic":
         return HeuristicExtractor()
-    from torua.llm import LLMSettings, OpenAIConfig
-    from torua.settings import load_settings
-
-    s = load_settings(LLMSettings)  # type: ignore[arg-type]
-    overrides = {k: v for k, v in (("llm_url", args.llm_url), ("llm_model", args.llm_model),
-                                   ("llm_rate", args.llm_rate)) if v is not None}
-    s = s.model_copy(update=overrides)
-    if not s.llm_url:
-        raise BadRequest("--extractor llm needs a model endpoint: set TORUA_LLM_URL or pass --llm-url")
-    return LLMExtractor(OpenAIConfig.from_llm_settings(s))
-
-
-async def _embedder(args: argparse.Namespace, client: Client) -> Any:
-    if args.embedder == "cluster":
-        return None  # the nodes embed with their own TORUA_EMBEDDER: always consistent with queries
-    from torua.embedders import EmbedderSettings, make_embedder
-    from torua.settings import load_settings
-
-    settings = load_settings(EmbedderSettings, embedder=args.embedder)  # type: ignore[arg-type]
-    dim = (await client.cluster_info()).embedding_dim
-    return make_embedder(dim, settings)
+    return LLMExtractor(OpenAIConfig.from_llm_settings(_llm_settings(args)))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -252,35 +218,6 @@ def _cmd_node(_: argparse.Namespace) -> int:
 
     node_main()
     return 0
-
-
-# --- `torua up --sample`: the first minute ---------------------------------------------------------
-
-
-def _sample_questions(path: Path) -> list[str]:
-    try:
-        data = json.loads((path / "questions.json").read_text())
-        return [str(q["question"]) for q in data["questions"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-async def sample_demo(url: str, path: Path) -> None:
-    """Load a sample corpus with the ingest pipeline, then show one multi-hop retrieval."""
-    from torua.ingest import Progress, ingest_paths
-
-    print(f"\nloading the sample corpus from {path}/ ...", flush=True)
-    questions = _sample_questions(path) or ["Who taught the founder of the Lantern Guild?"]
-    async with await Client.connect(url) as client:
-        stats = await ingest_paths(client, [path], progress=Progress(sys.stderr))
-        print(stats.summary(), flush=True)
-        reply = await client.retrieve(questions[0], k=3, after=stats.tokens)
-    print(f'\nOne multi-hop retrieval over it (torua retrieve "{questions[0]}" -k 3):\n')
-    print(retrieve_text(reply, questions[0]))
-    print("\nAsk your own:")
-    for q in questions[1:3]:
-        print(f'  NATS_URL={url} torua retrieve "{q}"')
-    print(f"  NATS_URL={url} torua search Tidelamp --target entities", flush=True)
 
 
 # --- the parser -----------------------------------------------------------------------------------
@@ -396,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    debug = False
     try:
+        settings = load_settings(CliSettings)
+        debug = bool(settings.debug)
+        args.server = args.server or settings.nats_url or DEFAULT_NATS_URL
         code = args.func(args)
     except ToruaError as exc:
         print(f"torua: {exc.description}", file=sys.stderr)
@@ -404,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:
-        if os.environ.get("TORUA_DEBUG"):
+        if debug:
             raise
         print(f"torua: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1

@@ -12,9 +12,11 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from torua import subjects
 from torua.connect import connect
+from torua.endpoints import error_of
 from torua.errors import Unavailable, error_for_code
 from torua.model import (
     AnswerReply,
@@ -51,6 +53,11 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
+def _backoff(state: RetryCallState) -> float:
+    """Before retry n (1, 2, ...): 0.2 s, 0.4 s, ... up to 2 s, each jittered by ±50%."""
+    return min(0.1 * 2**state.attempt_number, 2.0) * (0.5 + random.random())
+
+
 class Client:
     """`async with await Client.connect(url) as c: info = await c.cluster_info()`."""
 
@@ -84,15 +91,16 @@ class Client:
         503s, timeouts and no-responders are retried with jittered backoff, `retries` times.
         """
         data = b"{}" if payload is None else payload if isinstance(payload, bytes) else _encoder.encode(payload)
-        attempt = 0
-        while True:
-            try:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=_backoff,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
                 return await self._request_once(subject, data, timeout or self.timeout)
-            except Unavailable:
-                if attempt >= self.retries:
-                    raise
-            attempt += 1
-            await asyncio.sleep(min(0.1 * 2**attempt, 2.0) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
 
     async def _request_once(self, subject: str, data: bytes, timeout: float) -> Any:
         try:
@@ -101,13 +109,10 @@ class Client:
             raise Unavailable(f"no service answers {subject}") from None
         except NatsTimeout:
             raise Unavailable(f"no reply on {subject} within {timeout:g}s") from None
-        body = msgspec.json.decode(msg.data) if msg.data else None
-        code = (msg.headers or {}).get("Nats-Service-Error-Code")
-        if code:
-            detail = body.get("error", {}) if isinstance(body, dict) else {}
-            description = detail.get("description") or (msg.headers or {}).get("Nats-Service-Error", "")
-            raise error_for_code(int(code), description)
-        return body
+        error = error_of(msg.headers, msg.data)
+        if error is not None:
+            raise error_for_code(error.code, error.description)
+        return msgspec.json.decode(msg.data) if msg.data else None
 
     async def _typed(self, subject: str, reply_type: type[T], payload: Any = None) -> T:
         return msgspec.convert(await self.request(subject, payload), reply_type)

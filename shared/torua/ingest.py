@@ -18,6 +18,7 @@ since an upsert replaces a relation's `chunks`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import sys
@@ -25,9 +26,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar, TypeVarTuple
 
 import msgspec
+from tqdm import tqdm
 
 from torua.chunking import Chunker, TokenChunker
 from torua.client import Client
@@ -35,6 +37,7 @@ from torua.embedding import Embedder
 from torua.errors import BadRequest, NotFound
 from torua.extract import Extraction, Extractor, HeuristicExtractor
 from torua.model import Chunk, Document, Entity, Relation, Tokens
+from torua.text import entity_embedding_text
 
 __all__ = [
     "IngestOptions",
@@ -53,6 +56,9 @@ SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl")
 MARKER_PREFIX = "ingested:"
 MAX_BATCH_BYTES = 1_000_000  # well under NATS's max_payload, and a short stall for the router's embedder
 NEIGHBOR_GROUP = 200  # relation sources per provenance read
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,7 @@ class IngestStats:
     tokens: Tokens = field(default_factory=dict)  # pass as `after=` to read what was written
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return dataclasses.asdict(self)
 
     def summary(self) -> str:
         return (
@@ -92,60 +98,39 @@ class IngestStats:
 
 
 class Progress:
-    """A one-line text progress bar on a stream (stderr), redrawn at most ten times a second."""
+    """The progress bar of `torua ingest` (tqdm), on a stream (stderr): drawn when the stream is a
+    terminal, or always with `enabled=True`, never with `enabled=False`; redrawn at most ten times a
+    second, and left complete on its line when closed."""
+
+    FORMAT = "{desc} [{bar:30}] {n_fmt}/{total_fmt} documents {percentage:3.0f}% {rate_noinv_fmt} ETA {remaining}{postfix}"
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None, label: str = "ingest") -> None:
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.enabled = enabled  # None: when the stream is a terminal
         self.label = label
-        self.total = 0
-        self.done = 0
-        self.note = ""
-        self._started = time.monotonic()
-        self._drawn = 0.0
+        self._bar: Any = None  # a tqdm bar from start() to close()
 
     def start(self, total: int) -> None:
-        self.total = total
-        self._started = time.monotonic()
-        self._draw(force=True)
+        self._bar = tqdm(
+            total=total, file=self.stream, desc=self.label, bar_format=self.FORMAT, ascii="-#", unit="",
+            mininterval=0.1, disable=None if self.enabled is None else not self.enabled,
+        )
 
     def advance(self, n: int = 1, note: str | None = None) -> None:
-        self.done += n
-        if note is not None:
-            self.note = note
-        self._draw()
+        if self._bar is not None:
+            if note is not None:
+                self._bar.set_postfix_str(note, refresh=False)
+            self._bar.update(n)
 
     def set_note(self, note: str) -> None:
-        self.note = note
-        self._draw(force=True)
+        if self._bar is not None:
+            self._bar.set_postfix_str(note)
 
     def close(self) -> None:
-        if self.enabled:
-            self.note = "done"
-            self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def line(self) -> str:
-        total = max(self.total, 1)
-        width = 30
-        filled = min(width, width * self.done // total)
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        rate = self.done / elapsed
-        eta = f" ETA {max(self.total - self.done, 0) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
-        pct = 100 * self.done // total
-        bar = "#" * filled + "-" * (width - filled)
-        return f"{self.label} [{bar}] {self.done}/{self.total} documents {pct:3d}% {rate:.1f}/s{eta} {self.note}".rstrip()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn < 0.1 and self.done < self.total:
-            return
-        self._drawn = now
-        self.stream.write("\r" + self.line().ljust(100))
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.set_postfix_str("done", refresh=False)
+            self._bar.close()
+            self._bar = None
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -282,7 +267,7 @@ class _Batcher:
 
 def _entity_text(e: Entity) -> str:
     # As the router embeds an entity written without a vector (torua_node.router.split), so both agree.
-    return f"{e.name}. {e.description}".strip() if e.description else (e.name or e.id)
+    return entity_embedding_text(e.id, e.name, e.description)
 
 
 class Ingester:
@@ -341,9 +326,10 @@ class Ingester:
                     f"embedding_dim is {dim}"
                 )
 
-    async def _bounded(self, make: Callable[[], Awaitable[Any]]) -> Any:
+    async def _bounded(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """`fn(*args)` once one of the `concurrency` slots is free (the coroutine is created then)."""
         async with self._sem:
-            return await make()
+            return await fn(*args)
 
     async def _wave(self, units: list[_Unit]) -> None:
         fresh = []
@@ -379,7 +365,7 @@ class Ingester:
             rel_batcher.add("relations", rel)
         await self._write(rel_batcher.done(), {})
         self.progress.set_note("marking")
-        await asyncio.gather(*(self._bounded(lambda u=u: self._mark(u)) for u in todo))
+        await asyncio.gather(*(self._bounded(self._mark, u) for u in todo))
         self.progress.set_note("")
 
     async def _unmarked(self, units: list[_Unit]) -> list[_Unit]:
@@ -394,7 +380,7 @@ class Ingester:
             except NotFound:
                 return False
 
-        flags = await asyncio.gather(*(self._bounded(lambda u=u: marked(u)) for u in units))
+        flags = await asyncio.gather(*(self._bounded(marked, u) for u in units))
         return [u for u, done in zip(units, flags) if not done]
 
     async def _mark(self, unit: _Unit) -> None:
@@ -407,7 +393,7 @@ class Ingester:
         chunked = [[(chunk_id(u.key, i), p.text) for i, p in enumerate(self.chunker.split(u.text))] for u in units]
         flat = [c for doc in chunked for c in doc]
         found: list[Extraction] = await asyncio.gather(
-            *(self._bounded(lambda c=c, t=t: self.extractor.extract(c, t)) for c, t in flat)
+            *(self._bounded(self.extractor.extract, c, t) for c, t in flat)
         )
         it = iter(found)
         return [[(c, t, next(it)) for c, t in doc] for doc in chunked]
@@ -473,7 +459,7 @@ class Ingester:
             self.stats.documents += finished
             self.progress.advance(finished, note="writing")
 
-        await asyncio.gather(*(self._bounded(lambda b=b: one(b)) for b in batches))
+        await asyncio.gather(*(self._bounded(one, b) for b in batches))
 
     def _embed(self, b: _Batch) -> None:
         assert self.embedder is not None

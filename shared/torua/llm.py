@@ -1,9 +1,11 @@
-"""A small client for any OpenAI-compatible HTTP API (`/chat/completions`, `/embeddings`).
+"""A client for any OpenAI-compatible HTTP API (`/chat/completions`, `/embeddings`), on the `openai` SDK.
 
 Ollama, vLLM, llama.cpp's server and OpenAI itself all speak this dialect. What matters here is
-failing well: 429 and 5xx replies, timeouts, refused connections and malformed JSON are retried
-with jittered exponential backoff, requests are spaced by a rate limit, and after the last attempt
-the caller gets one `LLMError` that names the URL and what went wrong — never a traceback.
+failing well. The SDK retries 408, 409, 429 and 5xx replies, timeouts and refused connections with
+jittered exponential backoff, honouring Retry-After; a reply that is not the JSON asked for (or that
+the caller's parser refuses) is retried here, with tenacity, from the same budget of attempts;
+request starts are spaced by a rate limit; and after the last attempt the caller gets one
+`LLMError` that names the URL and what went wrong — never a traceback.
 """
 
 from __future__ import annotations
@@ -13,22 +15,29 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type
 
 from torua.errors import Unavailable
+
+if TYPE_CHECKING:  # imported on first use: half a second that a process without a model never pays
+    import openai
 
 __all__ = ["LLMError", "LLMSettings", "OpenAIConfig", "OpenAICompatible", "RateLimiter", "endpoint_url"]
 
 T = TypeVar("T")
-# Statuses worth another try: rate limited, or the server (or a proxy in front of it) failing.
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-_MAX_RETRY_AFTER_S = 30.0
+# Statuses the SDK retries (a 5xx too): rate limited, or the server (or a proxy in front of it) failing.
+_RETRIED_STATUS = {408, 409, 429}
+_PATHS = ("chat/completions", "embeddings")
+# The SDK insists on a key; with none configured this one is sent to nobody (see `_before_request`).
+_NO_KEY = "no-key"
 
 
 class LLMError(Unavailable):
@@ -55,9 +64,9 @@ class OpenAIConfig:
     model: str
     api_key: str | None = None
     timeout: float = 60.0
-    retries: int = 2
+    retries: int = 2  # attempts after the first, whatever failed
     rate: float = 0.0  # requests per second, 0 = unlimited
-    backoff: float = 0.5  # first retry delay in seconds, doubled each time
+    backoff: float = 0.5  # first delay before asking again after a malformed reply, doubled each time
     setting: str = "TORUA_LLM"  # prefix of the settings named in errors, so users know what to fix
 
     @classmethod
@@ -71,6 +80,15 @@ def endpoint_url(base: str, path: str) -> str:
     """`http://h/v1` + `chat/completions`; a URL that already ends with the path is kept."""
     base = base.rstrip("/")
     return base if base.endswith("/" + path) else f"{base}/{path}"
+
+
+def _base_url(url: str) -> str:
+    """The SDK's base URL: the configured one without a trailing endpoint path."""
+    url = url.rstrip("/")
+    for path in _PATHS:
+        if url.endswith("/" + path):
+            return url[: -len(path) - 1]
+    return url
 
 
 class RateLimiter:
@@ -92,125 +110,178 @@ class RateLimiter:
             return start - now
 
 
-class _Retry(Exception):
-    def __init__(self, reason: str, after: float | None = None) -> None:
+class _Malformed(Exception):
+    """A reply that is not what was asked for: retried like a failed request."""
+
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.after = after
+
+
+class _Attempts:
+    """Requests one call has sent so far, the SDK's retries included."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+
+# The call in progress in this task or thread, counted by the HTTP client's request hook.
+_CALL: ContextVar[_Attempts | None] = ContextVar("torua_llm_call", default=None)
+
+
+class _Request(Protocol):
+    """What the request hook uses of the HTTP client's request."""
+
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
 
 
 class OpenAICompatible:
-    """Sync and async calls with the same retry policy; one instance per endpoint."""
+    """Chat (async) and embeddings (sync) with one retry policy; one instance per endpoint, each
+    holding one pooled SDK client per kind, created on first use."""
 
     def __init__(self, config: OpenAIConfig) -> None:
         self.config = config
         self.limiter = RateLimiter(config.rate)
-        headers = {"Content-Type": "application/json"}
-        if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-        self._headers = headers
+        # SDK clients by retries left (sharing one connection pool): a malformed reply spends an
+        # attempt, and the SDK gets only what is left of the budget for the next one.
+        self._async: dict[int, openai.AsyncOpenAI] = {}
+        self._sync: dict[int, openai.OpenAI] = {}
 
     # --- public calls --------------------------------------------------------------------------
 
     async def chat(self, messages: list[dict[str, str]], *, response_format: dict[str, Any] | None = None,
                    temperature: float = 0.0) -> str:
-        body = self._chat_body(messages, response_format, temperature)
-        return await self._post_async("chat/completions", body, _chat_content)
+        return await self.chat_parsed(messages, _same, response_format=response_format, temperature=temperature)
 
     async def chat_parsed(self, messages: list[dict[str, str]], parse: Callable[[str], T], *,
                           response_format: dict[str, Any] | None = None, temperature: float = 0.0) -> T:
         """Chat, then `parse` the content; a ValueError from `parse` is retried like a malformed reply."""
-        body = self._chat_body(messages, response_format, temperature)
-        return await self._post_async("chat/completions", body, lambda data: parse(_chat_content(data)))
+        request: dict[str, Any] = {"model": self.config.model, "messages": messages, "temperature": temperature}
+        if response_format is not None:
+            request["response_format"] = response_format
+        with self._call("chat/completions") as call:
+            async for attempt in AsyncRetrying(**self._retrying(call)):
+                with attempt:
+                    raw = await self._async_api(call).chat.completions.with_raw_response.create(**request)
+                    return _parsed(raw.text, lambda data: parse(_chat_content(data)))
+        raise AssertionError("unreachable")
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        body = {"model": self.config.model, "input": texts}
-        return self._post_sync("embeddings", body, lambda r: _embeddings(r, len(texts)))
+        with self._call("embeddings") as call:
+            for attempt in Retrying(**self._retrying(call)):
+                with attempt:
+                    raw = self._sync_api(call).embeddings.with_raw_response.create(
+                        model=self.config.model, input=texts, encoding_format="float"
+                    )
+                    return _parsed(raw.text, lambda data: _embeddings(data, len(texts)))
+        raise AssertionError("unreachable")
 
-    # --- transport -----------------------------------------------------------------------------
+    # --- the SDK clients -----------------------------------------------------------------------
 
-    def _chat_body(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None,
-                   temperature: float) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.config.model, "messages": messages, "temperature": temperature}
-        if response_format is not None:
-            body["response_format"] = response_format
-        return body
+    def _async_api(self, call: _Attempts) -> openai.AsyncOpenAI:
+        import openai
 
-    def _delay(self, attempt: int, retry: _Retry) -> float:
-        if retry.after is not None:
-            return min(retry.after, _MAX_RETRY_AFTER_S)
-        return self.config.backoff * 2**attempt * (0.5 + random.random())
+        left = self.config.retries - call.sent
+        if left not in self._async:
+            if self.config.retries not in self._async:
+                http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._before_request_async]})
+                self._async[self.config.retries] = openai.AsyncOpenAI(
+                    base_url=_base_url(self.config.url), api_key=self.config.api_key or _NO_KEY,
+                    timeout=self.config.timeout, max_retries=self.config.retries, http_client=http,
+                )
+            self._async[left] = self._async[self.config.retries].with_options(max_retries=left)
+        return self._async[left]
+
+    def _sync_api(self, call: _Attempts) -> openai.OpenAI:
+        import openai
+
+        left = self.config.retries - call.sent
+        if left not in self._sync:
+            if self.config.retries not in self._sync:
+                http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_request_sync]})
+                self._sync[self.config.retries] = openai.OpenAI(
+                    base_url=_base_url(self.config.url), api_key=self.config.api_key or _NO_KEY,
+                    timeout=self.config.timeout, max_retries=self.config.retries, http_client=http,
+                )
+            self._sync[left] = self._sync[self.config.retries].with_options(max_retries=left)
+        return self._sync[left]
+
+    def _before_request(self, request: _Request) -> float:
+        """Every request, retries included: count it, and return how long to wait for the rate limit."""
+        call = _CALL.get()
+        if call is not None:
+            call.sent += 1
+        if not self.config.api_key:
+            request.headers.pop("Authorization", None)
+        return self.limiter.reserve()
+
+    async def _before_request_async(self, request: _Request) -> None:
+        await asyncio.sleep(self._before_request(request))
+
+    def _before_request_sync(self, request: _Request) -> None:
+        time.sleep(self._before_request(request))
+
+    # --- retries and errors --------------------------------------------------------------------
+
+    def _retrying(self, call: _Attempts) -> dict[str, Any]:
+        """tenacity's policy for malformed replies: again while attempts are left, after a backoff."""
+
+        def backoff(_: RetryCallState) -> float:
+            return self.config.backoff * 2 ** (call.sent - 1) * (0.5 + random.random())
+
+        return {
+            "retry": retry_if_exception_type(_Malformed),
+            "stop": lambda _: call.sent > self.config.retries,
+            "wait": backoff,
+            "reraise": True,
+        }
+
+    @contextmanager
+    def _call(self, path: str) -> Iterator[_Attempts]:
+        """One call: its requests counted, and whatever fails it turned into one LLMError."""
+        import openai
+
+        url = endpoint_url(self.config.url, path)
+        call = _Attempts()
+        token = _CALL.set(call)
+        try:
+            yield call
+        except _Malformed as exc:
+            raise self._fail(url, call.sent, exc.reason) from None
+        except openai.APIStatusError as exc:
+            code = exc.status_code
+            if code not in _RETRIED_STATUS and code < 500:
+                raise LLMError(
+                    f"the model endpoint {exc.request.url} rejected the request with HTTP {code}: {_snippet(exc.response.text)}"
+                ) from None
+            raise self._fail(url, call.sent, f"HTTP {code} {_snippet(exc.response.text)}") from None
+        except openai.APITimeoutError:
+            reason = f"no reply within {self.config.timeout:g}s ({self.config.setting}_TIMEOUT)"
+            raise self._fail(url, call.sent, reason) from None
+        except openai.APIError as exc:  # a connection error: what the HTTP client said is the news
+            cause = exc.__cause__ or exc
+            raise self._fail(url, call.sent, f"{type(cause).__name__}: {cause}") from None
+        finally:
+            _CALL.reset(token)
 
     def _fail(self, url: str, attempts: int, reason: str) -> LLMError:
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         return LLMError(f"the model endpoint {url} ({self.config.setting}_URL) failed after {tries}: {reason}")
 
-    def _post_sync(self, path: str, body: dict[str, Any], parse: Any) -> Any:
-        url = endpoint_url(self.config.url, path)
-        with httpx.Client(timeout=self.config.timeout, headers=self._headers) as http:
-            for attempt in range(self.config.retries + 1):
-                time.sleep(self.limiter.reserve())
-                try:
-                    return _handle(self._send(lambda: http.post(url, json=body)), parse)
-                except _Retry as retry:
-                    if attempt == self.config.retries:
-                        raise self._fail(url, attempt + 1, retry.reason) from None
-                    time.sleep(self._delay(attempt, retry))
-        raise AssertionError("unreachable")
 
-    async def _post_async(self, path: str, body: dict[str, Any], parse: Any) -> Any:
-        url = endpoint_url(self.config.url, path)
-        async with httpx.AsyncClient(timeout=self.config.timeout, headers=self._headers) as http:
-            for attempt in range(self.config.retries + 1):
-                await asyncio.sleep(self.limiter.reserve())
-                try:
-                    response = await self._send_async(http.post(url, json=body))
-                    return _handle(response, parse)
-                except _Retry as retry:
-                    if attempt == self.config.retries:
-                        raise self._fail(url, attempt + 1, retry.reason) from None
-                    await asyncio.sleep(self._delay(attempt, retry))
-        raise AssertionError("unreachable")
-
-    def _send(self, call: Any) -> httpx.Response:
-        try:
-            return call()
-        except httpx.TimeoutException:
-            raise _Retry(f"no reply within {self.config.timeout:g}s ({self.config.setting}_TIMEOUT)") from None
-        except httpx.HTTPError as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
-
-    async def _send_async(self, call: Any) -> httpx.Response:
-        try:
-            # httpx bounds each read; this bounds the whole request, for a server that trickles bytes.
-            return await asyncio.wait_for(call, self.config.timeout * 2)
-        except (httpx.TimeoutException, TimeoutError):
-            raise _Retry(f"no reply within {self.config.timeout:g}s ({self.config.setting}_TIMEOUT)") from None
-        except httpx.HTTPError as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+def _same(content: str) -> str:
+    return content
 
 
-def _handle(response: httpx.Response, parse: Any) -> Any:
-    """The parsed reply, or _Retry for anything transient; a 4xx other than 429 fails at once."""
-    if response.status_code in _RETRY_STATUS:
-        raise _Retry(f"HTTP {response.status_code} {_snippet(response.text)}", _retry_after(response))
-    if response.status_code >= 400:
-        raise LLMError(
-            f"the model endpoint {response.request.url} rejected the request with HTTP {response.status_code}: {_snippet(response.text)}"
-        )
+def _parsed(text: str, parse: Callable[[Any], T]) -> T:
+    """The reply parsed (which validates its shape too), or _Malformed to try again."""
     try:
-        # Parsing validates the shape too: a malformed reply is retried like a failure.
-        return parse(json.loads(response.text))
+        return parse(json.loads(text))
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise _Retry(f"malformed reply ({type(exc).__name__}: {exc}): {_snippet(response.text)}") from None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+        raise _Malformed(f"malformed reply ({type(exc).__name__}: {exc}): {_snippet(text)}") from None
 
 
 def _snippet(text: str, limit: int = 200) -> str:

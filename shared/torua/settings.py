@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,7 +12,7 @@ from torua.errors import ConfigError
 __all__ = ["BaseServiceSettings", "load_settings", "DEFAULT_NATS_URL"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-S = TypeVar("S", bound="BaseServiceSettings")
+S = TypeVar("S", bound=BaseSettings)
 
 
 class BaseServiceSettings(BaseSettings):
@@ -27,7 +27,7 @@ class BaseServiceSettings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
 
 
-def _env_name(cls: type[BaseServiceSettings], field: str) -> str:
+def _env_name(cls: type[BaseSettings], field: str) -> str:
     info = cls.model_fields.get(field)
     alias = info.validation_alias if info is not None else None
     if isinstance(alias, str):
@@ -35,8 +35,12 @@ def _env_name(cls: type[BaseServiceSettings], field: str) -> str:
     return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
-    """Read settings from the environment; a wrong value raises ConfigError naming the variable."""
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Read settings from the environment; a wrong value raises ConfigError naming the variable.
+
+    Call it once, at a process's (or a command's) start, and pass the result down: nothing below
+    the entry point reads the environment again.
+    """
     try:
         return cls(**overrides)
     except ValidationError as exc:

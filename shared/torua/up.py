@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torua.client import Client
 from torua.display import status_text
+from torua.errors import ToruaError
 from torua.natsserver import NatsServer, start_nats_server
 
 __all__ = ["LocalCluster", "UpOptions", "run_up"]
@@ -147,8 +148,7 @@ async def _wait_green(url: str, timeout: float) -> str:
 
 def _load_sample(url: str, path: Path) -> None:
     """The first minute: load the sample corpus and show one retrieval; a failure leaves the cluster up."""
-    from torua.cli import sample_demo
-    from torua.errors import ToruaError
+    from torua.sample import sample_demo  # the ingest pipeline: loaded only when asked for
 
     try:
         asyncio.run(sample_demo(url, path))

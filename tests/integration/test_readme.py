@@ -42,7 +42,8 @@ _NATS_REQ = re.compile(r"\bnats\s+(?:(?:-s|--server)[ =]\S+\s+)*req(?:uest)?\s+(
 _ERROR_CODE = re.compile(r"\b(400|404|409|413|503)\b")
 PUBLIC_SUBJECTS = sorted(
     value for name, value in vars(subjects).items()
-    if name.isupper() and isinstance(value, str) and value.startswith("torua.") and "*" not in value
+    if name.isupper() and isinstance(value, str) and value.startswith("torua.")
+    and "*" not in value and ">" not in value  # wildcards are stream filters, not request subjects
     and name not in ("ANNOUNCE",)
 )
 

@@ -18,7 +18,6 @@ from torua.embedders import (
     EmbedderSettings,
     HashEmbedder,
     OpenAIEmbedder,
-    embedder_from_env,
     make_embedder,
 )
 from torua.errors import ConfigError, InternalError
@@ -43,7 +42,7 @@ def test_hash_embedder_is_deterministic_and_normalised() -> None:
 
 def test_factory_defaults_to_hash() -> None:
     assert isinstance(make_embedder(32, EmbedderSettings()), HashEmbedder)
-    assert embedder_from_env(48).dim == 48 and embedder_from_env(48) is embedder_from_env(48)
+    assert make_embedder(48, load_settings(EmbedderSettings)).dim == 48
 
 
 def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

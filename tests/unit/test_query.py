@@ -25,8 +25,6 @@ from torua.embedding import HashEmbedder
 from torua.errors import BadRequest, Unavailable
 from torua.hashing import shard_for
 from torua.model import Chunk, DeleteRequest, Document, Entity, Relation, UpsertRequest
-
-from torua_node.shard.apply import apply_batch
 from torua_node.cypher.execute import (
     QueryResult,
     ShardRows,
@@ -36,9 +34,10 @@ from torua_node.cypher.execute import (
     to_json_value,
 )
 from torua_node.cypher.planner import TABLE_COLUMNS, plan_query
-from torua_node.storage.schema import init_schema
 from torua_node.router.split import split_delete, split_upsert
+from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import encode_entry
+from torua_node.storage.schema import init_schema
 
 DIM = 8
 EMB = HashEmbedder(DIM)

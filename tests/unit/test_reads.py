@@ -12,9 +12,9 @@ import pytest
 from tests.unit.test_apply import DIM, chunk, ent, entry, rel, shard_db, vec, wal
 from torua.model import EdgeOut
 from torua_node.shard.apply import apply_batch
+from torua_node.shard.wal import WalDocument, WalKV, WalMention
 from torua_node.storage.chunks import chunks_by_ids, mentions_of
 from torua_node.storage.reads import edges, entities_by_ids, get_entity, kv_get
-from torua_node.shard.wal import WalDocument, WalKV, WalMention
 
 
 @pytest.fixture

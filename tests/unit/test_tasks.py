@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from torua_node.node.tasks import end_task
+from torua.tasks import end_task
 
 
 async def test_a_task_that_swallows_its_first_cancel_is_cancelled_again() -> None:

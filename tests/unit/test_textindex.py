@@ -6,7 +6,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torua.hashing import shard_for
-
 from torua_node.storage.textindex import TextIndex, bm25_idf, query_terms
 
 WORDS = ["alpha", "beta", "gamma", "delta", "radium", "curie", "paris", "warsaw", "the", "of"]

@@ -13,9 +13,9 @@ from hypothesis.extra import numpy as hnp
 
 from tests.unit.test_apply import DIM, chunk, ent, entry, shard_db, vec, wal
 from torua_node.shard.apply import apply_batch
+from torua_node.shard.wal import WalDocument, WalMention, WalRelation
 from torua_node.storage.textindex import TextIndex, load_text_indexes
 from torua_node.storage.vectors import VectorIndex, load_indexes
-from torua_node.shard.wal import WalDocument, WalMention, WalRelation
 
 
 def reference(ids: list[str], m: np.ndarray, q: np.ndarray) -> dict[str, float]:
@@ -91,13 +91,13 @@ def test_growth_removal_and_compaction_keep_results_exact() -> None:
     rng = np.random.default_rng(7)
     index = VectorIndex(8, capacity=1)
     live: dict[str, np.ndarray] = {}
-    for step in range(30):
+    for _step in range(30):
         ids = [f"v{rng.integers(0, 3000)}" for _ in range(200)]
         m = rng.standard_normal((200, 8)).astype(np.float32)
         index.upsert(ids, m)
         live.update(zip(ids, m))
         gone = [i for i in list(live) if rng.random() < 0.3]
-        index.remove(gone + ["never-there"])
+        index.remove([*gone, "never-there"])
         for i in gone:
             del live[i]
         assert len(index) == len(live)

@@ -12,6 +12,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from torua import subjects
 from torua.connect import connect
@@ -35,13 +36,16 @@ NODE_STATUSES = ("healthy", "unhealthy", "dead", "draining")
 
 
 class Coordinator:
+    # Set by run(), before anything reads them.
+    nc: NATS
+    kv: KeyValue
+    lease: Lease
+
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
         self.registry = Registry(settings.node_timeout, settings.reassign_delay)
         self.started = time.monotonic()
-        self.nc: NATS = None  # type: ignore[assignment]
-        self.lease: Lease = None  # type: ignore[assignment]
-        self.shardmap: ShardMap = None  # type: ignore[assignment]
+        self._map: ShardMap | None = None
         self._kv_revision = 0
         self._service: ServiceHandle | None = None
         self._stop = asyncio.Event()
@@ -55,11 +59,18 @@ class Coordinator:
         return "torua_nodes", "Known nodes by status", ["status"], samples
 
     def _replicas_gauge(self) -> GaugeReading:
-        if self.shardmap is None:
+        if self._map is None:
             return "torua_shard_replicas", "Shard replicas by state", ["state"], []
-        c = replica_counts(self.shardmap.shards, self.shardmap.replication_factor)
+        c = replica_counts(self._map.shards, self._map.replication_factor)
         samples = [(["active"], c.active), (["initializing"], c.initializing), (["unassigned"], c.unassigned)]
         return "torua_shard_replicas", "Shard replicas by state (leader's view)", ["state"], samples
+
+    @property
+    def shardmap(self) -> ShardMap:
+        """The map as last read or published (run() loads it before anything else reads it)."""
+        if self._map is None:
+            raise RuntimeError("the shard map is not loaded yet")
+        return self._map
 
     async def run(self) -> None:
         s = self.settings
@@ -172,7 +183,7 @@ class Coordinator:
             log.warning("shard map changed under us; reloading")
             await self._load_or_create_map()
             return
-        self.shardmap = new
+        self._map = new
         log.info("published shard map revision %d", new.revision)
 
     async def _load_or_create_map(self) -> None:
@@ -180,7 +191,7 @@ class Coordinator:
         try:
             entry = await self.kv.get(subjects.KV_SHARDMAP)
             smap = msgspec.json.decode(entry.value or b"", type=ShardMap)
-            self._kv_revision = entry.revision
+            self._kv_revision = entry.revision or 0
         except KeyNotFoundError:
             smap = ShardMap(
                 revision=1,
@@ -203,4 +214,4 @@ class Coordinator:
             raise ConfigError(
                 f"TORUA_EMBEDDING_DIM is {s.embedding_dim} but this cluster was created with {smap.embedding_dim}"
             )
-        self.shardmap = smap
+        self._map = smap

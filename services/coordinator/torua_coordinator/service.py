@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from torua import subjects
-from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode
+from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode, error_of
 from torua.version import __version__
 from torua.wire import (
     BroadcastReply,
@@ -20,23 +21,44 @@ from torua.wire import (
     ClusterInfo,
     ControlRequest,
     Empty,
-    ErrorBody,
     ErrorDetail,
     HealthReply,
     NodeCounts,
     NodesReply,
     ShardMap,
 )
+from torua_coordinator.leader import Lease
+from torua_coordinator.registry import Registry
+from torua_coordinator.settings import CoordinatorSettings
 from torua_coordinator.shardmap import assignments_by_node, cluster_state, replica_counts
 
-if TYPE_CHECKING:
-    from torua_coordinator.app import Coordinator
+__all__ = ["ClusterView", "start_cluster_service"]
 
-__all__ = ["start_cluster_service"]
+
+class ClusterView(Protocol):
+    """What the cluster API reads of the leading coordinator (torua_coordinator.app.Coordinator)."""
+
+    @property
+    def nc(self) -> NATS: ...
+
+    @property
+    def settings(self) -> CoordinatorSettings: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def lease(self) -> Lease: ...
+
+    @property
+    def shardmap(self) -> ShardMap: ...
+
+    @property
+    def started(self) -> float: ...
 
 
 class ClusterApi:
-    def __init__(self, coord: Coordinator) -> None:
+    def __init__(self, coord: ClusterView) -> None:
         self.coord = coord
 
     async def health(self, _: Empty) -> HealthReply:
@@ -48,7 +70,7 @@ class ClusterApi:
         return ClusterInfo(
             cluster_id=smap.cluster_id,
             version=__version__,
-            state=cluster_state(smap.shards, smap.replication_factor),  # type: ignore[arg-type]
+            state=cluster_state(smap.shards, smap.replication_factor),
             nodes=NodeCounts(total=len(c.registry.reachable()), healthy=c.registry.healthy_count()),
             shards=replica_counts(smap.shards, smap.replication_factor),
             embedding_dim=smap.embedding_dim,
@@ -76,15 +98,14 @@ class ClusterApi:
         except (NatsTimeout, NoRespondersError) as exc:
             detail = ErrorDetail(code=503, description=f"node did not answer ({type(exc).__name__})")
             return BroadcastResult(node_id=node_id, ok=False, error=detail)
+        error = error_of(msg.headers, msg.data)
+        if error is not None:
+            return BroadcastResult(node_id=node_id, ok=False, error=error)
         reply: Any = msgspec.json.decode(msg.data) if msg.data else None
-        if msg.headers and "Nats-Service-Error-Code" in msg.headers:
-            err = msgspec.convert(reply, ErrorBody).error if reply else None
-            detail = err or ErrorDetail(code=int(msg.headers["Nats-Service-Error-Code"]), description="")
-            return BroadcastResult(node_id=node_id, ok=False, error=detail)
         return BroadcastResult(node_id=node_id, ok=True, reply=reply)
 
 
-async def start_cluster_service(coord: Coordinator) -> ServiceHandle:
+async def start_cluster_service(coord: ClusterView) -> ServiceHandle:
     api = ClusterApi(coord)
     eps = [
         Endpoint("health", subjects.CLUSTER_HEALTH, api.health, Empty, "Is the leading coordinator up"),

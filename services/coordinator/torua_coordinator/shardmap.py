@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from torua.wire import ShardCounts, ShardEntry, ShardMap
+from torua.wire import ClusterState, ShardCounts, ShardEntry, ShardMap
 
 __all__ = ["next_entries", "cluster_state", "replica_counts", "assignments_by_node", "same_layout"]
 
@@ -55,7 +55,7 @@ def next_entries(
     return entries
 
 
-def cluster_state(entries: Sequence[ShardEntry], replication_factor: int) -> str:
+def cluster_state(entries: Sequence[ShardEntry], replication_factor: int) -> ClusterState:
     """Elasticsearch's meaning: red if some shard has no active copy, yellow if some lacks one."""
     if any(not e.active for e in entries):
         return "red"

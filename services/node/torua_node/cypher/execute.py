@@ -34,6 +34,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import kuzu
@@ -44,6 +45,8 @@ import pyarrow as pa
 from torua.errors import BadRequest, ToruaError, Unavailable
 from torua.hashing import shard_for
 from torua.model import ShardStatus
+from torua_node.cypher.fanout import Status, gather
+from torua_node.cypher.guard import check_read_only
 from torua_node.cypher.planner import (
     OWNER_KEY,
     REAL_IDS_PARAM,
@@ -51,7 +54,6 @@ from torua_node.cypher.planner import (
     FarEnd,
     MergeSpec,
     Plan,
-    check_read_only,
     plan_query,
     resolve_query,
 )
@@ -181,36 +183,17 @@ class _Run:
     def __init__(self, num_shards: int, run_on_shard: RunOnShard) -> None:
         self.num_shards = num_shards
         self.run_on_shard = run_on_shard
-        self.status = {str(s): ShardStatus(ok=True) for s in range(num_shards)}
-
-    @property
-    def live(self) -> list[int]:
-        return [s for s in range(self.num_shards) if self.status[str(s)].ok]
-
-    def fail(self, shard: int, error: str) -> None:
-        if self.status[str(shard)].ok:
-            self.status[str(shard)] = ShardStatus(ok=False, error=error[:_MAX_ERROR_LEN])
+        self.status: Status = {str(s): ShardStatus(ok=True) for s in range(num_shards)}
 
     async def fan_out(
         self, query_for: Callable[[int], tuple[str, dict[str, Any]]], shards: Iterable[int] | None = None
     ) -> dict[int, ShardRows]:
-        """Ask the live shards (all, or those given) concurrently; a shard that cannot answer is
-        marked, never skipped silently. The user's mistakes (BadRequest) are raised: they are the
-        same on every shard."""
-        wanted = self.live if shards is None else [s for s in sorted(set(shards)) if self.status[str(s)].ok]
-        results = await asyncio.gather(*(self.run_on_shard(s, *query_for(s)) for s in wanted),
-                                       return_exceptions=True)
-        out: dict[int, ShardRows] = {}
-        for s, r in zip(wanted, results):
-            if isinstance(r, BadRequest):
-                raise r
-            if isinstance(r, (ToruaError, TimeoutError)):
-                self.fail(s, _describe(r))
-            elif isinstance(r, BaseException):
-                raise r
-            else:
-                out[s] = r
-        return out
+        """Ask the live shards (all, or those given) concurrently, under the one fan-out policy
+        (`cypher/fanout.py`): a shard that cannot answer is marked and not asked again, never skipped
+        silently; the user's mistakes (4xx) are raised: they are the same on every shard."""
+        wanted = range(self.num_shards) if shards is None else sorted(set(shards))
+        asks = {s: query_for(s) for s in wanted if self.status[str(s)].ok}
+        return await gather({s: partial(self.run_on_shard, s, q, p) for s, (q, p) in asks.items()}, self.status)
 
     async def resolve(self, table: str, owners: dict[str, Any], columns: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """The real nodes among `owners` (id -> owner key), by id, asked of their owning shards. An id
@@ -223,11 +206,6 @@ class _Run:
         cols = ("id", *(c for c in columns if c not in ("id", "stub")))
         parts = await self.fan_out(lambda s: resolve_query(table, cols, sorted(by_shard[s])), by_shard)
         return {row[0]: dict(zip(cols, row)) for p in parts.values() for row in p.rows}
-
-
-def _describe(exc: BaseException) -> str:
-    text = getattr(exc, "description", None) or str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def run_query(
@@ -313,8 +291,8 @@ class _Gathered:
         edges: dict[tuple[Any, ...], dict[str, Any]] = {}
         na, nr = len(far.anchor_cols), len(far.rel_cols)
         for row in self.rows:
-            other = self.far_row(row)
-            other = self.found.get(other["id"]) if other["stub"] else other
+            stored = self.far_row(row)
+            other = self.found.get(stored["id"]) if stored["stub"] else stored
             if other is None:
                 continue  # the far end was never created as a real node: no binding
             anchor = dict(zip(far.anchor_cols, row[:na]))
@@ -354,7 +332,9 @@ def _copy(conn: kuzu.Connection, table: str, rows: list[dict[str, Any]], ends: t
     """Bulk-load JSON-shaped rows, converting each column to the type the table declares."""
     if not rows:
         return
-    declared = [(r[1], str(r[2])) for r in conn.execute(f"CALL table_info('{table}') RETURN *").get_all()]
+    info = conn.execute(f"CALL table_info('{table}') RETURN *")
+    assert not isinstance(info, list)  # one statement, one result
+    declared = [(r[1], str(r[2])) for r in info.get_all() if isinstance(r, list)]  # rows are lists
     cols = {c: pa.array([r[c] for r in rows], pa.string()) for c in ends}
     for name, kuzu_type in declared:
         values = [False if name == "stub" else r.get(name) for r in rows]
@@ -407,7 +387,7 @@ def merge_rows(spec: MergeSpec, parts: list[ShardRows]) -> list[list[Any]]:
         _check_orderable(types, col, "ORDER BY")
     rows.sort(key=lambda r: tuple(_canon(r[i]) for i in (spec.tiebreak or range(spec.width))))
     for col, desc in reversed(spec.order):
-        rows.sort(key=lambda r, c=col: _order_key(r[c]), reverse=desc)  # stable, also reversed
+        rows.sort(key=partial(_order_key_at, col), reverse=desc)  # stable, also reversed
     end = None if spec.limit is None else spec.skip + spec.limit
     return [r[:spec.width] for r in rows[spec.skip:end]]
 
@@ -488,6 +468,10 @@ def _order_key(v: Any) -> tuple[Any, ...]:
     if isinstance(v, float) and math.isnan(v):
         raise BadRequest("cannot order NaN values: Kuzu's order for them is not defined")
     return (0, v)
+
+
+def _order_key_at(col: int, row: list[Any]) -> tuple[Any, ...]:
+    return _order_key(row[col])
 
 
 def _canon(v: Any) -> tuple[Any, ...]:

@@ -1,35 +1,32 @@
-"""Read-only Cypher for `torua.graph.query`: tokenizer, read-only check and planner. Pure: no I/O.
+"""The planner of `torua.graph.query`: one read-only Cypher statement to shard queries and a merge.
+Pure: no I/O.
 
-Security rests on two facts. First, `check_read_only` tokenises the text the way Kuzu's lexer does
-(strings with backslash escapes, backtick identifiers with doubled backticks, `//` and `/* */`
-comments, case-insensitive keywords) and refuses every word that writes or reaches outside the
-database, wherever it stands. Second, nothing the user wrote reaches a shard verbatim: the queries
-sent to shards are rendered from the validated tokens (comments dropped, a space wherever the user
-had whitespace or a comment), so Kuzu cannot see a token the check did not see.
-
-The planner accepts one `MATCH` of one node or one relationship, then `WHERE`, `RETURN [DISTINCT]`,
-`ORDER BY`, `SKIP`, `LIMIT`, and turns it into shard queries plus a `MergeSpec` whose merge gives
-what one database holding all the data would return. Anything it cannot prove exact is refused.
+The text is first checked (`guard.check_read_only`, over `lexer` tokens). The planner then accepts
+one `MATCH` of one node or one relationship, then `WHERE`, `RETURN [DISTINCT]`, `ORDER BY`, `SKIP`,
+`LIMIT`, and turns it into shard queries plus a `MergeSpec` whose merge gives what one database
+holding all the data would return. Anything it cannot prove exact is refused. Every query it builds
+is rendered from the checked tokens, never from the user's text.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 from torua.errors import BadRequest
+from torua_node.cypher.guard import check_read_only
+from torua_node.cypher.lexer import Tok, render
+from torua_node.storage.tables import NODE_TABLES, REL_TABLES, TABLES, NodeTable
 
 __all__ = [
-    "Tok",
-    "tokenize",
-    "check_read_only",
     "plan_query",
     "Plan",
     "FarEnd",
     "MergeSpec",
     "AggSpec",
+    "AGGREGATES",
+    "KUZU_AGGREGATES",
     "TABLE_COLUMNS",
     "OWNER_KEY",
     "REAL_IDS_PARAM",
@@ -38,171 +35,25 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------------
-# Tokens
-
-Kind = Literal["word", "ident", "string", "number", "param", "op"]
-
-
-@dataclass(frozen=True, slots=True)
-class Tok:
-    kind: Kind
-    text: str  # verbatim, quotes and backticks included
-    pos: int  # offset in the query text
-    space: bool  # whitespace or a comment came before it
-
-    @property
-    def key(self) -> str:
-        """Kuzu compares identifiers and keywords case-insensitively; a backticked name is the same
-        name as the bare one."""
-        if self.kind == "word":
-            return self.text.lower()
-        if self.kind == "ident":
-            return self.text[1:-1].replace("``", "`").lower()
-        return self.text
-
-    def is_op(self, text: str) -> bool:
-        return self.kind == "op" and self.text == text
-
-    def is_word(self, *keys: str) -> bool:
-        return self.kind == "word" and self.key in keys
-
-
-_SPACE = " \t\r\n\f\v"
-_OPS = frozenset("()[]{},.:;|+-*/%^=<>!~&")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_PARAM = re.compile(r"\$[A-Za-z0-9_]+")
-
-
-def tokenize(text: str) -> list[Tok]:
-    """Split Cypher into tokens, dropping whitespace and comments. Only ASCII is allowed outside
-    strings and backtick identifiers, so no character can be read one way here and another by Kuzu."""
-    toks: list[Tok] = []
-    i, n, space = 0, len(text), False
-    while i < n:
-        ch = text[i]
-        if ch in _SPACE:
-            i, space = i + 1, True
-        elif text.startswith("//", i):
-            i, space = _line_comment_end(text, i), True
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            if end < 0:
-                raise BadRequest(f"unterminated /* comment starting at offset {i}")
-            i, space = end + 2, True
-        else:
-            kind, end = _scan(text, i)
-            toks.append(Tok(kind, text[i:end], i, space))
-            i, space = end, False
-    return toks
-
-
-def _line_comment_end(text: str, i: int) -> int:
-    # Ends at the first CR or LF: Kuzu ends it at LF (a lone CR does not close its comment), so the
-    # rest of the line is checked here rather than trusted as comment.
-    ends = [j for j in (text.find("\n", i), text.find("\r", i)) if j >= 0]
-    return min(ends) + 1 if ends else len(text)
-
-
-def _scan(text: str, i: int) -> tuple[Kind, int]:
-    ch = text[i]
-    if ch in "'\"":
-        return "string", _string_end(text, i)
-    if ch == "`":
-        return "ident", _backtick_end(text, i)
-    for kind, pattern in (("param", _PARAM), ("word", _WORD), ("number", _NUMBER)):
-        m = pattern.match(text, i)
-        if m:
-            return kind, m.end()  # type: ignore[return-value]
-    if ch == "$":
-        raise BadRequest(f"bad parameter name at offset {i}: use $name")
-    if ch in _OPS:
-        return "op", i + 1
-    raise BadRequest(f"unexpected character {ch!r} at offset {i} (names with other characters need `backticks`)")
-
-
-def _string_end(text: str, i: int) -> int:
-    quote, j = text[i], i + 1
-    while j < len(text):
-        if text[j] == "\\":
-            j += 2  # an escape never ends the string, exactly as in Kuzu's lexer
-        elif text[j] == quote:
-            return j + 1
-        else:
-            j += 1
-    raise BadRequest(f"unterminated string literal starting at offset {i}")
-
-
-def _backtick_end(text: str, i: int) -> int:
-    j = i + 1
-    while True:
-        k = text.find("`", j)
-        if k < 0:
-            raise BadRequest(f"unterminated `identifier` starting at offset {i}")
-        if text.startswith("``", k):
-            j = k + 2  # a doubled backtick is a backtick inside the name
-            continue
-        return k + 1
-
-
-def render(toks: Sequence[Tok]) -> str:
-    """Tokens back to text: a single space wherever the user had whitespace or a comment."""
-    return "".join((" " if t.space and k else "") + t.text for k, t in enumerate(toks))
-
-
-# ---------------------------------------------------------------------------------------------------
-# The read-only check
-
-_WRITE = ("CREATE", "MERGE", "SET", "DELETE", "DETACH", "REMOVE", "DROP", "ALTER", "TRUNCATE", "INSERT",
-          "FOREACH", "COMMENT")
-_OUTSIDE = ("COPY", "LOAD", "INSTALL", "UNINSTALL", "FORCE", "UPDATE", "ATTACH", "EXPORT", "IMPORT", "USE")
-_TRANSACTION = ("BEGIN", "COMMIT", "ROLLBACK", "CHECKPOINT")
-FORBIDDEN: dict[str, str] = {
-    **{w: "graph.query is read-only; change data through torua.graph.upsert / torua.graph.delete"
-       for w in _WRITE},
-    **{w: "graph.query may not reach outside the database (files, extensions, other databases)"
-       for w in _OUTSIDE},
-    **{w: "graph.query runs in its own read-only transaction" for w in _TRANSACTION},
-    "CALL": "procedures may change the database or read outside it, so no CALL is allowed",
-}
-INTERNAL_TABLES = frozenset({"kv", "meta", "failure"})
-
-
-def check_read_only(text: str, params: dict[str, Any]) -> list[Tok]:
-    """Tokens of one read-only statement (a trailing `;` removed), or BadRequest saying why not."""
-    toks = tokenize(text)
-    if not toks:
-        raise BadRequest("cypher is empty")
-    for i, t in enumerate(toks):
-        if t.kind == "word" and t.text.upper() in FORBIDDEN:
-            raise BadRequest(f"{t.text.upper()} is not allowed (offset {t.pos}): {FORBIDDEN[t.text.upper()]}")
-        if t.is_op(";") and i != len(toks) - 1:
-            raise BadRequest(f"multiple statements are not allowed (';' at offset {t.pos})")
-        if t.kind in ("word", "ident") and t.key in INTERNAL_TABLES and i and toks[i - 1].text in (":", "|"):
-            raise BadRequest(f"table {t.text} is internal to Torua and cannot be queried")
-        if t.kind == "param" and t.text[1:] not in params:
-            raise BadRequest(f"parameter {t.text} is used but not given in params")
-    return toks[:-1] if toks[-1].is_op(";") else toks
-
-
-# ---------------------------------------------------------------------------------------------------
 # Plans
 
 REAL_IDS_PARAM = "__q_real"
 IDS_PARAM = "__q_ids"
 RESERVED_PREFIX = "__q"
+# The tables graph.query reads (storage.tables: all but the internal ones) and their columns.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "Entity": ("id", "name", "type", "description", "properties", "embedding", "stub"),
-    "Chunk": ("id", "document_id", "text", "position", "embedding", "stub"),
-    "Document": ("id", "title", "metadata"),
-    "RELATES": ("type", "weight", "properties", "chunks"),
-    "MENTIONS": (),
+    t.name: t.column_names for t in TABLES if not (isinstance(t, NodeTable) and t.internal)
 }
-_NODE_TABLES = {"entity": "Entity", "document": "Document", "chunk": "Chunk"}
-_REL_TABLES = {"relates": "RELATES", "mentions": "MENTIONS"}
-_STUBBED = ("Entity", "Chunk")  # tables that hold stub rows (Document never does)
+# Label as written (Kuzu compares names case-insensitively) -> table.
+_NODE_TABLES = {t.name.lower(): t.name for t in NODE_TABLES if t.name in TABLE_COLUMNS}
+_REL_TABLES = {t.name.lower(): t.name for t in REL_TABLES if t.name in TABLE_COLUMNS}
+_REL = {t.name: t for t in REL_TABLES if t.name in TABLE_COLUMNS}
+# How the edges that join different tables go, named when a pattern has them the wrong way round.
+_ASYMMETRIC = "; ".join(f"{t.name} goes from {t.source.name} to {t.target.name}"
+                        for t in _REL.values() if t.source != t.target)
+_STUBBED = frozenset(t.name for t in NODE_TABLES if t.stubbed)  # tables that hold stub rows
 # The column that places a node: shard(id) for entities, shard(document_id) for chunks. Stubs keep it.
-OWNER_KEY = {"Entity": "id", "Chunk": "document_id", "Document": "id"}
+OWNER_KEY: dict[str, str] = {t.name: t.owner for t in NODE_TABLES if t.owner is not None}
 
 AggKind = Literal["count", "sum", "avg", "min", "max", "collect"]
 
@@ -267,7 +118,7 @@ _EXPR_KEYWORDS = frozenset({
     "descending", "order", "by", "skip", "limit", "return", "where", "match", "optional", "unwind",
     "union", "exists",
 })
-AGGREGATES: frozenset[str] = frozenset({"count", "sum", "avg", "min", "max", "collect"})
+AGGREGATES: frozenset[str] = frozenset(get_args(AggKind))
 # Every aggregate Kuzu 0.11.3 knows (CALL show_functions()); the others are refused by name.
 KUZU_AGGREGATES = frozenset(AGGREGATES | {"count_star"})
 _BLOCKED_FUNCTIONS: dict[str, str] = {
@@ -356,7 +207,7 @@ def _walk(toks: Sequence[Tok]) -> Iterator[tuple[int, Tok, int]]:
             depth += 1
 
 
-def _split(toks: Sequence[Tok], is_sep) -> list[tuple[Tok, ...]]:
+def _split(toks: Sequence[Tok], is_sep: Callable[[Sequence[Tok], int, Tok], bool]) -> list[tuple[Tok, ...]]:
     parts: list[tuple[Tok, ...]] = []
     start = 0
     for i, t, depth in _walk(toks):
@@ -460,7 +311,8 @@ class _Parser:
             right = self.node()
         if self.at_rel():
             raise BadRequest("two or more relationships in one pattern are not supported: " + _HOPS)
-        if self.peek() is not None and self.peek().is_op(","):  # type: ignore[union-attr]
+        t = self.peek()
+        if t is not None and t.is_op(","):
             raise BadRequest("several patterns in one MATCH are not supported: " + _HOPS)
         return left, rel, right
 
@@ -474,7 +326,8 @@ class _Parser:
         table = None
         if self.accept_op(":"):
             table = self.table(_NODE_TABLES, "node")
-            if self.peek() is not None and self.peek().text in (":", "|"):  # type: ignore[union-attr]
+            t = self.peek()
+            if t is not None and t.text in (":", "|"):
                 raise BadRequest("a node pattern may have only one label")
         props = self.inline_map()
         self.expect_op(")", "to close the node pattern")
@@ -622,7 +475,13 @@ def _aggregate_of(expr: tuple[Tok, ...]) -> _Agg | None:
         arg = ()
     elif not arg:
         raise BadRequest(f"{expr[0].text}() needs an argument")
-    return _Agg(name, distinct, arg)  # type: ignore[arg-type]
+    if not _is_agg_kind(name):  # count_star: refused by name before parsing
+        raise BadRequest(f"aggregate {expr[0].text}() is not supported")
+    return _Agg(name, distinct, arg)
+
+
+def _is_agg_kind(name: str) -> TypeGuard[AggKind]:
+    return name in AGGREGATES
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -779,21 +638,22 @@ def _infer_tables(q: _Query) -> tuple[_Node, _Node]:
     """Fill in or check the node labels a relationship table allows."""
     assert q.rel is not None and q.right is not None
     left, right, rel = q.left, q.right, q.rel
-    if rel.table == "RELATES":
-        want = ("Entity", "Entity")
-    elif rel.direction == "->":
-        want = ("Chunk", "Entity")
+    src, dst = _REL[rel.table].source.name, _REL[rel.table].target.name
+    other = {src: dst, dst: src}
+    if src == dst or rel.direction == "->":  # RELATES joins entities whichever way it points
+        want = (src, dst)
     elif rel.direction == "<-":
-        want = ("Entity", "Chunk")
-    elif "Chunk" in (left.table, right.table) or "Entity" in (left.table, right.table):
-        known = left.table or {"Chunk": "Entity", "Entity": "Chunk"}[right.table]
-        want = (known, {"Chunk": "Entity", "Entity": "Chunk"}.get(known, ""))
+        want = (dst, src)
+    elif src in (left.table, right.table) or dst in (left.table, right.table):
+        known = left.table or other[right.table]
+        want = (known, other.get(known, ""))
     else:
-        raise BadRequest("label at least one end of an undirected MENTIONS pattern: (c:Chunk)-[m:MENTIONS]-(e)")
+        raise BadRequest(f"label at least one end of an undirected {rel.table} pattern:"
+                         f" (c:{src})-[m:{rel.table}]-(e)")
     for node, table in ((left, want[0]), (right, want[1])):
         if node.table and node.table != table:
             raise BadRequest(f"{rel.table} connects {want[0]} and {want[1]} here, not {node.table}"
-                             " (MENTIONS goes from Chunk to Entity)")
+                             f" ({_ASYMMETRIC})")
     return (_Node(left.var, left.key, want[0], left.props), _Node(right.var, right.key, want[1], right.props))
 
 
@@ -808,11 +668,12 @@ def _rel_plan(q: _Query, params: dict[str, Any]) -> Plan:
     pattern = f"{_render_node(left)}{_render_rel(rel)}{_render_node(right)}"
     filters = [f"{anchor.var}.stub = false",
                f"({far.var}.stub = false OR {far.var}.id IN ${REAL_IDS_PARAM})"]
-    ident = [f"{left.var}.id"] + ([f"{rel.var}.type"] if rel.table == "RELATES" else []) + [f"{right.var}.id"]
-    if rel.table == "RELATES":
-        # Undirected, a->b and b->a of one type bind the same ends: their content tells them apart
-        # (two edges equal in all of it give equal rows, so their order cannot show).
-        ident += [f"{rel.var}.{col}" for col in ("weight", "properties", "chunks")]
+    spec = _REL[rel.table]
+    # An edge's key, then its other properties: undirected, a->b and b->a of one type bind the same
+    # ends, and their content tells them apart (two edges equal in all of it give equal rows, so
+    # their order cannot show).
+    ident = ([f"{left.var}.id", *(f"{rel.var}.{c}" for c in spec.key), f"{right.var}.id"]
+             + [f"{rel.var}.{c.name}" for c in spec.values])
     query, merge = _finish(q, f"MATCH {pattern}{_where(q.where, filters)}", ident)
     if not whole[far.key]:
         probe = (f"MATCH {pattern}{_where(q.where, [f'{anchor.var}.stub = false', f'{far.var}.stub = true'])}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NATS
 
 from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
@@ -11,17 +13,36 @@ from torua.errors import BadRequest
 from torua.version import __version__
 from torua.wire import ControlRequest, DigestReply, DigestRequest, Empty, NodeHealthReply, NodeInfoReply
 
-if TYPE_CHECKING:
-    from torua_node.node.process import Node
-
-__all__ = ["start_node_service", "CONTROL_OPS"]
+__all__ = ["AdminTarget", "start_node_service", "CONTROL_OPS"]
 
 CONTROL_OPS = ("ping", "info", "drain", "resume", "set_log_level")
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+class AdminTarget(Protocol):
+    """What the admin API reads and drives of its node (torua_node.node.process.Node)."""
+
+    @property
+    def nc(self) -> NATS: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def incarnation(self) -> int: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def info(self) -> NodeInfoReply: ...
+
+    async def digest(self, shard: int) -> DigestReply: ...
+
+    async def set_draining(self, draining: bool) -> None: ...
+
+
 class NodeApi:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: AdminTarget) -> None:
         self.node = node
 
     async def health(self, _: Empty) -> NodeHealthReply:
@@ -56,7 +77,7 @@ class NodeApi:
         raise BadRequest(f"unknown op {req.op!r}: expected one of {', '.join(CONTROL_OPS)}")
 
 
-async def start_node_service(node: Node) -> ServiceHandle:
+async def start_node_service(node: AdminTarget) -> ServiceHandle:
     api = NodeApi(node)
     nid = node.node_id
     eps = [

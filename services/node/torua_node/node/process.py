@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -17,30 +18,35 @@ from torua.connect import connect
 from torua.endpoints import ServiceHandle, encode
 from torua.errors import NotFound
 from torua.metrics import GaugeReading, metrics
+from torua.tasks import end_task
 from torua.version import __version__
 from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
 from torua_node.node.admin import start_node_service
 from torua_node.node.identity import load_identity
 from torua_node.node.replicas import ReplicaManager
-from torua_node.node.tasks import end_task
-from torua_node.router.api import Router, start_router_service
+from torua_node.router.api import DataService
 from torua_node.settings import NodeSettings
 from torua_node.shard.replica import ShardReplica
 from torua_node.storage.digest import content_digest, counts
 from torua_node.storage.schema import read_applied_seq
 from torua_node.storage.store import Conn
 
-__all__ = ["Node"]
+__all__ = ["Node", "StartDataApi"]
 
 log = logging.getLogger(__name__)
 
 # How long shutdown waits for each background task to end.
 TASK_STOP_S = 5.0
 
+# Starts the data API (`torua-api`) on the node's connection, reading the node's current shard map;
+# wired by the composition root (torua_node.main).
+StartDataApi = Callable[[NATS, Callable[[], ShardMap | None]], Awaitable[DataService]]
+
 
 class Node:
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, start_data_api: StartDataApi) -> None:
         self.settings = settings
+        self._start_data_api = start_data_api
         ident = load_identity(settings.data_dir, settings.node_id)
         self.node_id, self.incarnation = ident.node_id, ident.incarnation
         self.replicas = ReplicaManager(
@@ -60,7 +66,7 @@ class Node:
         self._decommission = True
         self._services: list[ServiceHandle] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self.router: Router | None = None
+        self.data: DataService | None = None
         metrics.add_gauges(self._replica_gauge)
         metrics.add_gauges(self._lag_gauge)
         metrics.add_gauges(self._cache_gauge)
@@ -69,9 +75,9 @@ class Node:
         return "torua_replicas", "Shard replicas hosted by this node", ["node"], [([self.node_id], len(self.replicas.replicas))]
 
     def _cache_gauge(self) -> GaugeReading:
-        if self.router is None:
+        if self.data is None:
             return "torua_result_cache", "Router result cache: hits, misses, entries", ["kind"], []
-        cache = self.router.cache
+        cache = self.data.cache
         samples = [(["hits"], cache.hits), (["misses"], cache.misses), (["entries"], len(cache))]
         return "torua_result_cache", "Router result cache: hits, misses, entries", ["kind"], samples
 
@@ -85,9 +91,8 @@ class Node:
         s = self.settings
         self.nc = await connect(s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True)
         self._services.append(await start_node_service(self))
-        self.router = Router(self.nc, lambda: self.shardmap)
-        await self.router.follow_applied()
-        self._services.append(await start_router_service(self.nc, self.router))
+        self.data = await self._start_data_api(self.nc, lambda: self.shardmap)
+        self._services.append(self.data.service)
         await self._announce("join")
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),

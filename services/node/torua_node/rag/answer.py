@@ -9,15 +9,11 @@ caller. Without TORUA_LLM_URL the endpoint answers 503 naming that setting; a mo
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from torua.errors import Unavailable
 from torua.llm import LLMSettings, OpenAICompatible, OpenAIConfig
 from torua.model import AnswerReply, AnswerRequest, RetrieveRequest
-from torua.settings import load_settings
-
-if TYPE_CHECKING:
-    from torua_node.rag.retrieve import Retriever
+from torua_node.rag.retrieve import Retriever
 
 __all__ = ["Answerer", "AnswerRequest", "build_messages", "cited"]
 
@@ -56,9 +52,9 @@ def cited(answer: str, allowed: list[str]) -> list[str]:
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, settings: LLMSettings | None = None) -> None:
+    def __init__(self, retriever: Retriever, settings: LLMSettings) -> None:
         self.retriever = retriever
-        self.settings = settings or load_settings(LLMSettings)  # type: ignore[arg-type]
+        self.settings = settings
         self.api = OpenAICompatible(OpenAIConfig.from_llm_settings(self.settings)) if self.settings.llm_url else None
 
     async def answer(self, req: AnswerRequest) -> AnswerReply:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
-from torua.hashing import shard_for
+from torua.chunking import approx_tokens
 from torua.model import (
     EdgeOut,
     EntityOut,
@@ -22,7 +21,6 @@ from torua.model import (
     RetrievedRelation,
     RetrieveReply,
     RetrieveRequest,
-    ShardStatus,
     Tokens,
 )
 from torua_node.rag.graphrank import (
@@ -35,41 +33,38 @@ from torua_node.rag.graphrank import (
     stems,
 )
 from torua_node.rag.ranking import rrf
-from torua_node.shard.api import ChunksReply, MentionsReply, ShardChunks, ShardMentions
+from torua_node.rag.search import Search
+from torua_node.router.client import EmbedderProvider, ShardClient, Status, by_owner, is_partial, token
+from torua_node.router.graph import GraphReads
+from torua_node.shard.protocol import CHUNKS, MENTIONS, ShardChunks, ShardMentions
 from torua_node.storage.chunks import ChunkOut, Mention
 
-if TYPE_CHECKING:
-    from torua_node.rag.search import Search
-    from torua_node.router.api import Router
+__all__ = ["Retriever", "build_context"]
 
-__all__ = ["Retriever", "approx_tokens", "build_context"]
-
-Status = dict[str, ShardStatus]
 SEED_DEPTH = 20
 SEED_ENTITIES = 5
 EXPAND_LIMIT = 300
 CONTEXT_RELATIONS = 20
 
 
-def approx_tokens(text: str) -> int:
-    """About four characters per token, as for English with common tokenizers."""
-    return max(1, (len(text) + 3) // 4)
-
-
 class Retriever:
-    def __init__(self, router: Router, search: Search, weights: Weights | None = None) -> None:
-        self.router = router
-        self.search = search
+    def __init__(
+        self, client: ShardClient, graph: GraphReads, embedder: EmbedderProvider, weights: Weights | None = None
+    ) -> None:
+        self.client = client
+        self.graph = graph
+        self.search = Search(client, embedder)
         self.w = weights or Weights()
 
     async def retrieve(self, req: RetrieveRequest) -> RetrieveReply:
         status: Status = {}
         direct, entity_hits = await self._search(req, status)
         seeds = seed_weights(entity_hits)
-        reached, edges = await self.router.traverse(list(seeds), req.hops, "both", None, EXPAND_LIMIT, req.after, status)
+        found = await self.graph.traverse(list(seeds), req.hops, "both", None, EXPAND_LIMIT, req.after, status)
+        reached, edges = found.reached, found.edges
         question = stems(req.question)
         weight = spread(seeds, edges, req.hops, question, self.w)
-        entities = {e.id: e for e in await self.router.entities(list(reached), req.after, status)}
+        entities = {e.id: e for e in await self.graph.entities(list(reached), req.after, status)}
         scores = ChunkScores()
         best = direct[0].score if direct else 1.0
         for hit in direct:
@@ -101,39 +96,29 @@ class Retriever:
         return rrf([chunk_bm25, chunk_vec], SEED_DEPTH), entity_bm25
 
     async def _mentions(self, entity_ids: list[str], after: Tokens, status: Status) -> list[Mention]:
-        r = self.router
-        groups: dict[int, list[str]] = defaultdict(list)
-        for entity_id in entity_ids:
-            groups[r.owner(entity_id)].append(entity_id)
-
-        def call(shard: int, ids: list[str]):
-            req = ShardMentions(entity_ids=ids, after=r.after(after, shard))
-            return lambda: r.shard_call(shard, "mentions", req, MentionsReply)
-
-        replies = await r.gather_shards({s: call(s, ids) for s, ids in groups.items()}, status)
+        """Chunks mentioning the entities, asked of the entities' owners (mentions are stored at both ends)."""
+        groups = by_owner(self.client, entity_ids)
+        requests = {s: ShardMentions(entity_ids=ids, after=token(after, s)) for s, ids in groups.items()}
+        replies = await self.client.fan_out(MENTIONS, requests, status)
         return sorted((m for rep in replies.values() for m in rep.mentions), key=lambda m: (m.chunk_id, m.entity_id))
 
     async def _chunks(
         self, ids: list[str], located: dict[str, str], hit_shard: dict[str, int], after: Tokens, status: Status
     ) -> dict[str, tuple[ChunkOut, int]]:
-        """Chunk rows from their owning shards; a chunk known only by id is asked of every shard."""
-        r = self.router
-        n = r.shardmap().num_shards
+        """Chunk rows from their owning shards (a chunk lives with its document); a chunk known only
+        by id is asked of every shard."""
+        n = self.client.num_shards
         groups: dict[int, list[str]] = defaultdict(list)
         for chunk_id in ids:
             if chunk_id in located:
-                groups[shard_for(located[chunk_id], n)].append(chunk_id)
+                groups[self.client.owner(located[chunk_id])].append(chunk_id)
             elif chunk_id in hit_shard:
                 groups[hit_shard[chunk_id]].append(chunk_id)
             else:
                 for s in range(n):
                     groups[s].append(chunk_id)
-
-        def call(shard: int, group: list[str]):
-            req = ShardChunks(ids=group, after=r.after(after, shard))
-            return lambda: r.shard_call(shard, "chunks", req, ChunksReply)
-
-        replies = await r.gather_shards({s: call(s, g) for s, g in groups.items()}, status)
+        requests = {s: ShardChunks(ids=g, after=token(after, s)) for s, g in groups.items()}
+        replies = await self.client.fan_out(CHUNKS, requests, status)
         return {c.id: (c, s) for s, reply in replies.items() for c in reply.chunks}
 
     def _reply(
@@ -146,7 +131,7 @@ class Retriever:
         edges: list[EdgeOut],
         status: Status,
     ) -> RetrieveReply:
-        owner = self.router.owner
+        owner = self.client.owner
         picked = [
             RetrievedChunk(
                 id=c.id, document_id=c.document_id, text=c.text, score=round(score, 6), shard=s, entities=c.entities
@@ -172,7 +157,7 @@ class Retriever:
                 )
                 for e in edges
             ],
-            partial=any(not st.ok for st in status.values()),
+            partial=is_partial(status),
             shards=status,
             tokens_used=used,
         )

@@ -1,91 +1,87 @@
-"""Vector, BM25 and hybrid search across shards (`torua.search.*`)."""
+"""Vector, BM25 and hybrid search across shards (`torua.search.*`), over a ShardClient.
+
+Every shard answers its own top k; the global top k is merged with ties broken by id, so the answer
+never depends on the number of shards. BM25 runs in two rounds so that scores are comparable: the
+corpus statistics of every shard first, then scoring with the global IDF and average length.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from torua.errors import BadRequest
-from torua.model import Hit, SearchReply, ShardStatus, TextSearchRequest, Tokens, VectorSearchRequest
+from torua.model import Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
 from torua_node.rag.ranking import global_bm25, rrf, top_k
-from torua_node.shard.api import HitsReply, ShardText, ShardTextStats, ShardVector, TextStatsReply
+from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
+from torua_node.shard.protocol import (
+    TEXT,
+    TEXT_STATS,
+    VECTOR,
+    HitsReply,
+    ShardText,
+    ShardTextStats,
+    ShardVector,
+    Target,
+)
 from torua_node.storage.textindex import query_terms
 
-if TYPE_CHECKING:
-    from torua_node.router.api import Router
+__all__ = ["Search", "HYBRID_MIN_DEPTH"]
 
-__all__ = ["Search"]
-
-Status = dict[str, ShardStatus]
+HYBRID_MIN_DEPTH = 30  # each list fused by hybrid search is at least this deep (3 k otherwise)
 
 
 class Search:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, client: ShardClient, embedder: EmbedderProvider) -> None:
+        self.client = client
+        self.embedder = embedder
 
-    def _all(self) -> range:
-        return range(self.router.shardmap().num_shards)
+    async def vector_hits(self, vector: list[float], k: int, target: Target, after: Tokens, status: Status) -> list[Hit]:
+        requests = {
+            s: ShardVector(vector=vector, k=k, target=target, after=token(after, s)) for s in range(self.client.num_shards)
+        }
+        return _merged(await self.client.fan_out(VECTOR, requests, status), k)
 
-    async def vector_hits(self, vector: list[float], k: int, target: str, after: Tokens, status: Status) -> list[Hit]:
-        r = self.router
-
-        def call(s: int):
-            req = ShardVector(vector=vector, k=k, target=target, after=r.after(after, s))  # type: ignore[arg-type]
-            return lambda: r.shard_call(s, "vector", req, HitsReply)
-
-        replies = await r.gather_shards({s: call(s) for s in self._all()}, status)
-        return top_k((Hit(id=i, score=sc, shard=s) for s, rep in replies.items() for i, sc in rep.hits), k)
-
-    async def text_hits(self, text: str, k: int, target: str, after: Tokens, status: Status) -> list[Hit]:
-        """BM25 in two rounds: global corpus statistics first, then scoring with them on every shard."""
-        r = self.router
+    async def text_hits(self, text: str, k: int, target: Target, after: Tokens, status: Status) -> list[Hit]:
+        """BM25 in two rounds: global corpus statistics first, then scoring with them on every shard
+        that answered the first."""
         terms = query_terms(text)
         if not terms:
             return []
-
-        def stats_call(s: int):
-            req = ShardTextStats(terms=terms, target=target, after=r.after(after, s))  # type: ignore[arg-type]
-            return lambda: r.shard_call(s, "text_stats", req, TextStatsReply)
-
-        stats = await r.gather_shards({s: stats_call(s) for s in self._all()}, status)
+        ask = {s: ShardTextStats(terms=terms, target=target, after=token(after, s)) for s in range(self.client.num_shards)}
+        stats = await self.client.fan_out(TEXT_STATS, ask, status)
         idf, avg = global_bm25([(st.df, st.n_docs, st.total_length) for st in stats.values()], terms)
-
-        def search_call(s: int):
-            req = ShardText(idf=idf, avg_length=avg, k=k, target=target, after=r.after(after, s))  # type: ignore[arg-type]
-            return lambda: r.shard_call(s, "text", req, HitsReply)
-
-        replies = await r.gather_shards({s: search_call(s) for s in stats}, status)
-        return top_k((Hit(id=i, score=sc, shard=s) for s, rep in replies.items() for i, sc in rep.hits), k)
+        score = {s: ShardText(idf=idf, avg_length=avg, k=k, target=target, after=token(after, s)) for s in stats}
+        return _merged(await self.client.fan_out(TEXT, score, status), k)
 
     async def embed(self, text: str) -> list[float]:
         """The query text as the cluster's embedder sees it (on a thread: it may be a model or HTTP)."""
-        rows = await asyncio.to_thread(self.router.embedder().embed, [text])
-        return rows[0].tolist()
+        rows = await asyncio.to_thread(self.embedder().embed, [text])
+        return [float(x) for x in rows[0]]
 
     async def vector(self, req: VectorSearchRequest) -> SearchReply:
         if (req.vector is None) == (req.text is None):
             raise BadRequest("give exactly one of vector or text")
         vector = req.vector if req.vector is not None else await self.embed(req.text or "")
-        dim = self.router.shardmap().embedding_dim
+        dim = self.embedder.dim
         if len(vector) != dim:
             raise BadRequest(f"vector has {len(vector)} values; this cluster's embedding_dim is {dim}")
         status: Status = {}
         hits = await self.vector_hits(vector, req.k, req.target, req.after, status)
-        return SearchReply(hits=hits, partial=_partial(status), shards=status)
+        return SearchReply(hits=hits, partial=is_partial(status), shards=status)
 
     async def text(self, req: TextSearchRequest) -> SearchReply:
         status: Status = {}
         hits = await self.text_hits(req.text, req.k, req.target, req.after, status)
-        return SearchReply(hits=hits, partial=_partial(status), shards=status)
+        return SearchReply(hits=hits, partial=is_partial(status), shards=status)
 
     async def hybrid(self, req: TextSearchRequest) -> SearchReply:
         """Reciprocal rank fusion of BM25 and vector search over the same text."""
         status: Status = {}
-        depth = max(req.k * 3, 30)
+        depth = max(req.k * 3, HYBRID_MIN_DEPTH)
         bm25 = await self.text_hits(req.text, depth, req.target, req.after, status)
         vec = await self.vector_hits(await self.embed(req.text), depth, req.target, req.after, status)
-        return SearchReply(hits=rrf([bm25, vec], req.k), partial=_partial(status), shards=status)
+        return SearchReply(hits=rrf([bm25, vec], req.k), partial=is_partial(status), shards=status)
 
 
-def _partial(status: Status) -> bool:
-    return any(not s.ok for s in status.values())
+def _merged(replies: dict[int, HitsReply], k: int) -> list[Hit]:
+    return top_k((Hit(id=i, score=sc, shard=s) for s, rep in replies.items() for i, sc in rep.hits), k)

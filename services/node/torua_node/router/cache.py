@@ -12,14 +12,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 __all__ = ["ResultCache"]
 
 
 @dataclass(slots=True)
 class _Entry:
-    reply: Any
+    reply: object
     seqs: dict[int, int]
     expires: float
 
@@ -38,7 +37,7 @@ class ResultCache:
         if seq > self.latest.get(shard, 0):
             self.latest[shard] = seq
 
-    def get(self, key: bytes, after: dict[str, int], now: float | None = None) -> Any | None:
+    def get(self, key: bytes, after: dict[str, int], now: float | None = None) -> object | None:
         entry = self._entries.get(key)
         if entry is None or not self._fresh(entry, after, time.monotonic() if now is None else now):
             self.misses += 1
@@ -56,7 +55,7 @@ class ResultCache:
             return False  # the request must see a write this entry may not include
         return all(seq >= self.latest.get(shard, 0) for shard, seq in entry.seqs.items())
 
-    def put(self, key: bytes, reply: Any, seqs: dict[int, int], now: float | None = None) -> None:
+    def put(self, key: bytes, reply: object, seqs: dict[int, int], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self._entries[key] = _Entry(reply, dict(seqs), now + self.ttl)
         self._entries.move_to_end(key)

@@ -17,6 +17,7 @@ from torua.embedding import Embedder
 from torua.errors import BadRequest, PayloadTooLarge
 from torua.hashing import shard_for
 from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, Entity, UpsertRequest
+from torua.text import entity_embedding_text
 from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, WalMention, WalRelation
 
 __all__ = ["split_upsert", "split_delete", "split_kv", "kv_shard", "validate_upsert"]
@@ -30,10 +31,9 @@ def _json(value: dict) -> str:
 def _given_vectors(given: list[Sequence[float] | None], dim: int, field: str) -> list[bytes | None]:
     """The given vectors as little-endian float32 bytes (None where absent), checked in one pass."""
     rows = [i for i, v in enumerate(given) if v is not None]
-    for i in rows:
-        if len(given[i]) != dim:  # type: ignore[arg-type]
-            raise BadRequest(f"{field}[{i}].embedding has {len(given[i])} values;"  # type: ignore[arg-type]
-                             f" this cluster's embedding_dim is {dim}")
+    for i, v in enumerate(given):
+        if v is not None and len(v) != dim:
+            raise BadRequest(f"{field}[{i}].embedding has {len(v)} values; this cluster's embedding_dim is {dim}")
     out: list[bytes | None] = [None] * len(given)
     if not rows:
         return out
@@ -58,10 +58,12 @@ def validate_upsert(req: UpsertRequest, dim: int) -> tuple[list[bytes | None], l
     for i, r in enumerate(req.relations):
         if not math.isfinite(r.weight):
             raise BadRequest(f"relations[{i}].weight must be a finite number")
-    for field, items in (("documents", req.documents), ("entities", req.entities), ("relations", req.relations)):
-        for i, item in enumerate(items):
-            props = getattr(item, "metadata", None) if field == "documents" else item.properties
-            _check_json_numbers(props, f"{field}[{i}].{'metadata' if field == 'documents' else 'properties'}")
+    for i, d in enumerate(req.documents):
+        _check_json_numbers(d.metadata, f"documents[{i}].metadata")
+    for i, e in enumerate(req.entities):
+        _check_json_numbers(e.properties, f"entities[{i}].properties")
+    for i, r in enumerate(req.relations):
+        _check_json_numbers(r.properties, f"relations[{i}].properties")
     return ent_vecs, chunk_vecs
 
 
@@ -79,17 +81,12 @@ def _check_json_numbers(value: object, where: str) -> None:
 def _vectors(texts: list[str], given: list[bytes | None], embedder: Embedder) -> list[bytes]:
     """Little-endian float32 bytes per row; missing ones computed by the embedder in one call."""
     missing = [i for i, v in enumerate(given) if v is None]
-    if not missing:
-        return given  # type: ignore[return-value]
-    computed = embedder.embed([texts[i] for i in missing])
-    out = list(given)
-    for row, i in enumerate(missing):
-        out[i] = computed[row].astype("<f4").tobytes()
-    return out  # type: ignore[return-value]
+    computed = iter(embedder.embed([texts[i] for i in missing])) if missing else iter(())
+    return [v if v is not None else next(computed).astype("<f4").tobytes() for v in given]
 
 
 def _entity_text(e: Entity) -> str:
-    return f"{e.name}. {e.description}".strip() if e.description else (e.name or e.id)
+    return entity_embedding_text(e.id, e.name, e.description)
 
 
 def split_upsert(

@@ -1,148 +1,54 @@
-"""Requests a router sends to one shard (`torua.shard.<n>.<op>`), answered by any caught-up replica.
-
-Internal subjects, but plain JSON like the public ones so `nats req` can debug them. Every request
-may carry `after`, the shard's write token: a replica that has not applied that far waits briefly,
-then answers 503 — never stale data.
+"""A shard replica's side of the router–shard protocol (`torua_node.shard.protocol`): one endpoint
+per operation on `torua.shard.<n>.<op>`, in the shard's queue group, answered by any caught-up
+replica. Every answer waits until the replica has applied the request's write token (`after`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
-import msgspec
 import numpy as np
-from msgspec import Meta
 
 from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
 from torua.errors import BadRequest, NotFound
-from torua.model import EdgeOut, EntityOut
 from torua.version import __version__
-from torua.wire import Reply, Request
-from torua_node.cypher.execute import ShardRows, execute_on_shard
+from torua.wire import Reply
+from torua_node.cypher.execute import execute_on_shard
+from torua_node.shard import protocol as p
+from torua_node.shard.protocol import (
+    ChunksReply,
+    EdgesReply,
+    EntitiesReply,
+    EntityReply,
+    HitsReply,
+    KVValueReply,
+    MentionsReply,
+    QueryRowsReply,
+    ShardChunks,
+    ShardEdges,
+    ShardEntities,
+    ShardGet,
+    ShardKVGet,
+    ShardMentions,
+    ShardQuery,
+    ShardRequest,
+    ShardText,
+    ShardTextStats,
+    ShardVector,
+    TextStatsReply,
+)
 from torua_node.storage import reads
-from torua_node.storage.chunks import ChunkOut, Mention, chunks_by_ids, mentions_of
+from torua_node.storage.chunks import chunks_by_ids, mentions_of
 
 if TYPE_CHECKING:
     from torua_node.shard.replica import ShardReplica
 
-__all__ = [
-    "ShardGet",
-    "ShardEntities",
-    "ShardEdges",
-    "ShardKVGet",
-    "ShardQuery",
-    "QueryRowsReply",
-    "EntitiesReply",
-    "EdgesReply",
-    "start_shard_service",
-]
+__all__ = ["ShardApi", "start_shard_service"]
 
-
-class ShardRequest(Request):
-    after: Annotated[int, Meta(ge=0)] = 0
-
-
-class ShardGet(ShardRequest, kw_only=True):
-    id: str
-
-
-class ShardEntities(ShardRequest, kw_only=True):
-    ids: list[str]
-
-
-class ShardEdges(ShardRequest, kw_only=True):
-    ids: list[str]
-    direction: Literal["out", "in", "both"] = "both"
-    types: list[str] | None = None
-    limit: int = 1000
-
-
-class ShardKVGet(ShardRequest, kw_only=True):
-    key: str
-
-
-Target = Literal["chunks", "entities"]
-
-
-class ShardVector(ShardRequest, kw_only=True):
-    vector: list[float]
-    k: int
-    target: Target = "chunks"
-
-
-class ShardTextStats(ShardRequest, kw_only=True):
-    terms: list[str]
-    target: Target = "chunks"
-
-
-class ShardText(ShardRequest, kw_only=True):
-    idf: dict[str, float]
-    avg_length: float
-    k: int
-    target: Target = "chunks"
-
-
-class ShardMentions(ShardRequest, kw_only=True):
-    entity_ids: list[str]
-    limit: int = 10_000
-
-
-class ShardChunks(ShardRequest, kw_only=True):
-    ids: list[str]
-
-
-class ShardQuery(ShardRequest, kw_only=True):
-    query: str
-    params: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-class HitsReply(Reply):
-    hits: list[tuple[str, float]]
-    applied_seq: int
-
-
-class TextStatsReply(Reply):
-    df: dict[str, int]
-    n_docs: int
-    total_length: int
-    applied_seq: int
-
-
-class MentionsReply(Reply):
-    mentions: list[Mention]
-    applied_seq: int
-
-
-class ChunksReply(Reply):
-    chunks: list[ChunkOut]
-    applied_seq: int
-
-
-class QueryRowsReply(Reply):
-    result: ShardRows
-    applied_seq: int
-
-
-class EntityReply(Reply):
-    entity: EntityOut
-    applied_seq: int
-
-
-class EntitiesReply(Reply):
-    entities: list[EntityOut]
-    applied_seq: int
-
-
-class EdgesReply(Reply):
-    edges: list[EdgeOut]
-    applied_seq: int
-
-
-class KVValueReply(Reply):
-    key: str
-    value: str
-    applied_seq: int
+Q = TypeVar("Q", bound=ShardRequest)
+R = TypeVar("R", bound=Reply)
 
 
 class ShardApi:
@@ -182,7 +88,6 @@ class ShardApi:
             raise NotFound(f"key {req.key!r} not found")
         return KVValueReply(key=req.key, value=value, applied_seq=seq)
 
-
     async def vector(self, req: ShardVector) -> HitsReply:
         r = self.replica
         seq = await self._ready(req.after)
@@ -216,7 +121,6 @@ class ShardApi:
         seq = await self._ready(req.after)
         return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=seq)
 
-
     async def query(self, req: ShardQuery) -> QueryRowsReply:
         r = self.replica
         seq = await self._ready(req.after)
@@ -224,20 +128,26 @@ class ShardApi:
         return QueryRowsReply(result=rows, applied_seq=seq)
 
 
+def _endpoint(shard: int, op: p.Op[Q, R], handler: Callable[[Q], Awaitable[R]]) -> Endpoint:
+    """The endpoint of one operation; the handler must take the op's request and give its reply."""
+    subject = subjects.shard_endpoint(shard, op.name)
+    return Endpoint(op.name, subject, handler, op.request, op.description, subjects.shard_queue(shard), True)
+
+
 async def start_shard_service(replica: ShardReplica) -> ServiceHandle:
     api = ShardApi(replica)
-    n, q = replica.shard, subjects.shard_queue(replica.shard)
+    n = replica.shard
     eps = [
-        Endpoint("get", subjects.shard_endpoint(n, "get"), api.get, ShardGet, "One entity by id", q, True),
-        Endpoint("entities", subjects.shard_endpoint(n, "entities"), api.entities, ShardEntities, "Entities by ids", q, True),
-        Endpoint("edges", subjects.shard_endpoint(n, "edges"), api.edges, ShardEdges, "1-hop edges of ids", q, True),
-        Endpoint("kv_get", subjects.shard_endpoint(n, "kv_get"), api.kv_get, ShardKVGet, "One key's value", q, True),
-        Endpoint("vector", subjects.shard_endpoint(n, "vector"), api.vector, ShardVector, "Exact top-k by cosine", q, True),
-        Endpoint("text_stats", subjects.shard_endpoint(n, "text_stats"), api.text_stats, ShardTextStats, "BM25 corpus statistics", q, True),
-        Endpoint("text", subjects.shard_endpoint(n, "text"), api.text, ShardText, "BM25 top-k with global statistics", q, True),
-        Endpoint("mentions", subjects.shard_endpoint(n, "mentions"), api.mentions, ShardMentions, "Chunks mentioning entities", q, True),
-        Endpoint("chunks", subjects.shard_endpoint(n, "chunks"), api.chunks, ShardChunks, "Chunks by ids", q, True),
-        Endpoint("query", subjects.shard_endpoint(n, "query"), api.query, ShardQuery, "A planned read-only query", q, True),
+        _endpoint(n, p.GET, api.get),
+        _endpoint(n, p.ENTITIES, api.entities),
+        _endpoint(n, p.EDGES, api.edges),
+        _endpoint(n, p.KV_GET, api.kv_get),
+        _endpoint(n, p.VECTOR, api.vector),
+        _endpoint(n, p.TEXT_STATS, api.text_stats),
+        _endpoint(n, p.TEXT, api.text),
+        _endpoint(n, p.MENTIONS, api.mentions),
+        _endpoint(n, p.CHUNKS, api.chunks),
+        _endpoint(n, p.QUERY, api.query),
     ]
     return await add_endpoints(
         replica.nc,

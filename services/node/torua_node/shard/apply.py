@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import kuzu
 import msgspec
@@ -31,12 +33,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torua.text import entity_text
 from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
 from torua_node.storage.keyspace import known_keys, table_size
 from torua_node.storage.schema import APPLIED_SEQ_KEY, read_applied_seq
 from torua_node.storage.statements import id_rows, run
 from torua_node.storage.store import is_transient
-from torua_node.storage.textindex import entity_text
+from torua_node.storage.tables import (
+    CHUNK,
+    DOCUMENT,
+    ENTITY,
+    KV,
+    MENTIONS,
+    REL_TABLES,
+    RELATES,
+    STUB,
+    TABLES,
+    NodeTable,
+    RelTable,
+)
 
 if TYPE_CHECKING:
     from torua_node.storage.textindex import TextIndex
@@ -50,18 +65,11 @@ __all__ = ["ApplyResult", "apply_batch"]
 MAX_ERROR_LEN = 300
 _JSON = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-# Explicit Arrow types: inferring them from Python lists costs ~10x more (pyarrow tries to import
-# dateutil on every call when it is not installed).
-_S, _B = pa.string(), pa.binary()
-_ENTITY = pa.schema([("id", _S), ("name", _S), ("type", _S), ("description", _S), ("properties", _S),
-                     ("embedding", _B), ("stub", pa.bool_())])
-_CHUNK = pa.schema([("id", _S), ("document_id", _S), ("text", _S), ("position", pa.int64()),
-                    ("embedding", _B), ("stub", pa.bool_())])
-_DOCUMENT = pa.schema([("id", _S), ("title", _S), ("metadata", _S)])
-_RELATION = pa.schema([("from", _S), ("to", _S), ("type", _S), ("weight", pa.float64()),
-                       ("properties", _S), ("chunks", _S)])
-_PAIR = pa.schema([("from", _S), ("to", _S)])
-_KV = pa.schema([("key", _S), ("value", _S)])
+# Explicit Arrow types (from the table declarations): inferring them from Python lists costs ~10x
+# more (pyarrow tries to import dateutil on every call when it is not installed).
+_SCHEMAS: dict[str, pa.Schema] = {t.name: t.arrow_schema() for t in TABLES}
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
 @dataclass(slots=True)
@@ -167,7 +175,7 @@ class _Upserts:
         _put_last(self.kv, ((k.key, k.value) for k in e.kv))
 
 
-def _put_last(d: dict, items: Iterable[tuple]) -> None:
+def _put_last(d: dict[_K, _V], items: Iterable[tuple[_K, _V]]) -> None:
     for k, v in items:
         d.pop(k, None)
         d[k] = v
@@ -264,7 +272,7 @@ def _apply_one_by_one(conn: kuzu.Connection, group: list[_Item], result: ApplyRe
     for seq, item in group:
         one = _Delta()
         try:
-            _in_tx(conn, lambda seq=seq, item=item, one=one: _apply_items(conn, [(seq, item)], one))
+            _in_tx(conn, partial(_apply_items, conn, [(seq, item)], one))
         except (RuntimeError, pa.ArrowException) as exc:
             if not _record_poison(conn, seq, exc, result):
                 return False
@@ -321,7 +329,7 @@ def _split(
             [k for k, v in changes.items() if v is None])
 
 
-def _in_tx(conn: kuzu.Connection, fn) -> None:
+def _in_tx(conn: kuzu.Connection, fn: Callable[[], object]) -> None:
     conn.execute("BEGIN TRANSACTION")
     try:
         fn()
@@ -395,7 +403,7 @@ def _delete_entities(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> No
     if not ids:
         return
     t = id_rows(ids)
-    keys = table_size(conn, "Entity")
+    keys = table_size(conn, ENTITY.name)
     found = run(conn, "MATCH (e:Entity {id: u_id}) RETURN e.id", t, keys)[0]
     if not found:
         return
@@ -404,13 +412,13 @@ def _delete_entities(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> No
                      " RETURN DISTINCT n.id", t, keys)[0]
     near_chunks = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
                             " WHERE c.stub RETURN DISTINCT c.id", t, keys)[0]
-    _delete_nodes(conn, "Entity", t)
+    _delete_nodes(conn, ENTITY, t)
     for i in found:
         delta.entities.pop(i, None)
         delta.entities[i] = None
     gone = set(found)
-    _drop_orphan_stubs(conn, "Entity", [i for i in near if i not in gone])
-    _drop_orphan_stubs(conn, "Chunk", near_chunks)
+    _drop_orphan_stubs(conn, ENTITY, [i for i in near if i not in gone])
+    _drop_orphan_stubs(conn, CHUNK, near_chunks)
 
 
 def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> None:
@@ -421,13 +429,13 @@ def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> N
     if chunks:
         ct = id_rows(chunks)
         near = run(conn, "MATCH (c:Chunk {id: u_id})-[:MENTIONS]->(e:Entity) WHERE e.stub"
-                         " RETURN DISTINCT e.id", ct, table_size(conn, "Chunk"))[0]
-        _delete_nodes(conn, "Chunk", ct)
+                         " RETURN DISTINCT e.id", ct, table_size(conn, CHUNK.name))[0]
+        _delete_nodes(conn, CHUNK, ct)
         for i in chunks:
             delta.chunks.pop(i, None)
             delta.chunks[i] = None
-        _drop_orphan_stubs(conn, "Entity", near)
-    run(conn, "MATCH (d:Document {id: u_id}) DELETE d", t, table_size(conn, "Document"))
+        _drop_orphan_stubs(conn, ENTITY, near)
+    _delete_nodes(conn, DOCUMENT, t)
 
 
 def _chunks_of(conn: kuzu.Connection, documents: pa.Table) -> list[str]:
@@ -436,29 +444,38 @@ def _chunks_of(conn: kuzu.Connection, documents: pa.Table) -> list[str]:
     return run(conn, "MATCH (c:Chunk) WHERE c.document_id = u_id RETURN c.id", documents, 0)[0]
 
 
-# Each rel table and direction touching a node table, for deleting a node's edges before the node.
-_EDGES = {
-    "Entity": ("-[r:RELATES]->()", "<-[r:RELATES]-()", "<-[r:MENTIONS]-()"),
-    "Chunk": ("-[r:MENTIONS]->()",),
-}
+def _edges_of(table: NodeTable) -> tuple[str, ...]:
+    """Each rel table and direction touching a node table, for deleting a node's edges before the node."""
+    out: list[str] = []
+    for rel in REL_TABLES:
+        if rel.source == table:
+            out.append(f"-[r:{rel.name}]->()")
+        if rel.target == table:
+            out.append(f"<-[r:{rel.name}]-()")
+    return tuple(out)
 
 
-def _delete_nodes(conn: kuzu.Connection, table: str, ids: pa.Table) -> None:
+_EDGES = {t.name: _edges_of(t) for t in (ENTITY, CHUNK, DOCUMENT)}
+
+
+def _delete_nodes(conn: kuzu.Connection, table: NodeTable, ids: pa.Table) -> None:
+    """Delete the nodes whose key is among `ids` (`id_rows` table), and their edges."""
     # Not DETACH DELETE: in kuzu 0.11.3 it mishandles self-loops (a RELATES a) and leaves a phantom
     # edge on a neighbour that then can never be deleted. Deleting edges one direction at a time first
     # keeps the adjacency lists consistent.
-    keys = table_size(conn, table)
-    for edge in _EDGES[table]:
-        run(conn, f"MATCH (n:{table} {{id: u_id}}){edge} DELETE r", ids, keys)
-    run(conn, f"MATCH (n:{table} {{id: u_id}}) DELETE n", ids, keys)
+    keys = table_size(conn, table.name)
+    match = f"MATCH (n:{table.name} {{{table.key}: u_id}})"
+    for edge in _EDGES[table.name]:
+        run(conn, f"{match}{edge} DELETE r", ids, keys)
+    run(conn, f"{match} DELETE n", ids, keys)
 
 
-def _drop_orphan_stubs(conn: kuzu.Connection, table: str, ids: list[str]) -> None:
+def _drop_orphan_stubs(conn: kuzu.Connection, table: NodeTable, ids: list[str]) -> None:
     # Only stubs next to something deleted can become orphans, so checking those keeps the
     # invariant "no stub without an edge" after every entry.
     if ids:
-        run(conn, f"MATCH (n:{table} {{id: u_id}}) WHERE n.stub AND NOT EXISTS {{ MATCH (n)-[]-() }}"
-                  " DELETE n", id_rows(ids), table_size(conn, table))
+        run(conn, f"MATCH (n:{table.name} {{{table.key}: u_id}}) WHERE n.{STUB}"
+                  " AND NOT EXISTS { MATCH (n)-[]-() } DELETE n", id_rows(ids), table_size(conn, table.name))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -467,176 +484,168 @@ def _drop_orphan_stubs(conn: kuzu.Connection, table: str, ids: list[str]) -> Non
 
 def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
     if seg.documents:
-        docs = list(seg.documents.values())
-        _upsert_nodes(conn, "Document", "id", pa.table({
-            "id": [d.id for d in docs], "title": [d.title for d in docs],
-            "metadata": [d.metadata for d in docs]}, schema=_DOCUMENT))
+        _upsert_nodes(conn, DOCUMENT, _node_rows(DOCUMENT, list(seg.documents.values())))
     if seg.entities:
         ents = list(seg.entities.values())
-        _upsert_nodes(conn, "Entity", "id", _entity_table(ents))
+        _upsert_nodes(conn, ENTITY, _node_rows(ENTITY, ents))
         for e in ents:
             delta.entities.pop(e.id, None)
             delta.entities[e.id] = (e.embedding, entity_text(e.name, e.description))
     if seg.chunks:
         chunks = list(seg.chunks.values())
-        _upsert_nodes(conn, "Chunk", "id", _chunk_table(chunks))
+        _upsert_nodes(conn, CHUNK, _node_rows(CHUNK, chunks))
         for c in chunks:
             delta.chunks.pop(c.id, None)
             delta.chunks[c.id] = (c.embedding, c.text)
     if seg.relations or seg.mentions:
         ends = dict.fromkeys(i for s, _, t in seg.relations for i in (s, t))
         ends.update(dict.fromkeys(e for _, e in seg.mentions))
-        _ensure_stubs(conn, "Entity", [i for i in ends if i not in seg.entities])
+        _ensure_stubs(conn, ENTITY, [i for i in ends if i not in seg.entities])
     if seg.relations:
-        _upsert_relations(conn, seg.relations)
+        _upsert_edges(conn, RELATES, list(seg.relations), _relation_rows(list(seg.relations.values())))
     if seg.mentions:
         absent = {c: d for c, d in seg.mention_docs.items() if c not in seg.chunks}
-        _ensure_stubs(conn, "Chunk", list(absent), absent)
-        _add_mentions(conn, list(seg.mentions))
+        _ensure_stubs(conn, CHUNK, list(absent), absent)
+        pairs = list(seg.mentions)
+        _upsert_edges(conn, MENTIONS, pairs, _pair_rows(pairs))
     if seg.kv:
         _apply_kv(conn, seg.kv)
 
 
-def _entity_table(ents: list[WalEntity]) -> pa.Table:
-    return pa.table({
-        "id": [e.id for e in ents], "name": [e.name for e in ents], "type": [e.type for e in ents],
-        "description": [e.description for e in ents], "properties": [e.properties for e in ents],
-        "embedding": [e.embedding for e in ents], "stub": pa.repeat(False, len(ents)),
-    }, schema=_ENTITY)
-
-
-def _chunk_table(chunks: list[WalChunk]) -> pa.Table:
-    return pa.table({
-        "id": [c.id for c in chunks], "document_id": [c.document_id for c in chunks],
-        "text": [c.text for c in chunks], "position": [c.position for c in chunks],
-        "embedding": [c.embedding for c in chunks], "stub": pa.repeat(False, len(chunks)),
-    }, schema=_CHUNK)
+def _node_rows(table: NodeTable, rows: Sequence[WalEntity | WalChunk | WalDocument]) -> pa.Table:
+    """Real (not stub) rows of `table` from WAL rows, whose fields are its columns (but the stub flag)."""
+    cols: dict[str, Any] = {c: list(map(attrgetter(c), rows)) for c in table.column_names if c != STUB}
+    if table.stubbed:
+        cols[STUB] = pa.repeat(False, len(rows))
+    return pa.table(cols, schema=_SCHEMAS[table.name])
 
 
 def _ensure_stubs(
-    conn: kuzu.Connection, table: str, ids: list[str], docs: dict[str, str] | None = None
+    conn: kuzu.Connection, table: NodeTable, ids: list[str], owners: dict[str, str] | None = None
 ) -> None:
-    """Insert a stub (id only, content empty) for each absent id."""
+    """Insert a stub (key and owner only, content empty) for each absent id; `owners` gives each id's
+    owner column (a chunk's document_id) when that is not the key itself."""
     if not ids:
         return
-    maybe = [i for i, m in zip(ids, known_keys(conn)[table].maybe(ids)) if m]
-    query = f"MATCH (n:{table} {{id: u_id}}) RETURN n.id"
-    present = set(run(conn, query, id_rows(maybe), table_size(conn, table))[0]) if maybe else set()
+    maybe = [i for i, m in zip(ids, known_keys(conn)[table.name].maybe(ids)) if m]
+    query = f"MATCH (n:{table.name} {{{table.key}: u_id}}) RETURN n.{table.key}"
+    present = set(run(conn, query, id_rows(maybe), table_size(conn, table.name))[0]) if maybe else set()
     missing = [i for i in ids if i not in present]
     if not missing:
         return
     # Empty values, not NULL: in kuzu 0.11.3 NULLs in a column that also has deleted rows get other
     # rows' values after an update and a checkpoint (found by fuzzing; without NULLs it holds).
     n = len(missing)
-    if table == "Entity":
-        cols, schema = {"id": missing, "name": [""] * n, "type": [""] * n, "description": [""] * n,
-                        "properties": [""] * n}, _ENTITY
-    else:
-        cols, schema = {"id": missing, "document_id": [docs[i] for i in missing], "text": [""] * n,
-                        "position": [0] * n}, _CHUNK
-    _insert_nodes(conn, table, pa.table({**cols, "embedding": [b""] * n, "stub": pa.repeat(True, n)},
-                                        schema=schema))
+    cols: dict[str, Any] = {}
+    for c in table.columns:
+        if c.name == table.key:
+            cols[c.name] = missing
+        elif c.name == STUB:
+            cols[c.name] = pa.repeat(True, n)
+        elif c.name == table.owner:
+            if owners is None:
+                raise ValueError(f"stubs of {table.name} need their {c.name}")
+            cols[c.name] = [owners[i] for i in missing]
+        else:
+            cols[c.name] = [c.empty] * n
+    _insert_nodes(conn, table, pa.table(cols, schema=_SCHEMAS[table.name]))
 
 
-def _upsert_nodes(conn: kuzu.Connection, table: str, key: str, rows: pa.Table) -> None:
+def _upsert_nodes(conn: kuzu.Connection, table: NodeTable, rows: pa.Table) -> None:
     """Overwrite the rows whose key exists, insert the others."""
+    key = table.key
     keys = rows.column(key)
-    size = table_size(conn, table)
-    maybe = rows.select([key]).filter(pa.array(known_keys(conn)[table].maybe(keys.to_pylist())))
-    match = f"MATCH (n:{table} {{{key}: u_{key}}})"
+    size = table_size(conn, table.name)
+    maybe = rows.select([key]).filter(pa.array(known_keys(conn)[table.name].maybe(keys.to_pylist())))
+    match = f"MATCH (n:{table.name} {{{key}: u_{key}}})"
     existing = run(conn, f"{match} RETURN n.{key}", _prefixed(maybe), size)[0] if maybe.num_rows else []
     if existing:
         known = pc.is_in(keys, value_set=pa.array(existing, pa.string()))
         sets = ", ".join(f"n.{c} = u_{c}" for c in rows.column_names if c != key)
         run(conn, f"{match} SET {sets}", _prefixed(rows.filter(known)), size)
         rows = rows.filter(pc.invert(known))
-    _insert_nodes(conn, table, rows, key)
+    _insert_nodes(conn, table, rows)
 
 
-def _insert_nodes(conn: kuzu.Connection, table: str, rows: pa.Table, key: str = "id") -> None:
+def _insert_nodes(conn: kuzu.Connection, table: NodeTable, rows: pa.Table) -> None:
     if rows.num_rows:
         # Noted before the transaction commits: a superset is safe.
-        known_keys(conn)[table].add(rows.column(key).to_pylist())
+        known_keys(conn)[table.name].add(rows.column(table.key).to_pylist())
         # No MATCH, so no scan: always set-at-a-time.
         props = ", ".join(f"{c}: u_{c}" for c in rows.column_names)
-        conn.execute(f"LOAD FROM $t CREATE (n:{table} {{{props}}})", {"t": _prefixed(rows)})
+        conn.execute(f"LOAD FROM $t CREATE (n:{table.name} {{{props}}})", {"t": _prefixed(rows)})
 
 
-def _upsert_relations(conn: kuzu.Connection, rels: dict[tuple[str, str, str], WalRelation]) -> None:
-    keys = list(rels)
-    table = _relation_table(list(rels.values()))
-    maybe = known_keys(conn)["RELATES"].maybe(keys)
-    if maybe.any():
-        found = run(conn,
-            "MATCH (a:Entity {id: u_from})-[r:RELATES]->(b:Entity {id: u_to}) WHERE r.type = u_type"
-            " SET r.weight = u_weight, r.properties = u_properties, r.chunks = u_chunks"
-            " RETURN a.id, r.type, b.id",
-            _prefixed(table.filter(pa.array(maybe))), table_size(conn, "Entity", "RELATES"))
-        existing = set(zip(*found))
-        if existing:
-            table = table.filter(pa.array([k not in existing for k in keys]))
-    _insert_rels(conn, "RELATES", table,
-                 "{type: u_type, weight: u_weight, properties: u_properties, chunks: u_chunks}")
-
-
-def _relation_table(rels: list[WalRelation]) -> pa.Table:
+def _relation_rows(rels: list[WalRelation]) -> pa.Table:
     return pa.table({
         "from": [r.source for r in rels], "to": [r.target for r in rels], "type": [r.type for r in rels],
         # -0.0 + 0.0 is +0.0: Kuzu keeps the sign of a zero DOUBLE only sometimes.
         "weight": [r.weight + 0.0 for r in rels],
         "properties": [r.properties for r in rels],
         "chunks": [_json_list(r.chunks) for r in rels],
-    }, schema=_RELATION)
+    }, schema=_SCHEMAS[RELATES.name])
 
 
-def _add_mentions(conn: kuzu.Connection, pairs: list[tuple[str, str]]) -> None:
-    maybe = [p for p, m in zip(pairs, known_keys(conn)["MENTIONS"].maybe(pairs)) if m]
-    existing: set[tuple[str, str]] = set()
-    if maybe:
-        found = run(conn, "MATCH (c:Chunk {id: u_from})-[:MENTIONS]->(e:Entity {id: u_to}) RETURN c.id, e.id",
-                    _prefixed(_pairs(maybe)), table_size(conn, "Chunk", "Entity", "MENTIONS"))
-        existing = set(zip(*found))
-    _insert_rels(conn, "MENTIONS", _pairs([p for p in pairs if p not in existing]), "")
+def _pair_rows(pairs: list[tuple[str, str]]) -> pa.Table:
+    return pa.table({"from": [p[0] for p in pairs], "to": [p[1] for p in pairs]}, schema=_SCHEMAS[MENTIONS.name])
 
 
-def _json_list(items: list[str]) -> str:
+def _json_list(items: Sequence[str]) -> str:
     return _JSON.encode(items).decode() if items else "[]"
 
 
-def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
-    return pa.table({"from": [p[0] for p in pairs], "to": [p[1] for p in pairs]}, schema=_PAIR)
+def _edge_match(rel: RelTable) -> str:
+    """Matches the edges of `rel` between the rows' `from` and `to` keys (any key properties aside)."""
+    return (f"MATCH (a:{rel.source.name} {{{rel.source.key}: u_from}})-[r:{rel.name}]->"
+            f"(b:{rel.target.name} {{{rel.target.key}: u_to}})")
 
 
-def _insert_rels(conn: kuzu.Connection, rel: str, rows: pa.Table, props: str) -> None:
+def _upsert_edges(conn: kuzu.Connection, rel: RelTable, keys: Sequence[tuple[str, ...]], rows: pa.Table) -> None:
+    """Overwrite the properties of the edges whose key (`keys`, one per row: source, *key properties,
+    target) exists, insert the others."""
+    maybe = known_keys(conn)[rel.name].maybe(keys)
+    if maybe.any():
+        where = " AND ".join(f"r.{c} = u_{c}" for c in rel.key)
+        sets = ", ".join(f"r.{c.name} = u_{c.name}" for c in rel.values)
+        query = (f"{_edge_match(rel)}{f' WHERE {where}' if where else ''}{f' SET {sets}' if sets else ''}"
+                 f" RETURN {', '.join(rel.key_items())}")
+        found = run(conn, query, _prefixed(rows.filter(pa.array(maybe))),
+                    table_size(conn, rel.source.name, rel.target.name, rel.name))
+        existing = set(zip(*found))
+        if existing:
+            rows = rows.filter(pa.array([k not in existing for k in keys]))
+    _insert_rels(conn, rel, rows)
+
+
+def _insert_rels(conn: kuzu.Connection, rel: RelTable, rows: pa.Table) -> None:
     if rows.num_rows == 0:
         return
     mem, known = _memory(conn), known_keys(conn)
     sources, targets = rows.column("from").to_pylist(), rows.column("to").to_pylist()
     # Noted before the transaction commits: a superset is safe.
-    if rel == "RELATES":
-        known[rel].add(list(zip(sources, rows.column("type").to_pylist(), targets)))
-    else:
-        known[rel].add(list(zip(sources, targets)))
+    known[rel.name].add(list(zip(sources, *(rows.column(c).to_pylist() for c in rel.key), targets)))
     if mem.new_edge_ends is not None:
         mem.new_edge_ends.update(sources)
         mem.new_edge_ends.update(targets)
         if len(mem.new_edge_ends) > _MAX_TRACKED_EDGE_ENDS:
             mem.new_edge_ends = None  # unknown again: the next delete checkpoints first
-    src, dst = ("Chunk", "Entity") if rel == "MENTIONS" else ("Entity", "Entity")
+    props = f" {{{', '.join(f'{c}: u_{c}' for c in rel.column_names)}}}" if rel.columns else ""
+    src, dst = rel.source, rel.target
     # Two MATCH clauses: a comma pattern is planned as a cross product and exhausts the buffer pool.
-    run(conn, f"MATCH (a:{src} {{id: u_from}}) MATCH (b:{dst} {{id: u_to}}) CREATE (a)-[:{rel} {props}]->(b)",
-        _prefixed(rows), table_size(conn, src, dst))
+    run(conn, f"MATCH (a:{src.name} {{{src.key}: u_from}}) MATCH (b:{dst.name} {{{dst.key}: u_to}})"
+              f" CREATE (a)-[:{rel.name}{props}]->(b)",
+        _prefixed(rows), table_size(conn, src.name, dst.name))
 
 
 def _apply_kv(conn: kuzu.Connection, kv: dict[str, str | None]) -> None:
     gone = [k for k, v in kv.items() if v is None]
     if gone:
-        run(conn, "MATCH (k:KV {key: u_key}) DELETE k", pa.table({"u_key": pa.array(gone, pa.string())}),
-            table_size(conn, "KV"))
+        run(conn, f"MATCH (n:{KV.name} {{{KV.key}: u_key}}) DELETE n",
+            pa.table({"u_key": pa.array(gone, pa.string())}), table_size(conn, KV.name))
     puts = [(k, v) for k, v in kv.items() if v is not None]
     if puts:
-        _upsert_nodes(conn, "KV", "key", pa.table({
-            "key": [k for k, _ in puts], "value": [v for _, v in puts]}, schema=_KV))
+        _upsert_nodes(conn, KV, pa.table({
+            "key": [k for k, _ in puts], "value": [v for _, v in puts]}, schema=_SCHEMAS[KV.name]))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from nats.js.errors import NotFoundError
 from torua.endpoints import ServiceHandle
 from torua.errors import Unavailable
 from torua.subjects import WAL_STREAM, shard_applied, wal_subject
+from torua.tasks import end_task
 from torua.wire import ReplicaStatus
-from torua_node.node.tasks import end_task
 from torua_node.shard.api import start_shard_service
 from torua_node.shard.apply import apply_batch
 from torua_node.storage.schema import init_schema, read_applied_seq

@@ -22,7 +22,9 @@ __all__ = [
 ]
 
 # Rows are gc=False (they hold no references back): a batch holds hundreds of thousands of them, and
-# garbage collections walking them measured as a quarter of a node's ingest time.
+# garbage collections walking them measured as a quarter of a node's ingest time. The fields of
+# WalDocument, WalEntity and WalChunk are the columns of their tables (torua_node.storage.tables,
+# but the stub flag), in the same order: apply copies them over by name.
 class WalDocument(msgspec.Struct, array_like=True, gc=False):
     id: str
     title: str

@@ -15,6 +15,9 @@ from typing import Any
 import kuzu
 import msgspec
 
+from torua_node.storage.store import all_rows
+from torua_node.storage.tables import STUB, TABLES, Column, NodeTable, RelTable, Table
+
 __all__ = ["content_digest", "counts"]
 
 _enc = msgspec.msgpack.Encoder()
@@ -30,26 +33,35 @@ def content_digest(conn: kuzu.Connection) -> str:
 
 
 def _dump(conn: kuzu.Connection) -> Iterable[tuple[str, list[list[Any]]]]:
-    # Embeddings are BLOBs holding the exact float32 bytes: hashed as stored.
-    yield "Entity", _sorted(conn, "MATCH (n:Entity) RETURN n.id, n.name, n.type, n.description,"
-                                  " n.properties, n.embedding, n.stub")
-    yield "Document", _sorted(conn, "MATCH (n:Document) RETURN n.id, n.title, n.metadata")
-    yield "Chunk", _sorted(conn, "MATCH (n:Chunk) RETURN n.id, n.document_id, n.text, n.position,"
-                                 " n.embedding, n.stub")
-    rels = conn.execute("MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, r.type, b.id, r.weight,"
-                        " r.properties, r.chunks").get_all()
-    yield "RELATES", sorted(([s, ty, t, _f64(w), p, ch] for s, ty, t, w, p, ch in rels), key=_key)
-    yield "MENTIONS", _sorted(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) RETURN c.id, e.id")
-    yield "KV", _sorted(conn, "MATCH (k:KV) RETURN k.key, k.value")
-    yield "Meta", _sorted(conn, "MATCH (m:Meta) RETURN m.key, m.value")
-    yield "Failure", _sorted(conn, "MATCH (f:Failure) RETURN f.seq, f.error")
+    for name, (query, doubles) in _DUMPS.items():
+        rows = all_rows(conn, query)
+        for row in rows:
+            for k in doubles:
+                row[k] = _f64(row[k])
+        yield name, sorted(rows, key=_key)
 
 
-def _sorted(conn: kuzu.Connection, query: str) -> list[list[Any]]:
-    return sorted(conn.execute(query).get_all(), key=_key)
+def _dump_query(table: Table) -> tuple[str, list[int]]:
+    """The query returning every row of a table, and which of its columns are DOUBLEs (hashed as
+    their exact IEEE bytes; embeddings are BLOBs holding the exact float32 bytes: hashed as stored).
+    A node's columns come in stored order; an edge's key (source, *key properties, target) first,
+    then its other properties."""
+    if isinstance(table, NodeTable):
+        columns: list[Column | None] = list(table.columns)
+        query = f"MATCH (n:{table.name}) RETURN {', '.join(f'n.{c.name}' for c in table.columns)}"
+    else:
+        props = {c.name: c for c in table.columns}
+        columns = [None, *(props[k] for k in table.key), None, *table.values]
+        items = table.key_items() + [f"r.{c.name}" for c in table.values]
+        query = f"MATCH {table.pattern()} RETURN {', '.join(items)}"
+    return query, [k for k, c in enumerate(columns) if c is not None and c.type == "DOUBLE"]
 
 
-def _key(row: list[Any]) -> tuple:
+# Every table, in declaration order.
+_DUMPS = {t.name: _dump_query(t) for t in TABLES}
+
+
+def _key(row: list[Any]) -> tuple[tuple[bool, Any], ...]:
     # Full rows as the key, with None ordered first, so even duplicate keys sort canonically.
     return tuple((v is not None, v) for v in row)
 
@@ -58,18 +70,30 @@ def _f64(x: float | None) -> bytes | None:
     return None if x is None else struct.pack("<d", x)
 
 
-_COUNTS = {
-    "entities": "MATCH (n:Entity) WHERE NOT n.stub RETURN count(*)",
-    "stub_entities": "MATCH (n:Entity) WHERE n.stub RETURN count(*)",
-    "documents": "MATCH (n:Document) RETURN count(*)",
-    "chunks": "MATCH (n:Chunk) WHERE NOT n.stub RETURN count(*)",
-    "stub_chunks": "MATCH (n:Chunk) WHERE n.stub RETURN count(*)",
-    "relations": "MATCH ()-[r:RELATES]->() RETURN count(*)",
-    "mentions": "MATCH ()-[r:MENTIONS]->() RETURN count(*)",
-    "kv": "MATCH (n:KV) RETURN count(*)",
-    "failures": "MATCH (n:Failure) RETURN count(*)",
-}
+# The name each counted table is reported by (Meta, apply's own bookkeeping, is not counted).
+_COUNTED = {"Entity": "entities", "Document": "documents", "Chunk": "chunks", "RELATES": "relations",
+            "MENTIONS": "mentions", "KV": "kv", "Failure": "failures"}
+
+
+def _count_queries() -> dict[str, str]:
+    """Each count's name and query; a stubbed table's real and stub rows are counted apart."""
+    out: dict[str, str] = {}
+    for table in TABLES:
+        name = _COUNTED.get(table.name)
+        if name is None:
+            continue
+        if isinstance(table, RelTable):
+            out[name] = f"MATCH ()-[r:{table.name}]->() RETURN count(*)"
+        elif table.stubbed:
+            out[name] = f"MATCH (n:{table.name}) WHERE NOT n.{STUB} RETURN count(*)"
+            out[f"stub_{name}"] = f"MATCH (n:{table.name}) WHERE n.{STUB} RETURN count(*)"
+        else:
+            out[name] = f"MATCH (n:{table.name}) RETURN count(*)"
+    return out
+
+
+_COUNTS = _count_queries()
 
 
 def counts(conn: kuzu.Connection) -> dict[str, int]:
-    return {k: int(conn.execute(q).get_all()[0][0]) for k, q in _COUNTS.items()}
+    return {k: int(all_rows(conn, q)[0][0]) for k, q in _COUNTS.items()}

@@ -13,30 +13,35 @@ import weakref
 import kuzu
 
 from torua_node.storage.presence import Presence
+from torua_node.storage.store import execute
+from torua_node.storage.tables import TABLES, NodeTable, Table
 
-__all__ = ["known_keys", "table_size"]
+__all__ = ["known_keys", "table_size", "key_query"]
 
 _ARROW_CHUNK = 1 << 20
-_KEYS = {
-    "Entity": "MATCH (n:Entity) RETURN n.id",
-    "Chunk": "MATCH (n:Chunk) RETURN n.id",
-    "Document": "MATCH (n:Document) RETURN n.id",
-    "KV": "MATCH (n:KV) RETURN n.key",
-    "RELATES": "MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, r.type, b.id",
-    "MENTIONS": "MATCH (a:Chunk)-[:MENTIONS]->(b:Entity) RETURN a.id, b.id",
-}
+
+
+def key_query(table: Table) -> str:
+    """The keys of every row: a node's primary key; an edge's (source, *key properties, target)."""
+    if isinstance(table, NodeTable):
+        return f"MATCH (n:{table.name}) RETURN n.{table.key}"
+    return f"MATCH {table.pattern()} RETURN {', '.join(table.key_items())}"
+
+
+# Every table apply writes from WAL content (not its own bookkeeping).
+_KEYS = {t.name: key_query(t) for t in TABLES if not (isinstance(t, NodeTable) and t.replica_local)}
 _KNOWN: weakref.WeakKeyDictionary[kuzu.Database, dict[str, Presence]] = weakref.WeakKeyDictionary()
 
 
 def known_keys(conn: kuzu.Connection) -> dict[str, Presence]:
-    """Per table, the keys that may exist: the primary key of node tables, (source, type, target)
-    for RELATES, (chunk, entity) for MENTIONS."""
+    """Per table, the keys that may exist (`key_query`): the primary key of node tables, (source,
+    type, target) for RELATES, (chunk, entity) for MENTIONS."""
     known = _KNOWN.get(conn.database)
     if known is None:
         known = {table: Presence() for table in _KEYS}
         for table, query in _KEYS.items():
             # Batch by batch: a large shard's keys as Python strings all at once would be a spike.
-            for batch in conn.execute(query).get_as_arrow(_ARROW_CHUNK).to_batches():
+            for batch in execute(conn, query).get_as_arrow(_ARROW_CHUNK).to_batches():
                 cols = [c.to_pylist() for c in batch.columns]
                 known[table].add(cols[0] if len(cols) == 1 else list(zip(*cols)))
         _KNOWN[conn.database] = known

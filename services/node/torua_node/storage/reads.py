@@ -11,6 +11,7 @@ import numpy as np
 from torua.model import EdgeOut, EntityOut
 from torua_node.storage.keyspace import table_size
 from torua_node.storage.statements import id_rows, run
+from torua_node.storage.store import all_rows
 
 __all__ = ["get_entity", "entities_by_ids", "edges", "kv_get"]
 
@@ -20,9 +21,9 @@ _EDGE_COLS = "a.id, r.type, b.id, r.weight, r.properties, r.chunks"
 
 
 def get_entity(conn: kuzu.Connection, id: str) -> EntityOut | None:
-    rows = conn.execute(
-        f"MATCH (e:Entity {{id: $id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}, e.embedding", {"id": id}
-    ).get_all()
+    rows = all_rows(
+        conn, f"MATCH (e:Entity {{id: $id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}, e.embedding", {"id": id}
+    )
     return _entity(rows[0][:5], rows[0][5]) if rows else None
 
 
@@ -69,11 +70,11 @@ def edges(
 
 
 def kv_get(conn: kuzu.Connection, key: str) -> str | None:
-    rows = conn.execute("MATCH (k:KV {key: $k}) RETURN k.value", {"k": key}).get_all()
+    rows = all_rows(conn, "MATCH (k:KV {key: $k}) RETURN k.value", {"k": key})
     return rows[0][0] if rows else None
 
 
-def _rows(columns: list[list]) -> list[list[Any]]:
+def _rows(columns: list[list[Any]]) -> list[list[Any]]:
     return [list(row) for row in zip(*columns)]
 
 

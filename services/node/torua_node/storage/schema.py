@@ -1,4 +1,5 @@
-"""The Kuzu schema of one shard replica, and the stored `applied_seq`.
+"""The Kuzu schema of one shard replica, and the stored `applied_seq`. The tables themselves are
+declared once, in `tables.py`; this module creates them and tells why they are as they are.
 
 A stub row (`stub = true`) stands for an entity or chunk that lives on another shard: it exists only
 so that an edge has a local endpoint, carries no content and no vector (empty strings and an empty
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 import kuzu
 
+from torua_node.storage.store import all_rows
+from torua_node.storage.tables import ddl
+
 __all__ = ["init_schema", "read_applied_seq", "read_dim", "APPLIED_SEQ_KEY", "DIM_KEY", "SCHEMA_VERSION"]
 
 APPLIED_SEQ_KEY = "applied_seq"
@@ -29,26 +33,12 @@ SCHEMA_KEY = "schema_version"
 # 2: RELATES.chunks became a JSON STRING (was STRING[]).
 SCHEMA_VERSION = 2
 
-_DDL = [
-    "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING PRIMARY KEY, name STRING, type STRING,"
-    " description STRING, properties STRING, embedding BLOB, stub BOOLEAN)",
-    "CREATE NODE TABLE IF NOT EXISTS Document(id STRING PRIMARY KEY, title STRING, metadata STRING)",
-    "CREATE NODE TABLE IF NOT EXISTS Chunk(id STRING PRIMARY KEY, document_id STRING, text STRING,"
-    " position INT64, embedding BLOB, stub BOOLEAN)",
-    "CREATE REL TABLE IF NOT EXISTS RELATES(FROM Entity TO Entity, type STRING, weight DOUBLE,"
-    " properties STRING, chunks STRING)",
-    "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Chunk TO Entity)",
-    "CREATE NODE TABLE IF NOT EXISTS KV(key STRING PRIMARY KEY, value STRING)",
-    "CREATE NODE TABLE IF NOT EXISTS Meta(key STRING PRIMARY KEY, value INT64)",
-    "CREATE NODE TABLE IF NOT EXISTS Failure(seq INT64 PRIMARY KEY, error STRING)",
-]
-
 
 def init_schema(conn: kuzu.Connection, dim: int) -> None:
     """Create the tables if missing; refuse a database of another schema version or embedding dimension."""
     if dim < 1:
         raise ValueError(f"embedding dim must be >= 1, got {dim}")
-    for stmt in _DDL:
+    for stmt in ddl():
         conn.execute(stmt)
     fresh = read_dim(conn) is None
     for key, value in ((DIM_KEY, dim), (SCHEMA_KEY, SCHEMA_VERSION if fresh else 1)):
@@ -71,5 +61,5 @@ def read_applied_seq(conn: kuzu.Connection) -> int:
 
 
 def _meta(conn: kuzu.Connection, key: str) -> int | None:
-    rows = conn.execute("MATCH (m:Meta {key: $k}) RETURN m.value", {"k": key}).get_all()
-    return int(rows[0][0]) if rows else None
+    found = all_rows(conn, "MATCH (m:Meta {key: $k}) RETURN m.value", {"k": key})
+    return int(found[0][0]) if found else None

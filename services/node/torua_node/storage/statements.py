@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import kuzu
 import pyarrow as pa
+
+from torua_node.storage.store import execute
 
 __all__ = ["KEYS_PER_ROW", "id_rows", "run"]
 
@@ -30,12 +32,12 @@ _ESCAPED = [f"\\x{b:02x}" for b in range(256)]
 
 
 def run(conn: kuzu.Connection, query: str, rows: pa.Table, keys: int,
-        params: dict[str, Any] | None = None) -> list[list]:
+        params: dict[str, Any] | None = None) -> list[list[Any]]:
     """Run `query` once per row of `rows`, whose columns are its `u_*` variables, with `params` for
     its other parameters; the result's columns as lists. `keys` is the size of the largest table the
     query matches in. Row by row, an ORDER BY or LIMIT applies to each row's results."""
     if rows.num_rows == 0 or rows.num_rows * KEYS_PER_ROW > keys:
-        result = conn.execute(f"LOAD FROM $t {query}", {**(params or {}), "t": rows})
+        result = execute(conn, f"LOAD FROM $t {query}", {**(params or {}), "t": rows})
         if " RETURN " not in query:
             return []
         return [c.to_pylist() for c in result.get_as_arrow(_ARROW_CHUNK).columns]
@@ -47,16 +49,15 @@ def id_rows(ids: Iterable[str]) -> pa.Table:
     return pa.table({"u_id": pa.array(list(dict.fromkeys(ids)), pa.string())})
 
 
-def _row_by_row(conn: kuzu.Connection, query: str, rows: pa.Table, params: dict[str, Any]) -> list[list]:
+def _row_by_row(conn: kuzu.Connection, query: str, rows: pa.Table, params: dict[str, Any]) -> list[list[Any]]:
     blobs = {f.name for f in rows.schema if pa.types.is_binary(f.type)}
     statement = _VARIABLE.sub(lambda m: f"BLOB(${m[0]})" if m[0] in blobs else f"${m[0]}", query)
-    found: list[list] = []
+    found: list[list[Any]] = []
     width = 0
     for row in rows.to_pylist():
         for name in blobs:
             row[name] = "".join(map(_ESCAPED.__getitem__, row[name]))
-        result = conn.execute(statement, {**params, **row})
+        result = execute(conn, statement, {**params, **row})
         width = len(result.get_column_names())
-        while result.has_next():
-            found.append(result.get_next())
+        found.extend(cast("list[list[Any]]", result.get_all()))
     return [list(col) for col in zip(*found)] if found else [[] for _ in range(width)]

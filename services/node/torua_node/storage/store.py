@@ -13,11 +13,11 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kuzu
 
-__all__ = ["ShardStore", "Conn", "OUT_OF_MEMORY", "TRANSIENT_ERRORS", "is_transient"]
+__all__ = ["ShardStore", "Conn", "OUT_OF_MEMORY", "TRANSIENT_ERRORS", "is_transient", "execute", "all_rows"]
 
 T = TypeVar("T")
 Conn = kuzu.Connection
@@ -32,6 +32,19 @@ TRANSIENT_ERRORS = (OUT_OF_MEMORY, "IO exception", "Interrupted", "Checkpoint ex
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and str(exc).startswith(TRANSIENT_ERRORS)
+
+
+def execute(conn: kuzu.Connection, statement: str, params: dict[str, Any] | None = None) -> kuzu.QueryResult:
+    """The result of one statement (Kuzu returns a list of results only for several statements)."""
+    result = conn.execute(statement, params)
+    if isinstance(result, list):
+        raise TypeError(f"one statement expected, got {len(result)}")
+    return result
+
+
+def all_rows(conn: kuzu.Connection, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+    """Every row of one statement's result, each a list (Kuzu's default: never rows as dicts)."""
+    return cast("list[list[Any]]", execute(conn, statement, params).get_all())
 
 
 class ShardStore:

@@ -15,8 +15,10 @@ from collections.abc import Iterable
 import kuzu
 
 from torua.embedding import tokenize
+from torua.text import entity_text
+from torua_node.storage.store import all_rows
 
-__all__ = ["TextIndex", "bm25_idf", "query_terms", "load_text_indexes", "entity_text"]
+__all__ = ["TextIndex", "bm25_idf", "query_terms", "load_text_indexes"]
 
 K1 = 1.2
 B = 0.75
@@ -36,10 +38,6 @@ def _terms(text: str) -> list[str]:
 
 def bm25_idf(df: int, n_docs: int) -> float:
     return math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-
-
-def entity_text(name: str | None, description: str | None) -> str:
-    return f"{name or ''} {description or ''}".strip()
 
 
 class TextIndex:
@@ -91,10 +89,11 @@ class TextIndex:
 
 
 def load_text_indexes(conn: kuzu.Connection) -> tuple[TextIndex, TextIndex]:
-    """(entities, chunks) rebuilt from the database on open."""
+    """(entities, chunks) rebuilt from the database on open, indexed by the same texts as apply
+    indexes them by (`torua.text.entity_text`, a chunk's text)."""
     entities, chunks = TextIndex(), TextIndex()
-    rows = conn.execute("MATCH (n:Entity) WHERE NOT n.stub RETURN n.id, n.name, n.description").get_all()
+    rows = all_rows(conn, "MATCH (n:Entity) WHERE NOT n.stub RETURN n.id, n.name, n.description")
     entities.upsert((r[0], entity_text(r[1], r[2])) for r in rows)
-    rows = conn.execute("MATCH (n:Chunk) WHERE NOT n.stub RETURN n.id, n.text").get_all()
+    rows = all_rows(conn, "MATCH (n:Chunk) WHERE NOT n.stub RETURN n.id, n.text")
     chunks.upsert((r[0], r[1] or "") for r in rows)
     return entities, chunks

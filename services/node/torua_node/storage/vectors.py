@@ -8,9 +8,12 @@ rows become tombstones, compacted once they are the majority.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import kuzu
 import numpy as np
+
+from torua_node.storage.store import execute
 
 __all__ = ["VectorIndex", "load_indexes", "decode_vectors"]
 
@@ -81,9 +84,10 @@ class VectorIndex:
             cand = np.flatnonzero(scores >= kth)
         else:
             cand = np.flatnonzero(self._alive[:n])
-        ids = self._ids
+        # Candidates are live rows, whose ids are never None.
+        ids = cast("list[str]", self._ids)
         best = sorted(cand.tolist(), key=lambda r: (-scores[r], ids[r]))[:k]
-        return [(ids[r], float(scores[r])) for r in best]  # type: ignore[misc]
+        return [(ids[r], float(scores[r])) for r in best]
 
     def _grow(self, need: int) -> None:
         cap = self._m.shape[0]
@@ -104,8 +108,9 @@ class VectorIndex:
         m[: len(keep)] = self._m[keep]
         alive = np.zeros(cap, bool)
         alive[: len(keep)] = True
-        self._ids = [self._ids[r] for r in keep.tolist()]
-        self._rows = {i: r for r, i in enumerate(self._ids)}  # type: ignore[misc]
+        kept = [i for i in map(self._ids.__getitem__, keep.tolist()) if i is not None]
+        self._ids = [*kept]
+        self._rows = {i: r for r, i in enumerate(kept)}
         self._m, self._alive, self._dead = m, alive, 0
 
 
@@ -123,12 +128,12 @@ def decode_vectors(blobs: Sequence[bytes | None], dim: int) -> tuple[np.ndarray,
     """Stored embeddings (little-endian float32 blobs) as (matrix of the valid ones, validity mask)."""
     size = dim * 4
     ok = np.fromiter((b is not None and len(b) == size for b in blobs), bool, len(blobs))
-    flat = np.frombuffer(b"".join(b for b, k in zip(blobs, ok) if k), "<f4")  # type: ignore[misc]
+    flat = np.frombuffer(b"".join(b for b, k in zip(blobs, ok) if k and b is not None), "<f4")
     return flat.astype(np.float32).reshape(-1, dim), ok
 
 
 def _load(conn: kuzu.Connection, table: str, dim: int) -> VectorIndex:
-    t = conn.execute(f"MATCH (n:{table}) WHERE NOT n.stub RETURN n.id, n.embedding").get_as_arrow(0)
+    t = execute(conn, f"MATCH (n:{table}) WHERE NOT n.stub RETURN n.id, n.embedding").get_as_arrow(0)
     m, ok = decode_vectors(t.column(1).to_pylist(), dim)
     ids = [i for i, k in zip(t.column(0).to_pylist(), ok) if k]
     index = VectorIndex(dim, capacity=max(_MIN_CAPACITY, 2 * len(ids)))

@@ -1,0 +1,169 @@
+"""`ShardClient`: the one seam between the router, retrieval and query code and the shards.
+
+Everything above it (the data API, graph reads, search, retrieval) speaks the router–shard protocol
+(`torua_node.shard.protocol`) through these few methods, so it runs the same over NATS
+(`NatsShardClient`) and over an in-memory fake in unit tests.
+
+- `call(shard, op, request)`: one request to one shard's queue group. Over NATS, a 503 (no
+  replica caught up), no responders or a timeout is retried once after 50 ms; after that, or for
+  any other error reply, the error is raised as the `ToruaError` of its code.
+- `fan_out(op, requests, status)`: one request per shard, concurrently, under the one error policy
+  of `torua_node.cypher.fanout` (shared with distributed Cypher execution): a client error (4xx,
+  the request's fault, the same on every shard) is raised; anything else (503, timeout, no
+  responders, 5xx) marks that shard `ok=False` with the reason in `status` and the reply becomes
+  partial — never a silent gap; a shard that failed is not asked again in the same request.
+- `token(tokens, shard)`: the write token a read carries for one shard (`after`, 0: no wait).
+
+`EmbedderProvider` is the other thing the read and write paths need from the cluster: the embedder
+for texts the router embeds, whose dimension is the shard map's and whose kind is the node's settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Protocol, TypeVar
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from torua import subjects
+from torua.embedders import EmbedderSettings, make_embedder
+from torua.embedding import Embedder
+from torua.endpoints import encode, error_of
+from torua.errors import Unavailable, error_for_code
+from torua.hashing import shard_for
+from torua.model import Tokens
+from torua.wire import Reply, ShardMap
+from torua_node.cypher.fanout import Status, gather, is_partial
+from torua_node.shard.protocol import Op, ShardRequest
+
+__all__ = [
+    "ShardClient",
+    "NatsShardClient",
+    "EmbedderProvider",
+    "ClusterEmbedder",
+    "Status",
+    "by_owner",
+    "is_partial",
+    "token",
+    "SHARD_TIMEOUT_S",
+    "RETRY_AFTER_S",
+]
+
+Q = TypeVar("Q", bound=ShardRequest)
+R = TypeVar("R", bound=Reply)
+
+SHARD_TIMEOUT_S = 5.0  # per shard request; with the one retry a dead shard costs about twice this
+RETRY_AFTER_S = 0.05
+
+
+def token(tokens: Tokens, shard: int) -> int:
+    """The write token a request carries for one shard (0: no wait)."""
+    return int(tokens.get(str(shard), 0))
+
+
+class ShardClient(Protocol):
+    """Requests to the shards of the current shard map. Implementations subclass this to inherit
+    `owner` and `fan_out`, so every one of them applies the same fan-out policy."""
+
+    @property
+    def num_shards(self) -> int:
+        """Shards in the current map; Unavailable while there is none."""
+        ...
+
+    async def call(self, shard: int, op: Op[Q, R], request: Q) -> R:
+        """One request to one shard; an error reply is raised as the ToruaError of its code."""
+        ...
+
+    def owner(self, key: str) -> int:
+        """The shard an entity id (or a chunk's document id, or a key) lives in."""
+        return shard_for(key, self.num_shards)
+
+    async def fan_out(self, op: Op[Q, R], requests: Mapping[int, Q], status: Status) -> dict[int, R]:
+        """One request per shard, concurrently; answers by shard, failures recorded in `status`."""
+        return await gather({s: partial(self.call, s, op, req) for s, req in requests.items()}, status)
+
+
+def by_owner(client: ShardClient, keys: Iterable[str]) -> dict[int, list[str]]:
+    """Keys grouped by the shard that owns them, in first-seen order within a group."""
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(client.owner(key), []).append(key)
+    return groups
+
+
+class NatsShardClient(ShardClient):
+    """Shard requests over NATS to `torua.shard.<n>.<op>` (the shard's queue group: any live,
+    caught-up replica answers)."""
+
+    def __init__(self, nc: NATS, shardmap: Callable[[], ShardMap | None], timeout: float = SHARD_TIMEOUT_S) -> None:
+        self.nc = nc
+        self._shardmap = shardmap
+        self.timeout = timeout
+
+    def shardmap(self) -> ShardMap:
+        smap = self._shardmap()
+        if smap is None:
+            raise Unavailable("this node has not received the shard map yet; retry")
+        return smap
+
+    @property
+    def num_shards(self) -> int:
+        return self.shardmap().num_shards
+
+    async def call(self, shard: int, op: Op[Q, R], request: Q) -> R:
+        data = encode(request)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_attempt(2),
+            wait=wait_fixed(RETRY_AFTER_S),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._request(shard, op, data)
+        raise AssertionError("unreachable: the last attempt's error is re-raised")
+
+    async def _request(self, shard: int, op: Op[Q, R], data: bytes) -> R:
+        try:
+            msg = await self.nc.request(subjects.shard_endpoint(shard, op.name), data, timeout=self.timeout)
+        except (NoRespondersError, NatsTimeout) as exc:
+            raise Unavailable(f"no replica of shard {shard} answered ({type(exc).__name__})") from None
+        err = error_of(msg.headers, msg.data)
+        if err is not None:
+            raise error_for_code(err.code, err.description)
+        return msgspec.json.decode(msg.data, type=op.reply)
+
+
+class EmbedderProvider(Protocol):
+    """The cluster's embedder (made on first use, and again if the cluster's dimension changes)."""
+
+    @property
+    def dim(self) -> int:
+        """The cluster's embedding dimension, known without making the embedder."""
+        ...
+
+    def __call__(self) -> Embedder: ...
+
+
+class ClusterEmbedder:
+    """The embedder the node's settings configure, at the dimension of the current shard map."""
+
+    def __init__(self, settings: EmbedderSettings, dim: Callable[[], int]) -> None:
+        self.settings = settings
+        self._dim = dim
+        self._embedder: Embedder | None = None
+
+    @property
+    def dim(self) -> int:
+        return self._dim()
+
+    def __call__(self) -> Embedder:
+        dim = self._dim()
+        if self._embedder is None or self._embedder.dim != dim:
+            self._embedder = make_embedder(dim, self.settings)
+        return self._embedder

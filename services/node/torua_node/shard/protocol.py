@@ -1,0 +1,200 @@
+"""The router–shard protocol: what a router sends to one shard (`torua.shard.<n>.<op>`) and what any
+caught-up replica answers.
+
+Internal subjects, but plain JSON like the public ones so `nats req` can debug them: field names
+here are the wire format. Every request may carry `after`, the shard's write token: a replica that
+has not applied that far waits briefly, then answers 503 — never stale data. Every reply carries
+`applied_seq`, the position of the shard's log the answer is at least as of.
+
+Each operation is an `Op`: its name (the last subject token), its request and its reply type, so
+the router's calls and the shard's endpoints cannot disagree about either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from torua.model import EdgeOut, EntityOut
+from torua.wire import Reply, Request
+from torua_node.cypher.execute import ShardRows
+from torua_node.storage.chunks import ChunkOut, Mention
+
+__all__ = [
+    "Direction",
+    "Target",
+    "ShardRequest",
+    "ShardGet",
+    "ShardEntities",
+    "ShardEdges",
+    "ShardKVGet",
+    "ShardVector",
+    "ShardTextStats",
+    "ShardText",
+    "ShardMentions",
+    "ShardChunks",
+    "ShardQuery",
+    "HitsReply",
+    "TextStatsReply",
+    "MentionsReply",
+    "ChunksReply",
+    "QueryRowsReply",
+    "EntityReply",
+    "EntitiesReply",
+    "EdgesReply",
+    "KVValueReply",
+    "Op",
+    "GET",
+    "ENTITIES",
+    "EDGES",
+    "KV_GET",
+    "VECTOR",
+    "TEXT_STATS",
+    "TEXT",
+    "MENTIONS",
+    "CHUNKS",
+    "QUERY",
+]
+
+Direction = Literal["out", "in", "both"]
+Target = Literal["chunks", "entities"]
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+class ShardRequest(Request):
+    after: Annotated[int, Meta(ge=0)] = 0
+
+
+class ShardGet(ShardRequest, kw_only=True):
+    id: str
+
+
+class ShardEntities(ShardRequest, kw_only=True):
+    ids: list[str]
+
+
+class ShardEdges(ShardRequest, kw_only=True):
+    ids: list[str]
+    direction: Direction = "both"
+    types: list[str] | None = None
+    limit: int = 1000
+
+
+class ShardKVGet(ShardRequest, kw_only=True):
+    key: str
+
+
+class ShardVector(ShardRequest, kw_only=True):
+    vector: list[float]
+    k: int
+    target: Target = "chunks"
+
+
+class ShardTextStats(ShardRequest, kw_only=True):
+    terms: list[str]
+    target: Target = "chunks"
+
+
+class ShardText(ShardRequest, kw_only=True):
+    idf: dict[str, float]
+    avg_length: float
+    k: int
+    target: Target = "chunks"
+
+
+class ShardMentions(ShardRequest, kw_only=True):
+    entity_ids: list[str]
+    limit: int = 10_000
+
+
+class ShardChunks(ShardRequest, kw_only=True):
+    ids: list[str]
+
+
+class ShardQuery(ShardRequest, kw_only=True):
+    query: str
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# --- replies --------------------------------------------------------------------------------------
+
+
+class HitsReply(Reply):
+    hits: list[tuple[str, float]]
+    applied_seq: int
+
+
+class TextStatsReply(Reply):
+    df: dict[str, int]
+    n_docs: int
+    total_length: int
+    applied_seq: int
+
+
+class MentionsReply(Reply):
+    mentions: list[Mention]
+    applied_seq: int
+
+
+class ChunksReply(Reply):
+    chunks: list[ChunkOut]
+    applied_seq: int
+
+
+class QueryRowsReply(Reply):
+    result: ShardRows
+    applied_seq: int
+
+
+class EntityReply(Reply):
+    entity: EntityOut
+    applied_seq: int
+
+
+class EntitiesReply(Reply):
+    entities: list[EntityOut]
+    applied_seq: int
+
+
+class EdgesReply(Reply):
+    edges: list[EdgeOut]
+    applied_seq: int
+
+
+class KVValueReply(Reply):
+    key: str
+    value: str
+    applied_seq: int
+
+
+# --- operations -----------------------------------------------------------------------------------
+
+Q = TypeVar("Q", bound=ShardRequest)
+R = TypeVar("R", bound=Reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[Q, R]):
+    """One shard operation: `torua.shard.<n>.<name>`, taking `request`, answering `reply`."""
+
+    name: str
+    request: type[Q]
+    reply: type[R]
+    description: str
+
+
+GET = Op("get", ShardGet, EntityReply, "One entity by id")
+ENTITIES = Op("entities", ShardEntities, EntitiesReply, "Entities by ids")
+EDGES = Op("edges", ShardEdges, EdgesReply, "1-hop edges of ids")
+KV_GET = Op("kv_get", ShardKVGet, KVValueReply, "One key's value")
+VECTOR = Op("vector", ShardVector, HitsReply, "Exact top-k by cosine")
+TEXT_STATS = Op("text_stats", ShardTextStats, TextStatsReply, "BM25 corpus statistics")
+TEXT = Op("text", ShardText, HitsReply, "BM25 top-k with global statistics")
+MENTIONS = Op("mentions", ShardMentions, MentionsReply, "Chunks mentioning entities")
+CHUNKS = Op("chunks", ShardChunks, ChunksReply, "Chunks by ids")
+QUERY = Op("query", ShardQuery, QueryRowsReply, "A planned read-only query")
