@@ -25,17 +25,12 @@ from torua.embedding import HashEmbedder
 from torua.errors import BadRequest, Unavailable
 from torua.hashing import shard_for
 from torua.model import Chunk, DeleteRequest, Document, Entity, Relation, UpsertRequest
-from torua_node.cypher.execute import (
-    QueryResult,
-    ShardRows,
-    execute_on_shard,
-    merge_rows,
-    run_query,
-    to_json_value,
-)
+from torua_node.cypher.merge import ShardRows, merge_rows
 from torua_node.cypher.planner import TABLE_COLUMNS, plan_query
+from torua_node.router.query import QueryResult, run_query
 from torua_node.router.split import split_delete, split_upsert
 from torua_node.shard.apply import apply_batch
+from torua_node.shard.query import execute_on_shard, to_json_value
 from torua_node.shard.wal import encode_entry
 from torua_node.storage.schema import init_schema
 
@@ -509,7 +504,7 @@ async def test_refusals_never_reach_a_shard(small: Cluster) -> None:
 
 
 def test_the_shard_side_runs_in_a_read_only_transaction(tmp_path: Path) -> None:
-    from torua_node.cypher import execute as query_mod
+    from torua_node.shard import query as query_mod
 
     db, conn = open_db(tmp_path / "x.kz")
     try:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from torua.errors import BadRequest, InternalError, NotFound, PayloadTooLarge, ToruaError, Unavailable
-from torua_node.cypher.execute import ShardRows, run_query
+from torua_node.cypher.merge import ShardRows
+from torua_node.router.query import run_query
 
 SHARDS = 4
 

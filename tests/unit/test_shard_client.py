@@ -1,5 +1,5 @@
 """The ShardClient seam: NatsShardClient's one retry and error decoding (against a fake connection),
-and the one fan-out error policy (cypher/fanout.gather, which ShardClient.fan_out uses)."""
+and the one fan-out error policy (router/fanout.gather, which ShardClient.fan_out uses)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from torua.errors import (
 )
 from torua.model import ShardStatus
 from torua.wire import ShardEntry, ShardMap
-from torua_node.cypher.fanout import gather, is_partial
 from torua_node.router.client import NatsShardClient, by_owner, token
+from torua_node.router.fanout import gather, is_partial
 from torua_node.shard import protocol as p
 
 # ---------------------------------------------------------------------------------------------------

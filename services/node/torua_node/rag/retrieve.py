@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable
 
 from torua.chunking import approx_tokens
 from torua.model import (
@@ -165,21 +166,20 @@ class Retriever:
 
 def build_context(chunks: list[RetrievedChunk], edges: list[EdgeOut], names: dict[str, str], budget: int) -> tuple[str, int]:
     """Passages first (best first), then the relations on the paths, as long as the budget allows."""
-    parts: list[str] = []
-    used = 0
-    for c in chunks:
-        block = f"[{c.id}] {c.text}"
-        cost = approx_tokens(block)
-        if used + cost <= budget:
-            parts.append(block)
-            used += cost
-    facts = []
-    for e in edges:
-        line = f"- {names.get(e.source, e.source)} {e.type} {names.get(e.target, e.target)}"
-        cost = approx_tokens(line)
-        if used + cost <= budget:
-            facts.append(line)
-            used += cost
+    parts, used = _fit((f"[{c.id}] {c.text}" for c in chunks), budget, 0)
+    lines = (f"- {names.get(e.source, e.source)} {e.type} {names.get(e.target, e.target)}" for e in edges)
+    facts, used = _fit(lines, budget, used)
     if facts:
         parts.append("Relations:\n" + "\n".join(facts))
     return "\n\n".join(parts), used
+
+
+def _fit(texts: Iterable[str], budget: int, used: int) -> tuple[list[str], int]:
+    """The texts that still fit the token budget, in order (a long one is skipped, not cut)."""
+    kept: list[str] = []
+    for text in texts:
+        cost = approx_tokens(text)
+        if used + cost <= budget:
+            kept.append(text)
+            used += cost
+    return kept, used

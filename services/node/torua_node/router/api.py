@@ -49,10 +49,11 @@ from torua.model import (
 from torua.natsserver import MAX_PAYLOAD
 from torua.subjects import WAL_STREAM, wal_subject
 from torua.version import __version__
-from torua_node.cypher.execute import ShardRows, run_query
+from torua_node.cypher.merge import ShardRows
 from torua_node.router.cache import ResultCache
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
 from torua_node.router.graph import GraphReads
+from torua_node.router.query import run_query
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
 from torua_node.shard.protocol import GET, KV_GET, QUERY, ShardGet, ShardKVGet, ShardQuery
 from torua_node.shard.wal import WalEntry, encode_entry

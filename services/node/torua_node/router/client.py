@@ -8,7 +8,7 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
   replica caught up), no responders or a timeout is retried once after 50 ms; after that, or for
   any other error reply, the error is raised as the `ToruaError` of its code.
 - `fan_out(op, requests, status)`: one request per shard, concurrently, under the one error policy
-  of `torua_node.cypher.fanout` (shared with distributed Cypher execution): a client error (4xx,
+  of `torua_node.router.fanout` (shared with distributed Cypher execution): a client error (4xx,
   the request's fault, the same on every shard) is raised; anything else (503, timeout, no
   responders, 5xx) marks that shard `ok=False` with the reason in `status` and the reply becomes
   partial — never a silent gap; a shard that failed is not asked again in the same request.
@@ -38,7 +38,7 @@ from torua.errors import Unavailable, error_for_code
 from torua.hashing import shard_for
 from torua.model import Tokens
 from torua.wire import Reply, ShardMap
-from torua_node.cypher.fanout import Status, gather, is_partial
+from torua_node.router.fanout import Status, gather, is_partial
 from torua_node.shard.protocol import Op, ShardRequest
 
 __all__ = [

@@ -6,16 +6,16 @@ replica. Every answer waits until the replica has applied the request's write to
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
+from nats.aio.client import Client as NATS
 
 from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
 from torua.errors import BadRequest, NotFound
 from torua.version import __version__
 from torua.wire import Reply
-from torua_node.cypher.execute import execute_on_shard
 from torua_node.shard import protocol as p
 from torua_node.shard.protocol import (
     ChunksReply,
@@ -39,20 +39,40 @@ from torua_node.shard.protocol import (
     ShardVector,
     TextStatsReply,
 )
+from torua_node.shard.query import execute_on_shard
 from torua_node.storage import reads
 from torua_node.storage.chunks import chunks_by_ids, mentions_of
+from torua_node.storage.store import ShardStore
+from torua_node.storage.textindex import TextIndex
+from torua_node.storage.vectors import VectorIndex
 
-if TYPE_CHECKING:
-    from torua_node.shard.replica import ShardReplica
-
-__all__ = ["ShardApi", "start_shard_service"]
+__all__ = ["ServedReplica", "ShardApi", "start_shard_service"]
 
 Q = TypeVar("Q", bound=ShardRequest)
 R = TypeVar("R", bound=Reply)
 
 
+class ServedReplica(Protocol):
+    """What the shard API reads of a replica (`torua_node.shard.replica.ShardReplica`)."""
+
+    shard: int
+    node_id: str
+    nc: NATS
+    dim: int
+    applied_seq: int
+    store: ShardStore
+    entity_index: VectorIndex
+    chunk_index: VectorIndex
+    entity_text: TextIndex
+    chunk_text: TextIndex
+
+    async def wait_applied(self, seq: int) -> None:
+        """Return once `seq` is applied; Unavailable if that takes too long."""
+        ...
+
+
 class ShardApi:
-    def __init__(self, replica: ShardReplica) -> None:
+    def __init__(self, replica: ServedReplica) -> None:
         self.replica = replica
 
     async def _ready(self, after: int) -> int:
@@ -134,7 +154,7 @@ def _endpoint(shard: int, op: p.Op[Q, R], handler: Callable[[Q], Awaitable[R]]) 
     return Endpoint(op.name, subject, handler, op.request, op.description, subjects.shard_queue(shard), True)
 
 
-async def start_shard_service(replica: ShardReplica) -> ServiceHandle:
+async def start_shard_service(replica: ServedReplica) -> ServiceHandle:
     api = ShardApi(replica)
     n = replica.shard
     eps = [

@@ -20,7 +20,7 @@ from msgspec import Meta
 
 from torua.model import EdgeOut, EntityOut
 from torua.wire import Reply, Request
-from torua_node.cypher.execute import ShardRows
+from torua_node.cypher.merge import ShardRows
 from torua_node.storage.chunks import ChunkOut, Mention
 
 __all__ = [

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import kuzu
 
-__all__ = ["ShardStore", "Conn", "OUT_OF_MEMORY", "TRANSIENT_ERRORS", "is_transient", "execute", "all_rows"]
+__all__ = [
+    "ShardStore",
+    "Conn",
+    "OUT_OF_MEMORY",
+    "TRANSIENT_ERRORS",
+    "is_transient",
+    "execute",
+    "all_rows",
+    "memory_database",
+]
 
 T = TypeVar("T")
 Conn = kuzu.Connection
@@ -45,6 +55,19 @@ def execute(conn: kuzu.Connection, statement: str, params: dict[str, Any] | None
 def all_rows(conn: kuzu.Connection, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
     """Every row of one statement's result, each a list (Kuzu's default: never rows as dicts)."""
     return cast("list[list[Any]]", execute(conn, statement, params).get_all())
+
+
+@contextmanager
+def memory_database(buffer_pool_bytes: int) -> Iterator[Conn]:
+    """A temporary in-memory database on the calling thread, closed on exit (the router gathers a
+    far-end query's sub-graph into one)."""
+    db = kuzu.Database(":memory:", buffer_pool_size=buffer_pool_bytes, max_db_size=1 << 34, max_num_threads=1)
+    conn = kuzu.Connection(db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        db.close()
 
 
 class ShardStore:

@@ -1,8 +1,7 @@
 """One fan-out, one error policy: every read that asks several shards at once goes through `gather`.
 
 Its users are the router's ShardClient (`torua_node.router.client`: graph reads, search, retrieval)
-and distributed query execution (`torua_node.cypher.execute`), which sits below the router — shards
-run its shard side — so the policy lives here, at the lowest layer that fans out.
+and distributed query execution (`torua_node.router.query`).
 
 The policy, per shard asked:
 
