@@ -30,6 +30,11 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.ingest
 
+# Retrieval on real documentation (bench/eval_docs.py says where the documentation goes).
+.PHONY: eval-docs
+eval-docs: $(STAMP)
+	$(BIN)/python -m bench.eval_docs $(EVAL_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data
 
