@@ -30,10 +30,14 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.ingest
 
-# Retrieval on real documentation (bench/eval_docs.py says where the documentation goes).
-.PHONY: eval-docs
+# Retrieval quality: on real documentation (bench/eval_docs.py says where the documentation goes),
+# and on the harder generated multi-hop benchmark (bench/multihop.py).
+.PHONY: eval-docs eval-multihop
 eval-docs: $(STAMP)
 	$(BIN)/python -m bench.eval_docs $(EVAL_ARGS)
+
+eval-multihop: $(STAMP)
+	$(BIN)/python -m bench.eval_multihop --hops 1,2,3 $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data
