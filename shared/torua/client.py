@@ -21,6 +21,7 @@ from torua.errors import Unavailable, error_for_code
 from torua.model import (
     AnswerReply,
     Chunk,
+    Consistency,
     DeleteReply,
     Document,
     Entity,
@@ -194,8 +195,8 @@ class Client:
         }
         return await self._typed(subjects.GRAPH_DELETE, DeleteReply, payload)
 
-    async def get(self, entity_id: str, *, after: Tokens | None = None) -> GetReply:
-        return await self._typed(subjects.GRAPH_GET, GetReply, {"id": entity_id, "after": after or {}})
+    async def get(self, entity_id: str, *, after: Tokens | None = None, consistency: Consistency = "strong") -> GetReply:
+        return await self._typed(subjects.GRAPH_GET, GetReply, {"id": entity_id, "after": after or {}, "consistency": consistency})
 
     async def neighbors(
         self,
@@ -206,8 +207,9 @@ class Client:
         types: list[str] | None = None,
         limit: int = 1000,
         after: Tokens | None = None,
+        consistency: Consistency = "strong",
     ) -> NeighborsReply:
-        payload = {"ids": ids, "hops": hops, "direction": direction, "types": types, "limit": limit, "after": after or {}}
+        payload = {"ids": ids, "hops": hops, "direction": direction, "types": types, "limit": limit, "after": after or {}, "consistency": consistency}
         return await self._typed(subjects.GRAPH_NEIGHBORS, NeighborsReply, payload)
 
     # --- search and retrieval -------------------------------------------------------------------
@@ -220,25 +222,26 @@ class Client:
         k: int = 10,
         target: str = "chunks",
         after: Tokens | None = None,
+        consistency: Consistency = "strong",
     ) -> SearchReply:
-        payload: dict[str, Any] = {"k": k, "target": target, "after": after or {}}
+        payload: dict[str, Any] = {"k": k, "target": target, "after": after or {}, "consistency": consistency}
         payload |= {"vector": vector} if vector is not None else {"text": text}
         return await self._typed(subjects.SEARCH_VECTOR, SearchReply, payload)
 
-    async def search_text(self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None) -> SearchReply:
-        payload = {"text": text, "k": k, "target": target, "after": after or {}}
+    async def search_text(self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None, consistency: Consistency = "strong") -> SearchReply:
+        payload = {"text": text, "k": k, "target": target, "after": after or {}, "consistency": consistency}
         return await self._typed(subjects.SEARCH_TEXT, SearchReply, payload)
 
     async def search_hybrid(
-        self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None
+        self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None, consistency: Consistency = "strong"
     ) -> SearchReply:
-        payload = {"text": text, "k": k, "target": target, "after": after or {}}
+        payload = {"text": text, "k": k, "target": target, "after": after or {}, "consistency": consistency}
         return await self._typed(subjects.SEARCH_HYBRID, SearchReply, payload)
 
     async def retrieve(
-        self, question: str, *, k: int = 5, hops: int = 3, token_budget: int = 2000, after: Tokens | None = None
+        self, question: str, *, k: int = 5, hops: int = 3, token_budget: int = 2000, after: Tokens | None = None, consistency: Consistency = "strong"
     ) -> RetrieveReply:
-        payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}}
+        payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}, "consistency": consistency}
         return await self._typed(subjects.RAG_RETRIEVE, RetrieveReply, payload)
 
     async def answer(
@@ -249,6 +252,7 @@ class Client:
         hops: int = 3,
         token_budget: int = 2000,
         after: Tokens | None = None,
+        consistency: Consistency = "strong",
         timeout: float | None = None,
     ) -> AnswerReply:
         """An LLM answer over rag.retrieve's context, citing chunk ids (needs TORUA_LLM_URL on the nodes).
@@ -256,13 +260,13 @@ class Client:
         Sent once, not retried: a model call is slow and costly, and the node already retried it.
         The default timeout leaves room for a slow model (at least 120 s).
         """
-        payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}}
+        payload = {"question": question, "k": k, "hops": hops, "token_budget": token_budget, "after": after or {}, "consistency": consistency}
         data = _encoder.encode(payload)
         reply = await self._request_once(subjects.RAG_ANSWER, data, timeout or max(self.timeout, 120.0))
         return msgspec.convert(reply, AnswerReply)
 
-    async def query(self, cypher: str, params: dict[str, Any] | None = None, *, after: Tokens | None = None) -> QueryReply:
-        payload = {"cypher": cypher, "params": params or {}, "after": after or {}}
+    async def query(self, cypher: str, params: dict[str, Any] | None = None, *, after: Tokens | None = None, consistency: Consistency = "strong") -> QueryReply:
+        payload = {"cypher": cypher, "params": params or {}, "after": after or {}, "consistency": consistency}
         return await self._typed(subjects.GRAPH_QUERY, QueryReply, payload)
 
     # --- key-value ----------------------------------------------------------------------------
@@ -271,8 +275,8 @@ class Client:
         payload = {"key": key, "value": value, "request_id": request_id or uuid.uuid4().hex}
         return await self._typed(subjects.KV_PUT, KVReply, payload)
 
-    async def kv_get(self, key: str, *, after: Tokens | None = None) -> str:
-        reply = await self._typed(subjects.KV_GET, KVReply, {"key": key, "after": after or {}})
+    async def kv_get(self, key: str, *, after: Tokens | None = None, consistency: Consistency = "strong") -> str:
+        reply = await self._typed(subjects.KV_GET, KVReply, {"key": key, "after": after or {}, "consistency": consistency})
         return reply.value or ""
 
     async def kv_delete(self, key: str, *, request_id: str | None = None) -> KVReply:

@@ -60,6 +60,8 @@ def decode_request(data: bytes, request_type: type[T]) -> T:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request nests arrays or objects too deeply") from None
 
 
 def error_of(headers: dict[str, str] | None, data: bytes) -> ErrorDetail | None:

@@ -15,6 +15,7 @@ from torua.wire import Reply, Request
 
 __all__ = [
     "Id",
+    "Consistency",
     "Entity",
     "Relation",
     "Chunk",
@@ -63,6 +64,9 @@ Name = Annotated[str, Meta(max_length=4096)]
 TypeName = Annotated[str, Meta(max_length=256)]
 Vector = Annotated[list[float], Meta(min_length=1, max_length=8192)]
 Tokens = dict[str, int]  # shard (as a string, JSON keys are strings) -> stream sequence
+# "strong" (the default): a read reflects every write acknowledged before it was sent, from any
+# client; "eventual": any caught-up replica answers at once (only `after` tokens are waited for).
+Consistency = Literal["strong", "eventual"]
 RequestId = Annotated[str, Meta(min_length=1, max_length=128)]
 
 
@@ -129,6 +133,7 @@ class DeleteReply(Reply):
 class GetRequest(Request):
     id: Id
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class EntityOut(Reply):
@@ -152,6 +157,7 @@ class NeighborsRequest(Request):
     types: list[str] | None = None
     limit: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class EdgeOut(Reply):
@@ -188,6 +194,7 @@ class KVPutRequest(Request):
 class KVGetRequest(Request):
     key: KVKey
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class KVDeleteRequest(Request):
@@ -214,6 +221,7 @@ class VectorSearchRequest(Request):
     k: TopK = 10
     target: Target = "chunks"
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class TextSearchRequest(Request):
@@ -221,6 +229,7 @@ class TextSearchRequest(Request):
     k: TopK = 10
     target: Target = "chunks"
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class Hit(Reply):
@@ -241,6 +250,7 @@ class RetrieveRequest(Request):
     hops: Annotated[int, Meta(ge=0, le=4)] = 3
     token_budget: Annotated[int, Meta(ge=16, le=200_000)] = 2000
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class RetrievedChunk(Reply):
@@ -283,6 +293,7 @@ class QueryRequest(Request):
     cypher: Annotated[str, Meta(min_length=1, max_length=100_000)]
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     after: Tokens = msgspec.field(default_factory=dict)
+    consistency: Consistency = "strong"
 
 
 class QueryReply(Reply):

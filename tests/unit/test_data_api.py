@@ -56,22 +56,39 @@ async def test_neighbors_nearest_first_without_stubs() -> None:
     assert [n.id for n in out.nodes] == ["b", "c"] and ("c", "nobody") in {(e.source, e.target) for e in out.edges}
 
 
-async def test_cached_reads_until_a_shard_moves_on() -> None:
+async def test_cached_eventual_reads_until_a_shard_moves_on() -> None:
     fake, data = api()
     neighbors = data.cached("neighbors", data.neighbors)
-    req = NeighborsRequest(ids=["a"], hops=2)
+    req = NeighborsRequest(ids=["a"], hops=2, consistency="eventual")
     first = await neighbors(req)
     asked = len(fake.calls)
     assert await neighbors(req) == first and len(fake.calls) == asked
     assert data.cache.hits == 1
     # A write token past what the entry read, or a shard announcing a newer position: asked again.
     shard = next(iter(first.shards))
-    await neighbors(NeighborsRequest(ids=["a"], hops=2, after={shard: 2}))
+    await neighbors(NeighborsRequest(ids=["a"], hops=2, after={shard: 2}, consistency="eventual"))
     assert len(fake.calls) > asked
     asked = len(fake.calls)
     data.cache.note(int(shard), 5)
     await neighbors(req)
     assert len(fake.calls) > asked
+
+
+async def test_strong_reads_are_never_answered_from_the_cache() -> None:
+    """The cache cannot know the end of every shard's log; a strong read (the default) asks the
+    shards, which learn it. Its answer still serves later eventual reads."""
+    fake, data = api()
+    neighbors = data.cached("neighbors", data.neighbors)
+    strong = NeighborsRequest(ids=["a"], hops=2)
+    assert strong.consistency == "strong"
+    first = await neighbors(strong)
+    asked = len(fake.calls)
+    assert await neighbors(strong) == first and len(fake.calls) == 2 * asked
+    assert {req.consistency for _, _, req in fake.calls} == {"strong"}
+    assert data.cache.hits == 0
+    eventual = NeighborsRequest(ids=["a"], hops=2, consistency="eventual")
+    assert await neighbors(eventual) == first and len(fake.calls) == 2 * asked
+    assert data.cache.hits == 1
 
 
 async def test_partial_replies_are_not_cached() -> None:

@@ -45,3 +45,17 @@ def test_stable_hash_is_stable() -> None:
     assert stable_hash("entity-1") == stable_hash("entity-1")
     assert shard_for("entity-1", 8) == stable_hash("entity-1") % 8
     assert stable_hash("") == 0xEF46DB3751D8E999
+
+
+@pytest.mark.parametrize("depth", [10, 200, 5_000, 100_000])
+def test_json_of_any_nesting_depth_decodes_or_is_a_400(depth: int) -> None:
+    from torua.model import QueryRequest
+
+    data = b'{"cypher": "RETURN 1", "params": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
+    try:
+        req = decode_request(data, QueryRequest)
+    except BadRequest as exc:
+        assert exc.code == 400 and "deep" in exc.description
+        assert depth >= 1000  # only beyond what Python can hold
+    else:
+        assert depth < 1000 and req.cypher == "RETURN 1"

@@ -61,7 +61,14 @@ class Answerer:
         if self.api is None:
             raise Unavailable(NOT_CONFIGURED)
         retrieved = await self.retriever.retrieve(
-            RetrieveRequest(question=req.question, k=req.k, hops=req.hops, token_budget=req.token_budget, after=req.after)
+            RetrieveRequest(
+                question=req.question,
+                k=req.k,
+                hops=req.hops,
+                token_budget=req.token_budget,
+                after=req.after,
+                consistency=req.consistency,
+            )
         )
         model = self.settings.llm_model
         if not retrieved.context.strip():

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from torua.chunking import approx_tokens
 from torua.model import (
+    Consistency,
     EdgeOut,
     EntityOut,
     Hit,
@@ -61,16 +62,18 @@ class Retriever:
         status: Status = {}
         direct, entity_hits = await self._search(req, status)
         seeds = seed_weights(entity_hits)
-        found = await self.graph.traverse(list(seeds), req.hops, "both", None, EXPAND_LIMIT, req.after, status)
+        found = await self.graph.traverse(
+            list(seeds), req.hops, "both", None, EXPAND_LIMIT, req.after, status, consistency=req.consistency
+        )
         reached, edges = found.reached, found.edges
         question = stems(req.question)
         weight = spread(seeds, edges, req.hops, question, self.w)
-        entities = {e.id: e for e in await self.graph.entities(list(reached), req.after, status)}
+        entities = {e.id: e for e in await self.graph.entities(list(reached), req.after, status, consistency=req.consistency)}
         scores = ChunkScores()
         best = direct[0].score if direct else 1.0
         for hit in direct:
             scores.add(hit.id, self.w.direct * hit.score / best)
-        mentions = await self._mentions(list(reached), req.after, status)
+        mentions = await self._mentions(list(reached), req.after, status, req.consistency)
         for m in mentions:
             ent = entities.get(m.entity_id)
             etype = ent.type if ent else ""
@@ -82,29 +85,37 @@ class Retriever:
         ranked = scores.ranked(req.k)
         located = {m.chunk_id: m.document_id for m in mentions}
         hit_shard = {h.id: h.shard for h in direct}
-        chunks = await self._chunks([c for c, _ in ranked], located, hit_shard, req.after, status)
+        chunks = await self._chunks([c for c, _ in ranked], located, hit_shard, req.after, status, req.consistency)
         top_edges = sorted(edges, key=lambda e: (-rel_scores[(e.source, e.type, e.target)], e.source, e.type, e.target))
         return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
 
     async def _search(self, req: RetrieveRequest, status: Status) -> tuple[list[Hit], list[Hit]]:
-        s, after = self.search, req.after
+        s, after, level = self.search, req.after, req.consistency
         vec = await s.embed(req.question)
         chunk_bm25, chunk_vec, entity_bm25 = await asyncio.gather(
-            s.text_hits(req.question, SEED_DEPTH, "chunks", after, status),
-            s.vector_hits(vec, SEED_DEPTH, "chunks", after, status),
-            s.text_hits(req.question, SEED_ENTITIES, "entities", after, status),
+            s.text_hits(req.question, SEED_DEPTH, "chunks", after, status, consistency=level),
+            s.vector_hits(vec, SEED_DEPTH, "chunks", after, status, consistency=level),
+            s.text_hits(req.question, SEED_ENTITIES, "entities", after, status, consistency=level),
         )
         return rrf([chunk_bm25, chunk_vec], SEED_DEPTH), entity_bm25
 
-    async def _mentions(self, entity_ids: list[str], after: Tokens, status: Status) -> list[Mention]:
+    async def _mentions(
+        self, entity_ids: list[str], after: Tokens, status: Status, consistency: Consistency
+    ) -> list[Mention]:
         """Chunks mentioning the entities, asked of the entities' owners (mentions are stored at both ends)."""
         groups = by_owner(self.client, entity_ids)
-        requests = {s: ShardMentions(entity_ids=ids, after=token(after, s)) for s, ids in groups.items()}
+        requests = {s: ShardMentions(entity_ids=ids, after=token(after, s), consistency=consistency) for s, ids in groups.items()}
         replies = await self.client.fan_out(MENTIONS, requests, status)
         return sorted((m for rep in replies.values() for m in rep.mentions), key=lambda m: (m.chunk_id, m.entity_id))
 
     async def _chunks(
-        self, ids: list[str], located: dict[str, str], hit_shard: dict[str, int], after: Tokens, status: Status
+        self,
+        ids: list[str],
+        located: dict[str, str],
+        hit_shard: dict[str, int],
+        after: Tokens,
+        status: Status,
+        consistency: Consistency,
     ) -> dict[str, tuple[ChunkOut, int]]:
         """Chunk rows from their owning shards (a chunk lives with its document); a chunk known only
         by id is asked of every shard."""
@@ -118,7 +129,7 @@ class Retriever:
             else:
                 for s in range(n):
                     groups[s].append(chunk_id)
-        requests = {s: ShardChunks(ids=g, after=token(after, s)) for s, g in groups.items()}
+        requests = {s: ShardChunks(ids=g, after=token(after, s), consistency=consistency) for s, g in groups.items()}
         replies = await self.client.fan_out(CHUNKS, requests, status)
         return {c.id: (c, s) for s, reply in replies.items() for c in reply.chunks}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from torua.errors import BadRequest
-from torua.model import Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
+from torua.model import Consistency, Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
 from torua_node.rag.ranking import global_bm25, rrf, top_k
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
 from torua_node.shard.protocol import (
@@ -35,22 +35,40 @@ class Search:
         self.client = client
         self.embedder = embedder
 
-    async def vector_hits(self, vector: list[float], k: int, target: Target, after: Tokens, status: Status) -> list[Hit]:
+    async def vector_hits(
+        self,
+        vector: list[float],
+        k: int,
+        target: Target,
+        after: Tokens,
+        status: Status,
+        *,
+        consistency: Consistency = "strong",
+    ) -> list[Hit]:
         requests = {
-            s: ShardVector(vector=vector, k=k, target=target, after=token(after, s)) for s in range(self.client.num_shards)
+            s: ShardVector(vector=vector, k=k, target=target, after=token(after, s), consistency=consistency) for s in range(self.client.num_shards)
         }
         return _merged(await self.client.fan_out(VECTOR, requests, status), k)
 
-    async def text_hits(self, text: str, k: int, target: Target, after: Tokens, status: Status) -> list[Hit]:
+    async def text_hits(
+        self,
+        text: str,
+        k: int,
+        target: Target,
+        after: Tokens,
+        status: Status,
+        *,
+        consistency: Consistency = "strong",
+    ) -> list[Hit]:
         """BM25 in two rounds: global corpus statistics first, then scoring with them on every shard
         that answered the first."""
         terms = query_terms(text)
         if not terms:
             return []
-        ask = {s: ShardTextStats(terms=terms, target=target, after=token(after, s)) for s in range(self.client.num_shards)}
+        ask = {s: ShardTextStats(terms=terms, target=target, after=token(after, s), consistency=consistency) for s in range(self.client.num_shards)}
         stats = await self.client.fan_out(TEXT_STATS, ask, status)
         idf, avg = global_bm25([(st.df, st.n_docs, st.total_length) for st in stats.values()], terms)
-        score = {s: ShardText(idf=idf, avg_length=avg, k=k, target=target, after=token(after, s)) for s in stats}
+        score = {s: ShardText(idf=idf, avg_length=avg, k=k, target=target, after=token(after, s), consistency=consistency) for s in stats}
         return _merged(await self.client.fan_out(TEXT, score, status), k)
 
     async def embed(self, text: str) -> list[float]:
@@ -66,20 +84,22 @@ class Search:
         if len(vector) != dim:
             raise BadRequest(f"vector has {len(vector)} values; this cluster's embedding_dim is {dim}")
         status: Status = {}
-        hits = await self.vector_hits(vector, req.k, req.target, req.after, status)
+        hits = await self.vector_hits(vector, req.k, req.target, req.after, status, consistency=req.consistency)
         return SearchReply(hits=hits, partial=is_partial(status), shards=status)
 
     async def text(self, req: TextSearchRequest) -> SearchReply:
         status: Status = {}
-        hits = await self.text_hits(req.text, req.k, req.target, req.after, status)
+        hits = await self.text_hits(req.text, req.k, req.target, req.after, status, consistency=req.consistency)
         return SearchReply(hits=hits, partial=is_partial(status), shards=status)
 
     async def hybrid(self, req: TextSearchRequest) -> SearchReply:
         """Reciprocal rank fusion of BM25 and vector search over the same text."""
         status: Status = {}
         depth = max(req.k * 3, HYBRID_MIN_DEPTH)
-        bm25 = await self.text_hits(req.text, depth, req.target, req.after, status)
-        vec = await self.vector_hits(await self.embed(req.text), depth, req.target, req.after, status)
+        bm25 = await self.text_hits(req.text, depth, req.target, req.after, status, consistency=req.consistency)
+        vec = await self.vector_hits(
+            await self.embed(req.text), depth, req.target, req.after, status, consistency=req.consistency
+        )
         return SearchReply(hits=rrf([bm25, vec], req.k), partial=is_partial(status), shards=status)
 
 

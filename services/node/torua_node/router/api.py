@@ -99,13 +99,18 @@ class DataApi:
     def cached(
         self, name: str, handler: Callable[[CachedRequest], Awaitable[CachedReply]]
     ) -> Callable[[CachedRequest], Awaitable[CachedReply]]:
-        """Serve repeated reads from the cache while every shard they read is unchanged."""
+        """Serve repeated eventual reads from the cache while every shard they read is unchanged.
+
+        A strong read (the default) is never answered from the cache: the cache learns of other
+        routers' writes only when replicas announce them, so it cannot know the end of the log. Its
+        answer is stored, though, for eventual reads of the same thing."""
 
         async def run(req: CachedRequest) -> CachedReply:
-            key = name.encode() + b"\0" + encode(msgspec.structs.replace(req, after={}))
-            hit = self.cache.get(key, req.after)
-            if hit is not None:
-                return cast(CachedReply, hit)  # stored under this handler's name: its reply type
+            key = name.encode() + b"\0" + encode(msgspec.structs.replace(req, after={}, consistency="eventual"))
+            if req.consistency == "eventual":
+                hit = self.cache.get(key, req.after)
+                if hit is not None:
+                    return cast(CachedReply, hit)  # stored under this handler's name: its reply type
             reply = await handler(req)
             seqs = {int(s): st.applied_seq for s, st in reply.shards.items()}
             known = {s: seq for s, seq in seqs.items() if seq is not None}
@@ -182,18 +187,20 @@ class DataApi:
 
     async def get(self, req: GetRequest) -> GetReply:
         shard = self.client.owner(req.id)
-        reply = await self.client.call(shard, GET, ShardGet(id=req.id, after=token(req.after, shard)))
+        reply = await self.client.call(shard, GET, ShardGet(id=req.id, after=token(req.after, shard), consistency=req.consistency))
         return GetReply(entity=reply.entity, shard=shard)
 
     async def kv_get(self, req: KVGetRequest) -> KVReply:
         shard = kv_shard(req.key, self.client.num_shards)
-        reply = await self.client.call(shard, KV_GET, ShardKVGet(key=req.key, after=token(req.after, shard)))
+        reply = await self.client.call(shard, KV_GET, ShardKVGet(key=req.key, after=token(req.after, shard), consistency=req.consistency))
         return KVReply(key=req.key, value=reply.value)
 
     async def neighbors(self, req: NeighborsRequest) -> NeighborsReply:
         status: Status = {}
-        found = await self.graph.traverse(req.ids, req.hops, req.direction, req.types, req.limit, req.after, status)
-        nodes = await self.graph.entities(list(found.reached), req.after, status)
+        found = await self.graph.traverse(
+            req.ids, req.hops, req.direction, req.types, req.limit, req.after, status, consistency=req.consistency
+        )
+        nodes = await self.graph.entities(list(found.reached), req.after, status, consistency=req.consistency)
         nodes.sort(key=lambda n: (found.reached[n.id], n.id))
         return NeighborsReply(nodes=nodes, edges=found.edges, partial=is_partial(status), shards=status)
 
@@ -201,7 +208,7 @@ class DataApi:
         seen: dict[int, int] = {}
 
         async def run_on_shard(shard: int, query: str, params: dict[str, Any]) -> ShardRows:
-            ask = ShardQuery(query=query, params=params, after=token(req.after, shard))
+            ask = ShardQuery(query=query, params=params, after=token(req.after, shard), consistency=req.consistency)
             reply = await self.client.call(shard, QUERY, ask)
             seen[shard] = min(seen.get(shard, reply.applied_seq), reply.applied_seq)
             return reply.result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torua.model import EdgeOut, EntityOut, Tokens
+from torua.model import Consistency, EdgeOut, EntityOut, Tokens
 from torua_node.router.client import ShardClient, Status, by_owner, token
 from torua_node.shard.protocol import EDGES, ENTITIES, Direction, ShardEdges, ShardEntities
 
@@ -28,21 +28,35 @@ class GraphReads:
     def __init__(self, client: ShardClient) -> None:
         self.client = client
 
-    async def entities(self, ids: list[str], after: Tokens, status: Status) -> list[EntityOut]:
+    async def entities(
+        self, ids: list[str], after: Tokens, status: Status, *, consistency: Consistency = "strong"
+    ) -> list[EntityOut]:
         """The entities among `ids` that exist (stubs are never returned), asked of their owners."""
         groups = by_owner(self.client, ids)
-        requests = {s: ShardEntities(ids=g, after=token(after, s)) for s, g in groups.items()}
+        requests = {
+            s: ShardEntities(ids=g, after=token(after, s), consistency=consistency) for s, g in groups.items()
+        }
         replies = await self.client.fan_out(ENTITIES, requests, status)
         return [e for r in replies.values() for e in r.entities]
 
     async def edges(
-        self, ids: list[str], direction: Direction, types: list[str] | None, after: Tokens, status: Status
+        self,
+        ids: list[str],
+        direction: Direction,
+        types: list[str] | None,
+        after: Tokens,
+        status: Status,
+        *,
+        consistency: Consistency = "strong",
     ) -> list[EdgeOut]:
         """Relations of `ids` in `direction` (one local lookup on each id's owner: relations are
         stored at both ends)."""
         groups = by_owner(self.client, ids)
         requests = {
-            s: ShardEdges(ids=g, direction=direction, types=types, limit=EDGES_PER_SHARD, after=token(after, s))
+            s: ShardEdges(
+                ids=g, direction=direction, types=types, limit=EDGES_PER_SHARD, after=token(after, s),
+                consistency=consistency,
+            )
             for s, g in groups.items()
         }
         replies = await self.client.fan_out(EDGES, requests, status)
@@ -57,6 +71,8 @@ class GraphReads:
         limit: int,
         after: Tokens,
         status: Status,
+        *,
+        consistency: Consistency = "strong",
     ) -> Traversal:
         """Breadth-first frontier exchange: each hop asks the frontier's owning shards for their edges.
 
@@ -69,7 +85,7 @@ class GraphReads:
         for hop in range(1, hops + 1):
             if not frontier or len(reached) >= limit:
                 break
-            found = await self.edges(frontier, direction, types, after, status)
+            found = await self.edges(frontier, direction, types, after, status, consistency=consistency)
             in_frontier = set(frontier)
             new: set[str] = set()
             for e in found:

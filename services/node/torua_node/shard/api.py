@@ -70,20 +70,29 @@ class ServedReplica(Protocol):
         """Return once `seq` is applied; Unavailable if that takes too long."""
         ...
 
+    async def wait_strong(self, after: int) -> None:
+        """Return once every write acknowledged before the call (and `after`) is applied."""
+        ...
+
 
 class ShardApi:
     def __init__(self, replica: ServedReplica) -> None:
         self.replica = replica
 
-    async def _ready(self, after: int) -> int:
-        """Wait until the replica has applied `after`; the applied sequence the answer is at least as
-        of (taken before reading: an apply finishing meanwhile only makes the data newer)."""
-        await self.replica.wait_applied(after)
+    async def _ready(self, req: ShardRequest) -> int:
+        """Wait until the replica is as fresh as `req` asks: every write acknowledged before it
+        (strong, the default) or its write token `after` (eventual). Returns the applied sequence
+        the answer is at least as of (taken before reading: an apply finishing meanwhile only makes
+        the data newer)."""
+        if req.consistency == "strong":
+            await self.replica.wait_strong(req.after)
+        else:
+            await self.replica.wait_applied(req.after)
         return self.replica.applied_seq
 
     async def get(self, req: ShardGet) -> EntityReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         entity = await r.store.call(reads.get_entity, req.id)
         if entity is None:
             raise NotFound(f"entity {req.id!r} not found")
@@ -91,18 +100,18 @@ class ShardApi:
 
     async def entities(self, req: ShardEntities) -> EntitiesReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         return EntitiesReply(entities=await r.store.call(reads.entities_by_ids, req.ids), applied_seq=seq)
 
     async def edges(self, req: ShardEdges) -> EdgesReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         found = await r.store.call(reads.edges, req.ids, req.direction, req.types, req.limit)
         return EdgesReply(edges=found, applied_seq=seq)
 
     async def kv_get(self, req: ShardKVGet) -> KVValueReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         value = await r.store.call(reads.kv_get, req.key)
         if value is None:
             raise NotFound(f"key {req.key!r} not found")
@@ -110,7 +119,7 @@ class ShardApi:
 
     async def vector(self, req: ShardVector) -> HitsReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         if len(req.vector) != r.dim:
             raise BadRequest(f"vector has {len(req.vector)} values; this cluster's embedding_dim is {r.dim}")
         index = r.chunk_index if req.target == "chunks" else r.entity_index
@@ -119,31 +128,31 @@ class ShardApi:
 
     async def text_stats(self, req: ShardTextStats) -> TextStatsReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
         df, n_docs, total = index.stats(req.terms)
         return TextStatsReply(df=df, n_docs=n_docs, total_length=total, applied_seq=seq)
 
     async def text(self, req: ShardText) -> HitsReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
         return HitsReply(hits=index.search(req.idf, req.avg_length, req.k), applied_seq=seq)
 
     async def mentions(self, req: ShardMentions) -> MentionsReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         found = await r.store.call(mentions_of, req.entity_ids, req.limit)
         return MentionsReply(mentions=found, applied_seq=seq)
 
     async def chunks(self, req: ShardChunks) -> ChunksReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=seq)
 
     async def query(self, req: ShardQuery) -> QueryRowsReply:
         r = self.replica
-        seq = await self._ready(req.after)
+        seq = await self._ready(req)
         rows = await r.store.call(execute_on_shard, req.query, req.params)
         return QueryRowsReply(result=rows, applied_seq=seq)
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from torua.model import EdgeOut, EntityOut
+from torua.model import Consistency, EdgeOut, EntityOut
 from torua.wire import Reply, Request
 from torua_node.cypher.merge import ShardRows
 from torua_node.storage.chunks import ChunkOut, Mention
@@ -68,6 +68,8 @@ Target = Literal["chunks", "entities"]
 
 class ShardRequest(Request):
     after: Annotated[int, Meta(ge=0)] = 0
+    # "strong": the replica first learns the end of its shard's log and waits to apply that far.
+    consistency: Consistency = "strong"
 
 
 class ShardGet(ShardRequest, kw_only=True):

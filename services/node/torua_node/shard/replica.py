@@ -22,6 +22,7 @@ from torua.tasks import end_task
 from torua.wire import ReplicaStatus
 from torua_node.shard.api import start_shard_service
 from torua_node.shard.apply import apply_batch
+from torua_node.shard.readindex import LogEnd
 from torua_node.storage.schema import init_schema, read_applied_seq
 from torua_node.storage.store import ShardStore
 from torua_node.storage.textindex import TextIndex, load_text_indexes
@@ -60,6 +61,7 @@ class ShardReplica:
         self.entity_text = TextIndex()
         self.chunk_text = TextIndex()
         self._applied = asyncio.Condition()
+        self.log_end = LogEnd(self._log_end)  # strong reads: the current end of the shard's log
         self._task: asyncio.Task[None] | None = None
         self._service: ServiceHandle | None = None
         self._closing = False
@@ -87,6 +89,7 @@ class ShardReplica:
             await end_task(self._task, STOP_TIMEOUT_S)
         if self._service is not None:  # after the task, which may have started it while ending
             await self._stop_service(self._service)
+        await self.log_end.close()
         await self.store.close()
 
     async def _stop_service(self, service: ServiceHandle) -> None:
@@ -99,6 +102,18 @@ class ShardReplica:
             )
 
     # --- reads wait for writes they depend on -------------------------------------------------
+
+    async def wait_strong(self, after: int) -> None:
+        """Wait until this replica reflects every write acknowledged before the call (and `after`):
+        learn the end of the shard's log now, then wait to apply that far."""
+        try:
+            end = await self.log_end.get()
+        except Exception as exc:  # noqa: BLE001 - NATS unreachable or the stream missing: retryable
+            raise Unavailable(
+                f"shard {self.shard} replica on {self.node_id} could not learn the end of its log "
+                f"({type(exc).__name__}); retry, or read with consistency eventual"
+            ) from None
+        await self.wait_applied(max(after, end))
 
     async def wait_applied(self, seq: int, timeout: float = READ_WAIT_S) -> None:
         if self.applied_seq >= seq:
