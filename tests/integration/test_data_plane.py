@@ -231,22 +231,23 @@ async def cache_counts(api: Client) -> tuple[int, int]:
 
 
 async def test_result_cache_hits_and_never_serves_older_than_tokens(make_cluster) -> None:
+    """The cache answers eventual reads (strong reads, the default, never come from it)."""
     cluster: LocalCluster = make_cluster(nodes=1, shards=4, replicas=1)  # one router, one cache
     cluster.start()
     async with await Client.connect(cluster.url) as api:
         await api.wait_for_state("green", timeout=30)
         first = await api.upsert(entities=[Entity(id="cache-1", name="Zyxwv quill")])
-        a = await api.search_text("zyxwv", target="entities", after=first.tokens)
+        a = await api.search_text("zyxwv", target="entities", after=first.tokens, consistency="eventual")
         hits, _ = await cache_counts(api)
-        b = await api.search_text("zyxwv", target="entities", after=first.tokens)
+        b = await api.search_text("zyxwv", target="entities", after=first.tokens, consistency="eventual")
         assert b == a and [h.id for h in a.hits] == ["cache-1"]
         assert (await cache_counts(api))[0] == hits + 1
         second = await api.upsert(entities=[Entity(id="cache-2", name="Zyxwv quill too")])
-        fresh = await api.search_text("zyxwv", target="entities", after=second.tokens)
+        fresh = await api.search_text("zyxwv", target="entities", after=second.tokens, consistency="eventual")
         assert {h.id for h in fresh.hits} == {"cache-1", "cache-2"}
 
         async def seen_without_tokens() -> bool:
-            got = await api.search_text("zyxwv", target="entities")
+            got = await api.search_text("zyxwv", target="entities", consistency="eventual")
             return {h.id for h in got.hits} == {"cache-1", "cache-2"}
 
         await wait_for(seen_without_tokens, timeout=10, what="cached result invalidated by the applied notice")
