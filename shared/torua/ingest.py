@@ -265,11 +265,6 @@ class _Batcher:
 # --- the pipeline ---------------------------------------------------------------------------------
 
 
-def _entity_text(e: Entity) -> str:
-    # As the router embeds an entity written without a vector (torua_node.router.split), so both agree.
-    return entity_embedding_text(e.id, e.name, e.description)
-
-
 class Ingester:
     """One ingestion run against a cluster; `run(paths)` or `run_units(...)` via the helpers below."""
 
@@ -469,7 +464,7 @@ class Ingester:
                 c.embedding = v.tolist()
         missing_e = [e for e in b.entities if e.embedding is None]
         if missing_e:
-            for e, v in zip(missing_e, self.embedder.embed([_entity_text(e) for e in missing_e])):
+            for e, v in zip(missing_e, self.embedder.embed([entity_embedding_text(e.id, e.name, e.description) for e in missing_e])):
                 e.embedding = v.tolist()
 
     def _merge_tokens(self, more: Mapping[str, int]) -> None:

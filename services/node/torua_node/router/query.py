@@ -40,7 +40,7 @@ from torua_node.cypher.planner import OWNER_KEY, REAL_IDS_PARAM, FarEnd, Plan, p
 from torua_node.router.fanout import Status, gather
 from torua_node.shard.query import execute_on_shard
 from torua_node.storage.schema import init_schema
-from torua_node.storage.store import Conn, memory_database
+from torua_node.storage.store import Conn, all_rows, memory_database
 
 __all__ = ["QueryResult", "RunOnShard", "run_query", "MAX_GATHERED_BINDINGS"]
 
@@ -209,9 +209,7 @@ def _copy(conn: Conn, table: str, rows: list[dict[str, Any]], ends: tuple[str, .
     """Bulk-load JSON-shaped rows, converting each column to the type the table declares."""
     if not rows:
         return
-    info = conn.execute(f"CALL table_info('{table}') RETURN *")
-    assert not isinstance(info, list)  # one statement, one result
-    declared = [(r[1], str(r[2])) for r in info.get_all() if isinstance(r, list)]  # rows are lists
+    declared = [(r[1], str(r[2])) for r in all_rows(conn, f"CALL table_info('{table}') RETURN *")]
     cols = {c: pa.array([r[c] for r in rows], pa.string()) for c in ends}
     for name, kuzu_type in declared:
         values = [False if name == "stub" else r.get(name) for r in rows]

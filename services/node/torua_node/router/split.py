@@ -16,7 +16,7 @@ import numpy as np
 from torua.embedding import Embedder
 from torua.errors import BadRequest, PayloadTooLarge
 from torua.hashing import shard_for
-from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, Entity, UpsertRequest
+from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, UpsertRequest
 from torua.text import entity_embedding_text
 from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, WalMention, WalRelation
 
@@ -85,10 +85,6 @@ def _vectors(texts: list[str], given: list[bytes | None], embedder: Embedder) ->
     return [v if v is not None else next(computed).astype("<f4").tobytes() for v in given]
 
 
-def _entity_text(e: Entity) -> str:
-    return entity_embedding_text(e.id, e.name, e.description)
-
-
 def split_upsert(
     req: UpsertRequest, num_shards: int, embedder: Embedder, request_id: str, ts: float
 ) -> dict[int, WalEntry]:
@@ -110,7 +106,7 @@ def split_upsert(
 
     for d in req.documents:
         entry(shard(d.id)).documents.append(WalDocument(d.id, d.title, _json(d.metadata)))
-    ent_vecs = _vectors([_entity_text(e) for e in req.entities], given_ent, embedder)
+    ent_vecs = _vectors([entity_embedding_text(e.id, e.name, e.description) for e in req.entities], given_ent, embedder)
     for e, vec in zip(req.entities, ent_vecs):
         entry(shard(e.id)).entities.append(WalEntity(e.id, e.name, e.type, e.description, _json(e.properties), vec))
     chunk_vecs = _vectors([c.text for c in req.chunks], given_chunk, embedder)
