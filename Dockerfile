@@ -37,8 +37,8 @@ USER 10001:10001
 # Kuzu shard databases and the node's identity (node_id) live here: one volume per node.
 VOLUME ["/data"]
 # Exec form, so `torua` is PID 1 and receives signals itself. Both services handle SIGTERM and
-# SIGINT (a node drains its replicas away on SIGTERM, and stops fast keeping them on SIGINT), and
-# they start no child processes, so no init process is needed.
+# SIGINT (a node stops gracefully within 10 s and keeps its data; decommissioning is `torua drain`),
+# and they start no child processes, so no init process is needed.
 STOPSIGNAL SIGTERM
 # The role is read from PID 1's command line; compose names it explicitly.
 HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 CMD ["torua-healthcheck"]

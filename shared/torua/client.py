@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,7 +18,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from torua import subjects
 from torua.connect import connect
 from torua.endpoints import error_of
-from torua.errors import Unavailable, error_for_code
+from torua.errors import Conflict, Unavailable, error_for_code
 from torua.model import (
     AnswerReply,
     Chunk,
@@ -41,6 +42,7 @@ from torua.wire import (
     BroadcastReply,
     ClusterInfo,
     DigestReply,
+    DrainReply,
     HealthReply,
     NodeHealthReply,
     NodeInfoReply,
@@ -134,6 +136,42 @@ class Client:
 
     async def broadcast(self, op: str, params: dict[str, Any] | None = None) -> BroadcastReply:
         return await self._typed(subjects.CLUSTER_BROADCAST, BroadcastReply, {"op": op, "params": params or {}})
+
+    async def drain(
+        self,
+        node_id: str,
+        *,
+        wait: bool = False,
+        timeout: float = 600.0,
+        progress: Callable[[DrainReply], None] | None = None,
+    ) -> DrainReply:
+        """Decommission a node: its replicas move to other nodes, make-before-break, and it stays
+        drained (across restarts too) until `cancel_drain`. With `wait`, poll until the shard map
+        gives it nothing (calling `progress` with each report), or raise Unavailable after `timeout`."""
+        reply = await self._typed(subjects.CLUSTER_DRAIN, DrainReply, {"node": node_id})
+        if not wait:
+            return reply
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if progress is not None:
+                progress(reply)
+            if reply.done:
+                return reply
+            if not reply.draining:
+                raise Conflict(f"the drain of node {node_id} was cancelled")
+            if asyncio.get_running_loop().time() > deadline:
+                left = ", ".join(f"{s.shard} ({s.state})" for s in reply.shards)
+                raise Unavailable(f"node {node_id} still holds {reply.remaining} shard(s) after {timeout:g}s: {left}")
+            await asyncio.sleep(0.5)
+            reply = await self.drain_status(node_id)
+
+    async def drain_status(self, node_id: str) -> DrainReply:
+        """How far draining a node has got (changes nothing)."""
+        return await self._typed(subjects.CLUSTER_DRAIN, DrainReply, {"node": node_id, "action": "status"})
+
+    async def cancel_drain(self, node_id: str) -> DrainReply:
+        """Take a draining node back into placement: it gets its share of replicas again."""
+        return await self._typed(subjects.CLUSTER_DRAIN, DrainReply, {"node": node_id, "action": "cancel"})
 
     async def node_health(self, node_id: str) -> NodeHealthReply:
         return await self._typed(subjects.node_endpoint(node_id, "health"), NodeHealthReply)

@@ -35,12 +35,14 @@ def status_text(info: ClusterInfo, nodes: NodesReply, shards: ShardMap) -> str:
         f" {sc.unassigned} unassigned  map r{info.map_revision}"
     )
     node_rows = [
-        (n.id, n.status, len(n.shards), n.capacity, ",".join(map(str, n.shards)), _ago(n.last_heartbeat), n.version)
+        (n.id, n.status + (", draining" if n.draining and n.status != "draining" else ""), len(n.shards), n.capacity, ",".join(map(str, n.shards)), _ago(n.last_heartbeat), n.version)
         for n in nodes.nodes
     ]
     shard_rows = [
         (s.id, s.state, ",".join(s.replicas), ",".join(s.active), ",".join(s.leaving)) for s in shards.shards
     ]
+    if info.problems:
+        head += "\n" + "\n".join(f"  problem: {p}" for p in info.problems)
     return "\n\n".join(
         [
             head,

@@ -196,13 +196,38 @@ class ServiceHandle:
         return self._runner.metrics
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking requests, then let in-flight ones finish (up to `grace` seconds)."""
-        try:
-            await self.service.stop()
+        """Stop taking requests, answer those already received, and let in-flight ones finish (up to
+        `grace` seconds in all)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+
+        def left() -> float:
+            return max(deadline - loop.time(), 0.1)
+
+        await self._drain_endpoints(grace)
+        try:  # bounded: with NATS unreachable, each flush inside would wait its own 10 s
+            await asyncio.wait_for(self.service.stop(), left())
         except Exception:
             log.debug("service stop failed", exc_info=True)
         if self._runner.tasks:
-            await asyncio.wait(list(self._runner.tasks), timeout=grace)
+            await asyncio.wait(list(self._runner.tasks), timeout=left())
+
+    async def _drain_endpoints(self, timeout: float) -> None:
+        """Drain each endpoint's subscription: the server stops sending, and what it sent already is
+        handled. nats.micro's own stop unsubscribes, which drops requests already on their way to us
+        (a queue group's other members would have answered them; their callers wait out a timeout).
+        micro keeps the endpoints' subscriptions private (nats-py 2.16): once drained, its stop must
+        not touch them again, so they leave its list."""
+        endpoints = list(getattr(self.service, "_endpoints", []))
+        subs = [sub for ep in endpoints if (sub := getattr(ep, "_subscription", None)) is not None]
+        if not subs or len(subs) != len(endpoints):
+            return  # not the layout this was written for: micro's stop does it (without draining)
+        draining = asyncio.gather(*(sub.drain() for sub in subs), return_exceptions=True)
+        try:
+            await asyncio.wait_for(draining, timeout)
+        except TimeoutError:
+            log.warning("%s: endpoints still draining after %.0fs", self._runner.service, timeout)
+        self.service._endpoints = []
 
 
 async def add_endpoints(

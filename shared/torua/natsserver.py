@@ -15,10 +15,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NatsServer", "find_nats_server", "start_nats_server", "MAX_PAYLOAD"]
+__all__ = ["NatsServer", "find_nats_server", "start_nats_server", "MAX_PAYLOAD", "DURABLE_SYNC"]
 
 # KV values up to 1 MiB plus JSON/base64 overhead and batched writes need more than NATS' 1 MiB.
 MAX_PAYLOAD = 8 * 1024 * 1024
+# JetStream's `sync_interval`: "always" fsyncs every stored message before it is acknowledged, so
+# an acknowledged write survives an OS crash or power loss of this one server. The server's own
+# default (every 2 minutes) relies on replication to other servers instead (docs/operations.md,
+# "What an acknowledged write survives"; `python -m bench.durability` measures the cost).
+DURABLE_SYNC = "always"
 
 
 def find_nats_server() -> str:
@@ -55,7 +60,9 @@ class NatsServer:
             self.process.wait()
 
 
-def _config(host: str, port: int, store_dir: Path, monitor_port: int | None, max_payload: int) -> str:
+def _config(
+    host: str, port: int, store_dir: Path, monitor_port: int | None, max_payload: int, sync_interval: str | None
+) -> str:
     lines = [
         f"listen: {host}:{port}",
         f"max_payload: {max_payload}",
@@ -64,6 +71,7 @@ def _config(host: str, port: int, store_dir: Path, monitor_port: int | None, max
         "jetstream {",
         f"  store_dir: {json.dumps(str(store_dir))}",
         "  max_memory_store: 256MB",
+        *([f"  sync_interval: {json.dumps(sync_interval)}"] if sync_interval else []),
         "}",
     ]
     if monitor_port is not None:
@@ -80,11 +88,14 @@ def start_nats_server(
     max_payload: int = MAX_PAYLOAD,
     log_file: Path | None = None,
     ready_timeout: float = 15.0,
+    sync_interval: str | None = DURABLE_SYNC,
 ) -> NatsServer:
-    """Start nats-server with JetStream under `store_dir`; port -1 lets the server pick a free one."""
+    """Start nats-server with JetStream under `store_dir`; port -1 lets the server pick a free one.
+    `sync_interval`: JetStream's fsync policy ("always", a duration such as "10s", or None for the
+    server's default)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     conf = store_dir / "nats-server.conf"
-    conf.write_text(_config(host, port, store_dir / "jetstream", monitor_port, max_payload))
+    conf.write_text(_config(host, port, store_dir / "jetstream", monitor_port, max_payload, sync_interval))
     ports_dir = store_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):

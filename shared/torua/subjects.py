@@ -13,6 +13,7 @@ __all__ = [
     "CLUSTER_NODES",
     "CLUSTER_SHARDS",
     "CLUSTER_BROADCAST",
+    "CLUSTER_DRAIN",
     "GRAPH_UPSERT",
     "GRAPH_DELETE",
     "GRAPH_GET",
@@ -37,6 +38,7 @@ __all__ = [
     "heartbeat",
     "node_endpoint",
     "shard_applied",
+    "APPLIED_RESET",
     "shard_endpoint",
     "shard_queue",
     "wal_subject",
@@ -54,6 +56,8 @@ CLUSTER_INFO = "torua.cluster.info"
 CLUSTER_NODES = "torua.cluster.nodes"
 CLUSTER_SHARDS = "torua.cluster.shards"
 CLUSTER_BROADCAST = "torua.cluster.broadcast"
+# Decommission a node: move its replicas away make-before-break, and report progress.
+CLUSTER_DRAIN = "torua.cluster.drain"
 
 GRAPH_UPSERT = "torua.graph.upsert"
 GRAPH_DELETE = "torua.graph.delete"
@@ -105,6 +109,11 @@ def shard_endpoint(shard: int, op: str) -> str:
 def shard_queue(shard: int) -> str:
     """The queue group of one shard's caught-up replicas."""
     return f"shard-{shard}"
+
+
+# The payload on shard_applied(n) that says a replica of n was rebuilt from the log (which may have
+# been re-created: positions from before do not compare with those after).
+APPLIED_RESET = b"reset"
 
 
 def shard_applied(shard: int) -> str:

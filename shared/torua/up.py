@@ -14,7 +14,7 @@ from pathlib import Path
 from torua.client import Client
 from torua.display import status_text
 from torua.errors import ToruaError
-from torua.natsserver import NatsServer, start_nats_server
+from torua.natsserver import DURABLE_SYNC, NatsServer, start_nats_server
 
 __all__ = ["LocalCluster", "UpOptions", "run_up"]
 
@@ -30,6 +30,8 @@ class UpOptions:
     node_timeout: float = 5.0
     reassign_delay: float = 10.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # JetStream's fsync policy (natsserver.DURABLE_SYNC: every acknowledged write survives an OS crash).
+    nats_sync: str | None = DURABLE_SYNC
     sample: Path | None = None  # a directory to ingest once green (`torua up --sample samples`)
 
 
@@ -65,7 +67,10 @@ class LocalCluster:
 
     def start_nats(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.nats = start_nats_server(self.opts.data_dir / "nats", port=self.opts.port, log_file=self.logs / "nats.log")
+        self.nats = start_nats_server(
+            self.opts.data_dir / "nats", port=self.opts.port, log_file=self.logs / "nats.log",
+            sync_interval=self.opts.nats_sync,
+        )
 
     def _spawn(self, module: str, log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.logs / f"{log_name}.log", "ab") as log:
@@ -97,7 +102,7 @@ class LocalCluster:
             proc.send_signal(sig)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Nodes first (SIGINT: stop without decommissioning), then the coordinator, then NATS."""
+        """Nodes first (SIGINT: a graceful stop that keeps their data), then the coordinator, then NATS."""
         procs = [p for p in self.nodes.values() if p.poll() is None]
         for p in procs:
             p.send_signal(signal.SIGINT)

@@ -6,7 +6,7 @@ default; replies and internal messages accept unknown fields so newer peers can 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -36,9 +36,15 @@ __all__ = [
     "NodeInfoReply",
     "DigestRequest",
     "DigestReply",
+    "DigestCheck",
+    "DrainRequest",
+    "DrainShard",
+    "DrainReply",
 ]
 
-ReplicaState = Literal["opening", "recovering", "active", "closing", "failed"]
+# diverged: the log is not the one this replica applied (re-created, or lost entries it applied):
+# the replica stops serving and applying (docs/consistency.md, "The log's identity").
+ReplicaState = Literal["opening", "recovering", "active", "closing", "failed", "diverged"]
 NodeStatus = Literal["healthy", "unhealthy", "dead", "draining"]
 ClusterState = Literal["green", "yellow", "red"]
 
@@ -68,17 +74,31 @@ class ErrorBody(Reply):
 # --- membership -------------------------------------------------------------------------------
 
 
+class DigestCheck(Reply):
+    """The last comparison of this replica's content digest with its peers', at one log position."""
+
+    seq: int  # the log position every compared replica held still at
+    digest: str  # this replica's
+    peers: dict[str, str] = msgspec.field(default_factory=dict)  # node id -> its digest at `seq`
+    match: bool = True  # every peer's digest equals this replica's
+    checked_at: float = 0.0  # epoch seconds
+
+
 class ReplicaStatus(Reply):
     shard: int
     state: ReplicaState
     applied_seq: int = 0
     error: str | None = None
+    digest: DigestCheck | None = None
 
 
 class Announce(Reply):
+    """`join`: up and taking replicas; `leave`: up, draining (its replicas move away); `left`:
+    drained and gone for good; `stop`: stopping, keeping its data (absent until it returns)."""
+
     node_id: str
     incarnation: int
-    event: Literal["join", "leave", "left"]
+    event: Literal["join", "leave", "left", "stop"]
     version: str
     capacity: int | None = None
 
@@ -138,6 +158,9 @@ class ControlRequest(Request):
 class HealthReply(Reply):
     status: str
     leader: bool
+    # The cluster's state and what makes it less than green, one line per problem naming its shard.
+    state: ClusterState | None = None
+    problems: list[str] = msgspec.field(default_factory=list)
 
 
 class NodeHealthReply(Reply):
@@ -170,6 +193,8 @@ class ClusterInfo(Reply):
     map_revision: int
     uptime_s: float
     leader: str = ""
+    # What makes the state less than green, one line each, naming the shard (and node).
+    problems: list[str] = msgspec.field(default_factory=list)
 
 
 class NodeView(Reply):
@@ -182,6 +207,8 @@ class NodeView(Reply):
     capacity: int | None
     available_capacity: int | None
     incarnation: int = 0
+    # Being decommissioned (torua.cluster.drain); stays true while the node is stopped.
+    draining: bool = False
 
 
 class NodesReply(Reply):
@@ -218,9 +245,48 @@ class NodeInfoReply(Reply):
 
 class DigestRequest(Request):
     shard: int
+    # Hold apply at this log position (a sequence of the shard's subject) and hash the content
+    # there, so replicas are compared at the same point; the reply's applied_seq says where it was
+    # taken (later than `at` if the replica had already passed it).
+    at: int | None = None
+    # The asking replica's digest at `at`, and its node: this replica compares and records the result.
+    expect: str | None = None
+    peer: str | None = None
 
 
 class DigestReply(Reply):
     shard: int
     applied_seq: int
     digest: str
+    match: bool | None = None  # with `expect`: whether this replica's digest at `at` equals it
+
+
+# --- draining (decommissioning) a node ----------------------------------------------------------
+
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+DrainAction = Literal["start", "status", "cancel"]
+
+
+class DrainRequest(Request):
+    """`start` (default) drains the node, `status` only reports, `cancel` takes it back into placement."""
+
+    node: NodeId
+    action: DrainAction = "start"
+
+
+class DrainShard(Reply):
+    shard: int
+    # moving: placement has moved it; the copies in `to` are catching up (the node's copy serves until
+    # they have). blocked: no other node can take it (capacity), so it stays on the node.
+    state: Literal["moving", "blocked"]
+    to: list[str] = msgspec.field(default_factory=list)
+
+
+class DrainReply(Reply):
+    node: str
+    status: NodeStatus
+    draining: bool
+    # Draining and the shard map no longer gives the node any replica: it can be stopped for good.
+    done: bool
+    remaining: int  # shards the node still hosts
+    shards: list[DrainShard] = msgspec.field(default_factory=list)

@@ -39,7 +39,7 @@ def make_cluster(tmp_path: Path) -> Iterator:
     def make(nodes: int = 3, shards: int = 8, replicas: int = 2, **extra_env: str) -> LocalCluster:
         opts = UpOptions(
             nodes=nodes, shards=shards, replicas=replicas, port=-1, data_dir=tmp_path / f"c{len(clusters)}",
-            extra_env={"TORUA_DRAIN_TIMEOUT": "10", **extra_env}, **FAST,
+            extra_env=extra_env, **FAST,
         )
         cluster = LocalCluster(opts)
         clusters.append(cluster)

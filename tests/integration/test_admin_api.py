@@ -8,7 +8,7 @@ import pytest
 
 from torua import subjects
 from torua.client import Client
-from torua.errors import BadRequest
+from torua.errors import BadRequest, NotFound
 from torua.up import LocalCluster
 
 from tests.conftest import wait_for
@@ -21,6 +21,7 @@ CLUSTER = [
     subjects.CLUSTER_NODES,
     subjects.CLUSTER_SHARDS,
     subjects.CLUSTER_BROADCAST,
+    subjects.CLUSTER_DRAIN,
 ]
 NODE = [subjects.node_endpoint("node-1", e) for e in ("health", "info", "control")]
 
@@ -45,7 +46,7 @@ async def ready(client: Client) -> bool:
 async def test_shapes(cluster: LocalCluster, client: Client) -> None:
     await wait_for(lambda: ready(client), timeout=30, what="green")
     _, health = await raw(client, subjects.CLUSTER_HEALTH, b"{}")
-    assert health == {"status": "ok", "leader": True}
+    assert health == {"status": "ok", "leader": True, "state": "green", "problems": []}
     _, info = await raw(client, subjects.CLUSTER_INFO, b"")
     assert {"cluster_id", "version", "state", "nodes", "shards", "embedding_dim", "map_revision", "uptime_s"} <= set(info)
     assert set(info["shards"]) >= {"total", "replication_factor", "active", "initializing", "unassigned"}
@@ -96,6 +97,10 @@ async def test_wrong_types_name_the_field(cluster: LocalCluster, client: Client)
         (subjects.CLUSTER_BROADCAST, b'{"op": "ping", "params": []}', "$.params"),
         (subjects.CLUSTER_BROADCAST, b'{"params": {}}', "op"),
         (subjects.node_endpoint("node-2", "control"), b'{"op": "ping", "params": "x"}', "$.params"),
+        (subjects.CLUSTER_DRAIN, b'{}', "node"),
+        (subjects.CLUSTER_DRAIN, b'{"node": 5}', "$.node"),
+        (subjects.CLUSTER_DRAIN, b'{"node": "node 1"}', "$.node"),
+        (subjects.CLUSTER_DRAIN, b'{"node": "node-1", "action": "later"}', "$.action"),
     ]
     for subject, payload, field in cases:
         headers, body = await raw(client, subject, payload)
@@ -103,6 +108,11 @@ async def test_wrong_types_name_the_field(cluster: LocalCluster, client: Client)
         assert field in body["error"]["description"], body
     with pytest.raises(BadRequest, match="unknown op"):
         await client.node_control("node-2", "explode")
+    with pytest.raises(NotFound, match="node: 'nobody' is not a member"):
+        await client.drain("nobody")
+    # Asking changes nothing.
+    status = await client.drain_status("node-2")
+    assert (status.draining, status.done, status.remaining, status.status) == (False, False, 0, "healthy")
 
 
 async def test_micro_discovery_lists_endpoints_with_descriptions(cluster: LocalCluster, client: Client) -> None:
@@ -125,3 +135,5 @@ async def test_micro_discovery_lists_endpoints_with_descriptions(cluster: LocalC
         return sub.pending_msgs >= 3
 
     await wait_for(three_pongs, timeout=5, what="3 node PING replies")
+    # Unread, the replies would hold the client's drain at teardown for its whole 30 s timeout.
+    await sub.unsubscribe()

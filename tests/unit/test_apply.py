@@ -16,6 +16,7 @@ from typing import Any
 
 import kuzu
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,10 +32,17 @@ from torua_node.shard.wal import (
     WalMention,
     WalRelation,
     encode_entry,
+    fingerprint,
 )
 from torua_node.storage import statements
 from torua_node.storage.digest import content_digest, counts
-from torua_node.storage.schema import SCHEMA_VERSION, init_schema, read_applied_seq
+from torua_node.storage.schema import (
+    SCHEMA_VERSION,
+    init_schema,
+    read_applied_seq,
+    read_log_position,
+    write_log_id,
+)
 from torua_node.storage.tables import CHUNK, DOCUMENT, ENTITY, STUB
 
 DIM = 4
@@ -424,6 +432,82 @@ def test_a_transient_error_stops_without_poison_and_redelivery_finishes(
         r = apply_batch(a, log, DIM)
         assert (r.applied, r.applied_seq, r.entity_ids) == (2, 4, ["c"])
         assert counts(a)["failures"] == 0 and counts(a)["entities"] == 3
+
+
+@pytest.mark.parametrize("fault", [
+    OSError(28, "No space left on device"),
+    MemoryError(),
+    pa.ArrowMemoryError("malloc of 64 bytes failed"),
+    pa.ArrowIOError("read failed"),
+    RuntimeError("Storage exception: page 12 of the node group is not in the file"),
+    RuntimeError("Checkpoint exception: could not write the shadow file"),
+    RuntimeError("IO exception: Cannot write to file"),
+    RuntimeError("an error nobody has seen before"),
+], ids=lambda e: type(e).__name__ + ":" + str(e)[:20])
+def test_memory_io_and_storage_errors_stop_apply_and_never_skip_an_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: BaseException
+) -> None:
+    """Only a verdict on the entry itself is skipped: anything that says something about this
+    replica (memory, disk, its storage's state, or an error not known to be the entry's) stops the
+    batch, and a redelivery applies every entry."""
+    real = apply_mod._apply_upserts
+    broken = {"on": True}
+
+    def faulty(conn: kuzu.Connection, seg: Any, delta: Any) -> None:
+        if broken["on"] and "c" in seg.entities:
+            raise fault
+        real(conn, seg, delta)
+
+    monkeypatch.setattr(apply_mod, "_apply_upserts", faulty)
+    log = wal(entry(entities=[ent("a")]), entry(entities=[ent("b")]), entry(entities=[ent("c")]),
+              entry(entities=[ent("d")]))
+    with shard_db(tmp_path / "a") as a:
+        for _ in range(2):  # retried, it fails the same way, and still skips nothing
+            r = apply_batch(a, log, DIM)
+            assert r.failures == [] and r.error is not None and type(fault).__name__ in r.error
+            assert r.applied_seq < 3 and counts(a)["failures"] == 0
+        broken["on"] = False
+        r = apply_batch(a, log, DIM)
+        assert (r.applied_seq, r.failures, r.error) == (4, [], None)
+        assert counts(a)["entities"] == 4 and counts(a)["failures"] == 0
+
+
+@pytest.mark.parametrize("fault", [
+    RuntimeError("Binder exception: Cannot find property nope for n."),
+    RuntimeError("Conversion exception: Cast failed."),
+    pa.ArrowInvalid("Could not convert 'x' with type str"),
+], ids=lambda e: str(e)[:20])
+def test_a_verdict_on_the_entry_is_recorded_and_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: BaseException
+) -> None:
+    real = apply_mod._apply_upserts
+
+    def faulty(conn: kuzu.Connection, seg: Any, delta: Any) -> None:
+        if "c" in seg.entities:
+            raise fault
+        real(conn, seg, delta)
+
+    monkeypatch.setattr(apply_mod, "_apply_upserts", faulty)
+    log = wal(entry(entities=[ent("a")]), entry(entities=[ent("c")]), entry(entities=[ent("d")]))
+    with shard_db(tmp_path / "a") as a, shard_db(tmp_path / "b") as b:
+        r = apply_batch(a, log, DIM)
+        assert [s for s, _ in r.failures] == [2] and (r.applied_seq, r.error) == (3, None)
+        for item in log:  # one entry at a time: the same verdict, the same content
+            apply_batch(b, [item], DIM)
+        assert content_digest(a) == content_digest(b)
+
+
+def test_the_fingerprint_of_the_last_entry_is_stored_with_applied_seq(tmp_path: Path) -> None:
+    log = wal(entry(entities=[ent("a")]), b"\x93garbage", entry(kv=[WalKV("k", "v")]))
+    with shard_db(tmp_path / "a") as a, shard_db(tmp_path / "b") as b:
+        for n, (seq, raw) in enumerate(log, 1):
+            apply_batch(a, log[:n], DIM)
+            assert read_log_position(a) == (seq, None, fingerprint(raw))
+        apply_batch(b, log, DIM)
+        assert read_log_position(b).applied_fp == fingerprint(log[-1][1])
+        write_log_id(a, 1_700_000_000_000_000)  # which log is bookkeeping, not content
+        assert read_log_position(a).log_id == 1_700_000_000_000_000
+        assert content_digest(a) == content_digest(b)
 
 
 # -- data rules ---------------------------------------------------------------------------------------

@@ -33,3 +33,15 @@ def test_ttl_and_size_bound() -> None:
         c.put(bytes([i]), i, {0: 1}, now=0)
     assert len(c) == 2 and c.get(bytes([0]), {}, now=1) is None
     assert c.get(bytes([2]), {}, now=11) is None
+
+
+def test_a_rebuilt_shard_is_forgotten_its_positions_may_count_in_another_log() -> None:
+    c = ResultCache()
+    c.put(b"old", "from the old log", {0: 5000, 1: 7}, now=0)
+    c.put(b"other", "shard 1 only", {1: 7}, now=0)
+    c.note(0, 5000)
+    c.forget(0)  # a replica of shard 0 was rebuilt from a re-created log
+    assert c.get(b"old", {"0": 10}, now=1) is None  # a token of the new log never meets old data
+    assert c.get(b"other", {}, now=1) == "shard 1 only"
+    c.note(0, 10)
+    assert c.latest[0] == 10

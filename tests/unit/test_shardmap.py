@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torua.wire import ShardEntry
 
-from torua_coordinator.shardmap import cluster_state, next_entries, replica_counts
+from torua_coordinator.shardmap import cluster_state, drain_progress, next_entries, replica_counts
 
 
 def serving_from(active: dict[str, set[int]]):
@@ -41,3 +41,25 @@ def test_shard_keeps_last_holders_when_no_node_is_left() -> None:
     prev = [ShardEntry(id=0, replicas=["a"])]
     entries = next_entries(prev, {0: []}, serving_from({}), set(), 1)
     assert entries[0].replicas == ["a"] and entries[0].state == "unavailable"
+
+
+def test_drain_progress_from_the_published_and_the_planned_map() -> None:
+    published = [
+        ShardEntry(id=0, replicas=["a", "b"], active=["a", "b"]),  # not moved yet
+        ShardEntry(id=1, replicas=["b", "c"], leaving=["a"], active=["a", "b"]),  # c catching up
+        ShardEntry(id=2, replicas=["b", "c"], active=["b", "c"]),  # not on a
+        ShardEntry(id=3, replicas=["a"], active=["a"]),  # nowhere else to go
+    ]
+    planned = [
+        ShardEntry(id=0, replicas=["b", "c"], leaving=["a"], active=["a", "b"]),
+        ShardEntry(id=1, replicas=["b", "c"], leaving=["a"], active=["a", "b"]),
+        ShardEntry(id=2, replicas=["b", "c"], active=["b", "c"]),
+        ShardEntry(id=3, replicas=["a"], active=["a"]),
+    ]
+    got = drain_progress("a", published, planned)
+    assert [(s.shard, s.state, s.to) for s in got] == [
+        (0, "moving", ["c"]),
+        (1, "moving", ["c"]),
+        (3, "blocked", []),
+    ]
+    assert drain_progress("d", published, planned) == []

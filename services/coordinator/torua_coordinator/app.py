@@ -21,6 +21,7 @@ from torua.errors import ConfigError
 from torua.metrics import GaugeReading, metrics
 from torua.streams import ensure_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
+from torua_coordinator.health import PROBLEM_KINDS, cluster_health
 from torua_coordinator.leader import Lease
 from torua_coordinator.placement import place
 from torua_coordinator.registry import Registry
@@ -52,6 +53,7 @@ class Coordinator:
         self._changed = asyncio.Event()
         metrics.add_gauges(self._nodes_gauge)
         metrics.add_gauges(self._replicas_gauge)
+        metrics.add_gauges(self._problems_gauge)
 
     def _nodes_gauge(self) -> GaugeReading:
         by_status = Counter(r.status for r in self.registry.nodes.values())
@@ -64,6 +66,12 @@ class Coordinator:
         c = replica_counts(self._map.shards, self._map.replication_factor)
         samples = [(["active"], c.active), (["initializing"], c.initializing), (["unassigned"], c.unassigned)]
         return "torua_shard_replicas", "Shard replicas by state (leader's view)", ["state"], samples
+
+    def _problems_gauge(self) -> GaugeReading:
+        """Problems the cluster has, by kind (log_diverged, digest_mismatch, ...: health.py)."""
+        counts = cluster_health(self._map, self.registry).counts() if self._map is not None else {}
+        samples = [([kind], float(counts.get(kind, 0))) for kind in PROBLEM_KINDS]
+        return "torua_cluster_problems", "Cluster problems by kind (leader's view)", ["kind"], samples
 
     @property
     def shardmap(self) -> ShardMap:
@@ -91,6 +99,14 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def nudge(self) -> None:
+        """Recompute the map now rather than at the next tick (the registry changed)."""
+        self._changed.set()
+
+    def planned_map(self) -> ShardMap:
+        """The map placement computes from the registry now: what the next tick publishes."""
+        return self._compute()
 
     # --- membership input (every coordinator follows it, so a standby takes over warm) ---------
 

@@ -25,6 +25,9 @@ class NodeRecord:
     uptime_s: float = 0.0
     replicas: dict[int, ReplicaStatus] = field(default_factory=dict)
     unhealthy_since: float | None = None
+    # Being decommissioned: placement gives it nothing. Kept while the node is away (it stays
+    # drained when it returns: the node keeps the flag on disk and reports it in every heartbeat).
+    draining: bool = False
 
     def active_shards(self) -> set[int]:
         return {s for s, r in self.replicas.items() if r.state == "active"}
@@ -47,10 +50,25 @@ class Registry:
             return False  # from an older life of this node
         if msg.event == "left":
             return self.nodes.pop(msg.node_id, None) is not None
+        if msg.event == "stop":
+            self._stopped(msg, now)
+            return True
         rec = self._refresh(msg.node_id, msg.incarnation, now, wall)
         rec.version, rec.capacity = msg.version, msg.capacity
-        rec.status = "draining" if msg.event == "leave" else "healthy"
+        rec.draining = msg.event == "leave"
+        rec.status = "draining" if rec.draining else "healthy"
         return True
+
+    def _stopped(self, msg: Announce, now: float) -> None:
+        """A node stopping gracefully keeps its data and comes back: absent, as after a failure
+        (its replicas stop counting as active now, and move only after the reassign delay), but
+        known at once rather than after the node timeout."""
+        rec = self.nodes.get(msg.node_id)
+        if rec is None or msg.incarnation > rec.incarnation:
+            rec = NodeRecord(id=msg.node_id, incarnation=msg.incarnation, version=msg.version, capacity=msg.capacity)
+            self.nodes[msg.node_id] = rec
+        rec.status, rec.unhealthy_since, rec.last_seen = "unhealthy", now, now
+        rec.replicas = {}
 
     def heartbeat(self, hb: Heartbeat, now: float, wall: float) -> bool:
         """Record a heartbeat; returns whether anything placement or the map depends on changed."""
@@ -60,9 +78,21 @@ class Registry:
         before = (rec.status, rec.capacity, rec.incarnation, rec.replicas) if rec else None
         rec = self._refresh(hb.node_id, hb.incarnation, now, wall)
         rec.version, rec.capacity, rec.uptime_s = hb.version, hb.capacity, hb.uptime_s
+        rec.draining = hb.draining
         rec.status = "draining" if hb.draining else "healthy"
         rec.replicas = {r.shard: r for r in hb.replicas}
         return before != (rec.status, rec.capacity, rec.incarnation, rec.replicas)
+
+    def set_draining(self, node_id: str, draining: bool) -> bool:
+        """Record a drain (or its cancel) the node has confirmed, before its next heartbeat says so;
+        returns whether anything changed."""
+        rec = self.nodes.get(node_id)
+        if rec is None or rec.draining == draining:
+            return False
+        rec.draining = draining
+        if rec.status in ("healthy", "draining"):
+            rec.status = "draining" if draining else "healthy"
+        return True
 
     def _refresh(self, node_id: str, incarnation: int, now: float, wall: float) -> NodeRecord:
         rec = self.nodes.get(node_id)
@@ -85,11 +115,11 @@ class Registry:
         return changed
 
     def placement_nodes(self) -> list[NodeSlot]:
-        """Nodes that should hold replicas: alive or not yet given up on, and not leaving."""
+        """Nodes that should hold replicas: alive or not yet given up on, and not draining."""
         return [
             NodeSlot(id=r.id, capacity=r.capacity)
             for r in sorted(self.nodes.values(), key=lambda r: r.id)
-            if r.status in ("healthy", "unhealthy")
+            if r.status in ("healthy", "unhealthy") and not r.draining
         ]
 
     def serving(self, node_id: str) -> set[int]:
@@ -121,6 +151,7 @@ class Registry:
                     capacity=rec.capacity,
                     available_capacity=free,
                     incarnation=rec.incarnation,
+                    draining=rec.draining,
                 )
             )
         return views

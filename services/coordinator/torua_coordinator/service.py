@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -13,6 +13,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode, error_of
+from torua.errors import Conflict, NotFound, Unavailable, error_for_code
 from torua.version import __version__
 from torua.wire import (
     BroadcastReply,
@@ -20,6 +21,8 @@ from torua.wire import (
     BroadcastResult,
     ClusterInfo,
     ControlRequest,
+    DrainReply,
+    DrainRequest,
     Empty,
     ErrorDetail,
     HealthReply,
@@ -27,10 +30,11 @@ from torua.wire import (
     NodesReply,
     ShardMap,
 )
+from torua_coordinator.health import cluster_health
 from torua_coordinator.leader import Lease
 from torua_coordinator.registry import Registry
 from torua_coordinator.settings import CoordinatorSettings
-from torua_coordinator.shardmap import assignments_by_node, cluster_state, replica_counts
+from torua_coordinator.shardmap import assignments_by_node, drain_progress, replica_counts
 
 __all__ = ["ClusterView", "start_cluster_service"]
 
@@ -56,21 +60,30 @@ class ClusterView(Protocol):
     @property
     def started(self) -> float: ...
 
+    def planned_map(self) -> ShardMap: ...
+
+    def nudge(self) -> None: ...
+
 
 class ClusterApi:
     def __init__(self, coord: ClusterView) -> None:
         self.coord = coord
+        # One drain change at a time: two drains checked together could each leave too few nodes.
+        self._drain_lock = asyncio.Lock()
 
     async def health(self, _: Empty) -> HealthReply:
-        return HealthReply(status="ok", leader=self.coord.lease.held)
+        health = cluster_health(self.coord.shardmap, self.coord.registry)
+        return HealthReply(status="ok", leader=self.coord.lease.held, state=health.state, problems=health.lines)
 
     async def info(self, _: Empty) -> ClusterInfo:
         c = self.coord
         smap = c.shardmap
+        health = cluster_health(smap, c.registry)
         return ClusterInfo(
             cluster_id=smap.cluster_id,
             version=__version__,
-            state=cluster_state(smap.shards, smap.replication_factor),
+            state=health.state,
+            problems=health.lines,
             nodes=NodeCounts(total=len(c.registry.reachable()), healthy=c.registry.healthy_count()),
             shards=replica_counts(smap.shards, smap.replication_factor),
             embedding_dim=smap.embedding_dim,
@@ -90,6 +103,68 @@ class ClusterApi:
         control = encode(ControlRequest(op=req.op, params=req.params))
         results = await asyncio.gather(*(self._send(n, control, req.timeout) for n in targets))
         return BroadcastReply(sent_to=len(targets), results=list(results))
+
+    async def drain(self, req: DrainRequest) -> DrainReply:
+        """Decommission a node: placement stops giving it replicas and moves those it has away,
+        make-before-break (each keeps serving until its new copies have caught up). The node keeps
+        the flag on disk, so it stays drained across restarts until the drain is cancelled."""
+        if req.action != "status":
+            async with self._drain_lock:
+                await self._change_drain(req)
+        return self._drain_reply(req.node)
+
+    def _not_found(self, node_id: str) -> NoReturn:
+        known = ", ".join(sorted(self.coord.registry.nodes)) or "none"
+        raise NotFound(f"node: {node_id!r} is not a member of the cluster (known: {known})")
+
+    async def _change_drain(self, req: DrainRequest) -> None:
+        c = self.coord
+        rec = c.registry.nodes.get(req.node)
+        if rec is None:
+            self._not_found(req.node)
+        if req.action == "start" and not rec.draining:
+            if rec.status != "healthy":
+                raise Conflict(
+                    f"node: {req.node} is {rec.status}; only a running node can be drained (a stopped node's "
+                    "replicas move to other nodes TORUA_REASSIGN_DELAY after it stopped)"
+                )
+            rf = c.shardmap.replication_factor
+            others = [n.id for n in c.registry.placement_nodes() if n.id != req.node]
+            if len(others) < rf:
+                raise Conflict(
+                    f"node: draining {req.node} would leave {len(others)} node(s) to hold {rf} replicas of each "
+                    "shard; add a node first"
+                )
+            await self._control(req.node, "drain")
+        elif req.action == "cancel" and rec.draining:
+            await self._control(req.node, "resume")
+        if c.registry.set_draining(req.node, req.action == "start"):
+            c.nudge()
+
+    async def _control(self, node_id: str, op: str) -> None:
+        subject = subjects.node_endpoint(node_id, "control")
+        try:
+            msg = await self.coord.nc.request(subject, encode(ControlRequest(op=op)), timeout=5.0)
+        except (NatsTimeout, NoRespondersError) as exc:
+            raise Unavailable(f"node {node_id} did not answer the {op} request ({type(exc).__name__}); retry") from None
+        error = error_of(msg.headers, msg.data)
+        if error is not None:
+            raise error_for_code(error.code, f"node {node_id}: {error.description}")
+
+    def _drain_reply(self, node_id: str) -> DrainReply:
+        c = self.coord
+        rec = c.registry.nodes.get(node_id)
+        if rec is None:
+            self._not_found(node_id)
+        shards = drain_progress(node_id, c.shardmap.shards, c.planned_map().shards) if rec.draining else []
+        return DrainReply(
+            node=node_id,
+            status=rec.status,  # type: ignore[arg-type]
+            draining=rec.draining,
+            done=rec.draining and not shards,
+            remaining=len(shards),
+            shards=shards,
+        )
 
     async def _send(self, node_id: str, payload: bytes, timeout: float) -> BroadcastResult:
         subject = subjects.node_endpoint(node_id, "control")
@@ -118,6 +193,14 @@ async def start_cluster_service(coord: ClusterView) -> ServiceHandle:
             api.broadcast,
             BroadcastRequest,
             "Send a control op to every node and collect the replies",
+            concurrent=True,
+        ),
+        Endpoint(
+            "drain",
+            subjects.CLUSTER_DRAIN,
+            api.drain,
+            DrainRequest,
+            "Decommission a node: move its replicas away make-before-break; report progress",
             concurrent=True,
         ),
     ]

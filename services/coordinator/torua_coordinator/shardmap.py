@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from torua.wire import ClusterState, ShardCounts, ShardEntry, ShardMap
+from torua.wire import ClusterState, DrainShard, ShardCounts, ShardEntry, ShardMap
 
-__all__ = ["next_entries", "cluster_state", "replica_counts", "assignments_by_node", "same_layout"]
+__all__ = ["next_entries", "cluster_state", "replica_counts", "assignments_by_node", "same_layout", "drain_progress"]
 
 # serving(node_id) -> shards whose replica on that node is active and reachable
 Serving = Callable[[str], set[int]]
@@ -93,3 +93,20 @@ def same_layout(a: ShardMap, b: ShardMap) -> bool:
         b.shards,
         b.embedding_dim,
     )
+
+
+def drain_progress(node: str, published: Sequence[ShardEntry], planned: Sequence[ShardEntry]) -> list[DrainShard]:
+    """What is left of draining `node`: each shard it still hosts in the published map, judged by the
+    map placement computes now (`planned`): moved away (its new copies, not yet serving, in `to`),
+    or blocked because no other node can take it."""
+    planned_by_id = {e.id: e for e in planned}
+    out = []
+    for entry in published:
+        if node not in entry.hosts():
+            continue
+        plan = planned_by_id.get(entry.id, entry)
+        if node in plan.replicas:
+            out.append(DrainShard(shard=entry.id, state="blocked"))
+        else:
+            out.append(DrainShard(shard=entry.id, state="moving", to=[n for n in plan.replicas if n not in plan.active]))
+    return out

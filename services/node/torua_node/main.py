@@ -94,8 +94,9 @@ async def start_data_api(settings: NodeSettings, nc: NATS, shardmap: Callable[[]
 
 async def _run(node: Node) -> None:
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, node.stop, True)
-    loop.add_signal_handler(signal.SIGINT, node.stop, False)
+    # Both stop gracefully and keep the data; decommissioning is explicit (torua.cluster.drain).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
     await node.run()
 
 

@@ -25,5 +25,5 @@ class NodeSettings(BaseServiceSettings, EmbedderSettings, LLMSettings):
     node_max_shards: int | None = Field(64, ge=1)
     buffer_pool_mb: int = Field(256, ge=16, le=1 << 20)
     max_db_size_gb: int = Field(64, ge=1, le=1 << 16)
-    # On SIGTERM, how long to keep serving while the coordinator moves this node's replicas away.
-    drain_timeout: float = Field(10.0, ge=0)
+    # Seconds between comparisons of replicas' content digests (node/audit.py); 0 turns them off.
+    digest_interval: float = Field(300.0, ge=0)

@@ -15,7 +15,7 @@ from torua.wire import ControlRequest, DigestReply, DigestRequest, Empty, NodeHe
 
 __all__ = ["AdminTarget", "start_node_service", "CONTROL_OPS"]
 
-CONTROL_OPS = ("ping", "info", "drain", "resume", "set_log_level")
+CONTROL_OPS = ("ping", "info", "drain", "resume", "set_log_level", "rebuild")
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -36,7 +36,9 @@ class AdminTarget(Protocol):
 
     async def info(self) -> NodeInfoReply: ...
 
-    async def digest(self, shard: int) -> DigestReply: ...
+    async def digest(self, req: DigestRequest) -> DigestReply: ...
+
+    async def rebuild(self, shards: list[int] | None) -> list[int]: ...
 
     async def set_draining(self, draining: bool) -> None: ...
 
@@ -53,7 +55,7 @@ class NodeApi:
         return await self.node.info()
 
     async def digest(self, req: DigestRequest) -> DigestReply:
-        return await self.node.digest(req.shard)
+        return await self.node.digest(req)
 
     async def control(self, req: ControlRequest) -> Any:
         n = self.node
@@ -74,7 +76,24 @@ class NodeApi:
                     raise BadRequest(f"params.level must be one of {', '.join(_LEVELS)}")
                 logging.getLogger().setLevel(level.upper())
                 return {"level": level.lower()}
+            case "rebuild":
+                return {"rebuilt": await n.rebuild(_rebuild_shards(req.params))}
         raise BadRequest(f"unknown op {req.op!r}: expected one of {', '.join(CONTROL_OPS)}")
+
+
+def _rebuild_shards(params: dict[str, Any]) -> list[int] | None:
+    """`{"shard": n}`, `{"shards": [n, ...]}`, or `{"diverged": true}` (None: every diverged replica)."""
+    if params.get("diverged") is True and params.keys() == {"diverged"}:
+        return None
+    if params.keys() == {"shard"} and _is_shard(params["shard"]):
+        return [params["shard"]]
+    if params.keys() == {"shards"} and isinstance(params["shards"], list) and all(map(_is_shard, params["shards"])):
+        return list(params["shards"])
+    raise BadRequest('params: rebuild takes {"shard": n}, {"shards": [n, ...]} or {"diverged": true}')
+
+
+def _is_shard(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 async def start_node_service(node: AdminTarget) -> ServiceHandle:

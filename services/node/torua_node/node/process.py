@@ -1,4 +1,14 @@
-"""The node process: announce, heartbeat, follow the shard map, serve, and leave cleanly."""
+"""The node process: announce, heartbeat, follow the shard map, serve, and stop cleanly.
+
+Stopping (SIGTERM or SIGINT) keeps the node's data: it tells the coordinator it is stopping (so
+its replicas count as absent at once, and move elsewhere only if it stays away longer than
+`TORUA_REASSIGN_DELAY`, as after a failure), stops serving, lets each replica finish the batch it
+is applying and closes every Kuzu database. On return it reopens them at their `applied_seq`.
+
+Decommissioning is explicit (`torua.cluster.drain`, or the `drain` control op): the node is then
+*draining*, a flag it keeps on disk, so it stays drained across restarts until the drain is
+cancelled. A drained node that holds no replica leaves the cluster when it stops.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +30,15 @@ from torua.errors import NotFound
 from torua.metrics import GaugeReading, metrics
 from torua.tasks import end_task
 from torua.version import __version__
-from torua.wire import Announce, DigestReply, Heartbeat, NodeInfoReply, ShardMap
+from torua.wire import Announce, DigestReply, DigestRequest, Heartbeat, NodeInfoReply, ShardMap
 from torua_node.node.admin import start_node_service
+from torua_node.node.audit import DigestAudit, answer_digest
 from torua_node.node.identity import load_identity
 from torua_node.node.replicas import ReplicaManager
 from torua_node.router.api import DataService
 from torua_node.settings import NodeSettings
 from torua_node.shard.replica import ShardReplica
-from torua_node.storage.digest import content_digest, counts
-from torua_node.storage.schema import read_applied_seq
-from torua_node.storage.store import Conn
+from torua_node.storage.digest import counts
 
 __all__ = ["Node", "StartDataApi"]
 
@@ -37,6 +46,12 @@ log = logging.getLogger(__name__)
 
 # How long shutdown waits for each background task to end.
 TASK_STOP_S = 5.0
+# How long stopping lets requests already taken by the data API and admin services finish.
+SERVICE_STOP_S = 3.0
+# How long stopping waits on NATS for its last announcement, and to flush the connection.
+NATS_STOP_S = 2.0
+# The file in the data dir that says the node is being decommissioned (it survives restarts).
+DRAINING_FILE = "draining"
 
 # Starts the data API (`torua-api`) on the node's connection, reading the node's current shard map;
 # wired by the composition root (torua_node.main).
@@ -56,14 +71,14 @@ class Node:
             max_db_size_gb=settings.max_db_size_gb,
         )
         self.started = time.monotonic()
-        self.draining = False
+        self._draining_file = settings.data_dir / DRAINING_FILE
+        self.draining = self._draining_file.exists()
         self.shardmap: ShardMap | None = None
         self.nc: NATS = None  # type: ignore[assignment]
         self._kv: KeyValue | None = None
         self._hb_seq = 0
-        self._left = False
+        self._silent = False  # no heartbeat after announcing stop or left
         self._stop = asyncio.Event()
-        self._decommission = True
         self._services: list[ServiceHandle] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.data: DataService | None = None
@@ -93,49 +108,61 @@ class Node:
         self._services.append(await start_node_service(self))
         self.data = await self._start_data_api(self.nc, lambda: self.shardmap)
         self._services.append(self.data.service)
-        await self._announce("join")
+        await self._announce("leave" if self.draining else "join")
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._map_loop(), name="shardmap"),
+            asyncio.create_task(
+                DigestAudit(self.nc, self.node_id, self.replicas, lambda: self.shardmap, s.digest_interval).run(),
+                name="digest-audit",
+            ),
         ]
-        log.info("node %s up (incarnation %d)", self.node_id, self.incarnation)
+        log.info("node %s up (incarnation %d%s)", self.node_id, self.incarnation, ", draining" if self.draining else "")
         await self._stop.wait()
-        if self._decommission:
-            await self._drain_out()
         await self._shutdown()
 
-    def stop(self, decommission: bool = True) -> None:
-        """SIGTERM decommissions (replicas move away first); SIGINT just stops, keeping assignments."""
-        self._decommission = decommission
+    def stop(self) -> None:
+        """SIGTERM and SIGINT: stop gracefully, keeping the data (see the module docstring)."""
         self._stop.set()
 
-    async def _drain_out(self) -> None:
-        """Make-before-break on the way out: keep serving until the map no longer needs us."""
-        await self.set_draining(True)
-        deadline = time.monotonic() + self.settings.drain_timeout
-        while self._hosted_in_map() and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        # No heartbeat after "left" (e.g. from the reconcile that drops our last replicas): the
-        # coordinator would list this node again. One connection's messages stay in order.
-        self._left = True
-        await self._announce("left")
-
     async def _shutdown(self) -> None:
-        # end_task, not one cancel(): on Python 3.11 a cancel can be lost, and the process would not exit.
+        started = time.monotonic()
+        # No heartbeat, and no new map, from here on. end_task, not one cancel(): on Python 3.11 a
+        # cancel can be lost, and the process would not exit.
         await asyncio.gather(*(end_task(t, TASK_STOP_S) for t in self._tasks))
-        for svc in self._services:
-            await svc.stop()
+        self._silent = True
+        # A drained node that holds nothing is gone for good; any other is coming back.
+        gone = self.draining and not self._hosted_in_map() and not self.replicas.replicas
+        try:
+            await asyncio.wait_for(self._announce("left" if gone else "stop"), NATS_STOP_S)
+        except Exception:  # NATS unreachable: the coordinator notices the silence instead
+            log.warning("could not announce the stop", exc_info=True)
+        # Stop serving: the router and admin endpoints answer what they have taken, and take no more.
+        await asyncio.gather(*(svc.stop(SERVICE_STOP_S) for svc in self._services))
+        # Each replica stops serving, finishes the batch it is applying, and closes its database.
         await self.replicas.close_all()
-        await self.nc.drain()
-        log.info("node %s left", self.node_id)
+        try:
+            await asyncio.wait_for(self.nc.drain(), NATS_STOP_S)
+        except Exception:  # noqa: BLE001 - NATS unreachable: nothing left to send anyway
+            await self.nc.close()
+        log.info(
+            "node %s %s in %.1fs", self.node_id,
+            "left the cluster" if gone else "stopped, keeping its data,", time.monotonic() - started,
+        )
 
     def _hosted_in_map(self) -> bool:
         return self.shardmap is not None and bool(self.shardmap.shards_of(self.node_id))
 
     async def set_draining(self, draining: bool) -> None:
+        """Start or cancel decommissioning; kept on disk, so a restart does not undo it."""
+        if draining:
+            self._draining_file.write_text("draining: torua.cluster.drain moves this node's replicas away\n")
+        else:
+            self._draining_file.unlink(missing_ok=True)
         self.draining = draining
-        await self._announce("leave" if draining else "join")
-        await self._send_heartbeat()
+        if not self._silent:  # once stopping, the coordinator has heard the last of this process
+            await self._announce("leave" if draining else "join")
+            await self._send_heartbeat()
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -151,7 +178,7 @@ class Node:
         await self.nc.flush()
 
     async def _send_heartbeat(self) -> None:
-        if self._left:
+        if self._silent:
             return
         self._hb_seq += 1
         hb = Heartbeat(
@@ -235,18 +262,25 @@ class Node:
 
     async def _replica_info(self, replica: ShardReplica) -> dict[str, Any]:
         info: dict[str, Any] = msgspec.to_builtins(replica.status())
+        # Where this replica's database stood when this process opened it (0: new, or rebuilt).
+        info["opened_at_seq"] = self.replicas.opened_at.get(replica.shard, 0)
         if replica.state in ("recovering", "active"):
             info["counts"] = await replica.store.call(counts)
         return info
 
-    async def digest(self, shard: int) -> DigestReply:
-        replica = self.replicas.replicas.get(shard)
-        if replica is None or replica.state not in ("recovering", "active"):
-            raise NotFound(f"shard {shard} has no open replica on node {self.node_id}")
-        seq, value = await replica.store.call(_seq_and_digest)
-        return DigestReply(shard=shard, applied_seq=seq, digest=value)
+    async def digest(self, req: DigestRequest) -> DigestReply:
+        return await answer_digest(self.replicas.replicas.get(req.shard), req, self.node_id)
 
-
-def _seq_and_digest(conn: Conn) -> tuple[int, str]:
-    # One call on the shard thread: the position and the content are read at the same point.
-    return read_applied_seq(conn), content_digest(conn)
+    async def rebuild(self, shards: list[int] | None) -> list[int]:
+        """Rebuild replicas from the log (node/audit.py, docs/operations.md): these shards, or
+        (None) every replica whose log diverged."""
+        hosted = self.replicas.replicas
+        if shards is None:
+            shards = [s for s, r in hosted.items() if r.state == "diverged"]
+        elif missing := sorted(set(shards) - hosted.keys()):
+            raise NotFound(f"params: shard(s) {missing} have no replica on node {self.node_id}")
+        dim = self.shardmap.embedding_dim if self.shardmap is not None else 0
+        rebuilt = await self.replicas.rebuild(shards, self.nc, dim)
+        if rebuilt:
+            await self._send_heartbeat()
+        return rebuilt

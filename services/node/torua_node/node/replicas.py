@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from torua.subjects import APPLIED_RESET, shard_applied
 from torua.wire import ReplicaStatus
 from torua_node.shard.replica import ShardReplica
 from torua_node.storage.store import ShardStore
@@ -24,6 +25,8 @@ class ReplicaManager:
         self._buffer_pool_mb = buffer_pool_mb
         self._max_db_size_gb = max_db_size_gb
         self.replicas: dict[int, ShardReplica] = {}
+        # The applied_seq each replica's database had when opened: a restart resumes from there.
+        self.opened_at: dict[int, int] = {}
         self._lock = asyncio.Lock()
 
     def _store(self, shard: int) -> ShardStore:
@@ -47,6 +50,7 @@ class ReplicaManager:
     async def _open(self, shard: int, nc: NATS, dim: int) -> None:
         replica = ShardReplica(shard, self._store(shard), nc, self.node_id, dim)
         self.replicas[shard] = replica
+        self.opened_at[shard] = 0
         try:
             await replica.start()
         except Exception:
@@ -63,6 +67,8 @@ class ReplicaManager:
                 log.exception("shard %d failed to open an empty database", shard)
                 replica.state, replica.error = "failed", f"open failed: {type(exc).__name__}: {exc}"
                 return
+        # start() read the position from the database and has not applied anything yet.
+        self.opened_at[shard] = replica.applied_seq
         log.info("shard %d replica open at applied_seq %d", shard, replica.applied_seq)
 
     async def _drop(self, shard: int) -> None:
@@ -70,13 +76,35 @@ class ReplicaManager:
         await replica.stop()
         replica.store.remove_files()
         del self.replicas[shard]
+        self.opened_at.pop(shard, None)
         log.info("shard %d replica closed and removed", shard)
+
+    async def rebuild(self, shards: list[int], nc: NATS, dim: int) -> list[int]:
+        """Discard these replicas' databases and replay the log from its start: for a replica whose
+        log diverged (the operator accepts what the log now holds) or whose digest differs."""
+        async with self._lock:
+            todo = sorted(s for s in set(shards) if s in self.replicas)
+            for shard in todo:
+                replica = self.replicas[shard]
+                await replica.stop()
+                replica.store.remove_files()
+                log.warning("shard %d replica discarded (was at applied_seq %d); rebuilding it from the log",
+                            shard, replica.applied_seq)
+            await asyncio.gather(*(self._open(s, nc, dim) for s in todo))
+            for shard in todo:  # routers' caches: positions from before may count in another log
+                await nc.publish(shard_applied(shard), APPLIED_RESET)
+            return todo
 
     def statuses(self) -> list[ReplicaStatus]:
         return [r.status() for _, r in sorted(self.replicas.items())]
 
     async def close_all(self) -> None:
-        """Stop every replica, keeping the files (a restart resumes from them)."""
+        """Stop every replica, keeping the files (a restart resumes from them): each stops serving,
+        finishes the batch it is applying (its store's one thread runs the close after it) and
+        closes its database."""
         async with self._lock:
             await asyncio.gather(*(r.stop() for r in self.replicas.values()), return_exceptions=True)
+            for shard, replica in sorted(self.replicas.items()):
+                log.info("shard %d replica closed at applied_seq %d or later", shard, replica.applied_seq)
             self.replicas.clear()
+            self.opened_at.clear()

@@ -47,7 +47,7 @@ from torua.model import (
     VectorSearchRequest,
 )
 from torua.natsserver import MAX_PAYLOAD
-from torua.subjects import WAL_STREAM, wal_subject
+from torua.subjects import APPLIED_RESET, WAL_STREAM, wal_subject
 from torua.version import __version__
 from torua_node.cypher.merge import ShardRows
 from torua_node.router.cache import ResultCache
@@ -225,7 +225,11 @@ async def follow_applied(nc: NATS, cache: ResultCache) -> None:
 
     async def on_applied(msg: Msg) -> None:
         try:
-            cache.note(int(msg.subject.split(".")[2]), int(msg.data))
+            shard = int(msg.subject.split(".")[2])
+            if msg.data == APPLIED_RESET:
+                cache.forget(shard)
+            else:
+                cache.note(shard, int(msg.data))
         except ValueError:
             log.debug("ignoring malformed applied notice on %s", msg.subject)
 

@@ -37,6 +37,13 @@ class ResultCache:
         if seq > self.latest.get(shard, 0):
             self.latest[shard] = seq
 
+    def forget(self, shard: int) -> None:
+        """A replica of `shard` was rebuilt from the log, which may be another log than the one
+        these positions count in (re-created): drop what is known of the shard."""
+        self.latest.pop(shard, None)
+        for key in [k for k, e in self._entries.items() if shard in e.seqs]:
+            del self._entries[key]
+
     def get(self, key: bytes, after: dict[str, int], now: float | None = None) -> object | None:
         entry = self._entries.get(key)
         if entry is None or not self._fresh(entry, after, time.monotonic() if now is None else now):

@@ -1,10 +1,18 @@
 """Apply write-ahead-log entries to one shard replica, exactly once and deterministically.
 
-`apply_batch` runs on the shard's thread. The stored `applied_seq` moves in the same Kuzu transaction
-as the mutations, so redelivery, replay and restart never apply an entry twice nor skip one. A batch
-is one transaction, or one per run of entries starting at each entry that deletes; if a transaction
-fails, its entries are retried one per transaction, and an entry that fails on its own is recorded
-in `Failure` and skipped, identically on every replica.
+`apply_batch` runs on the shard's thread. The stored `applied_seq` (with the fingerprint of the entry
+there, `wal.fingerprint`) moves in the same Kuzu transaction as the mutations, so redelivery, replay
+and restart never apply an entry twice nor skip one. A batch is one transaction, or one per run of
+entries starting at each entry that deletes; if a transaction fails on the entries' content, its
+entries are retried one per transaction, and an entry that fails on its own is recorded in `Failure`
+and skipped, identically on every replica.
+
+Only a verdict on the entry itself is skipped (`is_entry_fault`: undecodable or invalid entries,
+Kuzu's binder, parser, conversion, overflow, catalog, copy and runtime errors). Anything else —
+memory (MemoryError, Kuzu's buffer manager), I/O (OSError, Kuzu's IO exception), the storage's own
+state (checkpoint, transaction manager, storage exceptions), or an error never seen before — says
+nothing about the entry: another replica would apply it, so skipping it here would make the replicas
+differ. The batch stops there (`ApplyResult.error`) and the replica retries the rest from the log.
 
 Consecutive entries without deletes are coalesced into one bulk step per table (last write wins per
 key, mentions are a set): the result equals applying them one by one because upserts replace whole
@@ -34,9 +42,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from torua.text import entity_text
-from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalRelation, decode_entry
+from torua_node.shard.wal import (
+    WalChunk,
+    WalDocument,
+    WalEntity,
+    WalEntry,
+    WalRelation,
+    decode_entry,
+    fingerprint,
+)
 from torua_node.storage.keyspace import known_keys, table_size
-from torua_node.storage.schema import APPLIED_SEQ_KEY, read_applied_seq
+from torua_node.storage.schema import APPLIED_FP_KEY, APPLIED_SEQ_KEY, read_applied_seq
 from torua_node.storage.statements import id_rows, run
 from torua_node.storage.store import is_transient
 from torua_node.storage.tables import (
@@ -57,12 +73,19 @@ if TYPE_CHECKING:
     from torua_node.storage.textindex import TextIndex
     from torua_node.storage.vectors import VectorIndex
 
-__all__ = ["ApplyResult", "apply_batch"]
+__all__ = ["ApplyResult", "apply_batch", "is_entry_fault", "ENTRY_FAULTS"]
 
 # Inserts use `LOAD FROM $arrow CREATE`, never `COPY`: in kuzu 0.11.3 a COPY into a table that the
 # same transaction also writes with CREATE/SET crashed the process or misplaced values at checkpoint
 # (found by fuzzing), and into a non-empty rel table it costs time proportional to the whole table.
 MAX_ERROR_LEN = 300
+# How Kuzu's errors start when they are its verdict on the statement, and so on the entry: the same
+# on every replica holding the same content. Every other error stops apply instead (module docstring).
+ENTRY_FAULTS = ("Binder exception", "Parser exception", "Conversion exception", "Overflow exception",
+                "Catalog exception", "Copy exception", "Runtime exception")
+# pyarrow's verdicts on the values (ArrowMemoryError and ArrowIOError are not among them).
+_ARROW_FAULTS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowIndexError, pa.ArrowKeyError,
+                 pa.ArrowNotImplementedError)
 _JSON = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 # Explicit Arrow types (from the table declarations): inferring them from Python lists costs ~10x
@@ -109,6 +132,16 @@ class ApplyResult:
 
 class _Poison(Exception):
     """An entry rejected before it reaches Kuzu (same verdict on every replica)."""
+
+
+def is_entry_fault(exc: BaseException) -> bool:
+    """Whether an error applying an entry is a verdict on the entry (deterministic: skip it), rather
+    than on this replica's memory, disk or storage (retry later)."""
+    if isinstance(exc, (MemoryError, OSError)) or is_transient(exc):
+        return False
+    if isinstance(exc, pa.ArrowException):
+        return isinstance(exc, _ARROW_FAULTS)
+    return isinstance(exc, RuntimeError) and str(exc).startswith(ENTRY_FAULTS)
 
 
 _Item = tuple[int, "WalEntry | _Poison"]
@@ -193,11 +226,13 @@ def apply_batch(conn: kuzu.Connection, batch: list[tuple[int, bytes]], dim: int)
     # miss rows that exist.
     known_keys(conn)
     todo: list[_Item] = []
+    fps: dict[int, int] = {}
     last = result.applied_seq
     for seq, raw in batch:
         if seq <= last:
             continue  # redelivery or replay of something already applied
         last = seq
+        fps[seq] = fingerprint(raw)
         try:
             todo.append((seq, _decode(raw, dim)))
         except _Poison as p:
@@ -208,7 +243,7 @@ def apply_batch(conn: kuzu.Connection, batch: list[tuple[int, bytes]], dim: int)
         if isinstance(head, WalEntry) and _has_deletes(head):
             if not _checkpoint_before_deletes(conn, head, result):
                 break
-        if not _apply_group(conn, group, result, delta):
+        if not _apply_group(conn, group, result, delta, fps):
             break
     return _finish(result, delta, dim)
 
@@ -249,36 +284,37 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     return True
 
 
-def _apply_group(conn: kuzu.Connection, group: list[_Item], result: ApplyResult, delta: _Delta) -> bool:
+def _apply_group(
+    conn: kuzu.Connection, group: list[_Item], result: ApplyResult, delta: _Delta, fps: dict[int, int]
+) -> bool:
     """Apply a group in one transaction, or entry by entry if that fails; False if stopped early."""
     one = _Delta()
     try:
-        _in_tx(conn, lambda: _apply_items(conn, group, one))
-    except Exception as exc:  # noqa: BLE001 - rolled back; retried entry by entry
-        if is_transient(exc):
+        _in_tx(conn, lambda: _apply_items(conn, group, one, fps))
+    except Exception as exc:  # noqa: BLE001 - rolled back; retried entry by entry if an entry's fault
+        if not is_entry_fault(exc):
             # Not the entries' fault, and kuzu 0.11.3 may crash (SIGSEGV) when a database whose
             # buffer pool ran out is used again: stop here, the replica reopens it and retries.
-            result.error = f"seq {group[0][0]}: {exc}"[:MAX_ERROR_LEN]
+            result.error = _error_text(group[0][0], exc)
             return False
-        return _apply_one_by_one(conn, group, result, delta)
+        return _apply_one_by_one(conn, group, result, delta, fps)
     _count(result, group)
     delta.merge(one)
     result.applied_seq = group[-1][0]
     return True
 
 
-def _apply_one_by_one(conn: kuzu.Connection, group: list[_Item], result: ApplyResult, delta: _Delta) -> bool:
+def _apply_one_by_one(
+    conn: kuzu.Connection, group: list[_Item], result: ApplyResult, delta: _Delta, fps: dict[int, int]
+) -> bool:
     """Each entry in its own transaction; stops (result.error) at a failure that is not the entry's."""
     for seq, item in group:
         one = _Delta()
         try:
-            _in_tx(conn, partial(_apply_items, conn, [(seq, item)], one))
-        except (RuntimeError, pa.ArrowException) as exc:
-            if not _record_poison(conn, seq, exc, result):
+            _in_tx(conn, partial(_apply_items, conn, [(seq, item)], one, fps))
+        except Exception as exc:  # noqa: BLE001 - recorded if the entry's fault, else retried later
+            if not _record_poison(conn, seq, exc, result, fps[seq]):
                 return False
-        except Exception as exc:  # noqa: BLE001 - not Kuzu's verdict on the entry: retry later
-            result.error = f"seq {seq}: {type(exc).__name__}: {exc}"[:MAX_ERROR_LEN]
-            return False
         else:
             _count(result, [(seq, item)])
             delta.merge(one)
@@ -286,22 +322,25 @@ def _apply_one_by_one(conn: kuzu.Connection, group: list[_Item], result: ApplyRe
     return True
 
 
-def _record_poison(conn: kuzu.Connection, seq: int, exc: Exception, result: ApplyResult) -> bool:
-    """Record the entry as poison; False (and result.error) if the failure was transient."""
-    text = str(exc)
-    # Never recorded as poison: another replica with more memory would apply the entry, and the
-    # replicas would diverge.
-    if is_transient(exc):
-        result.error = f"seq {seq}: {text}"[:MAX_ERROR_LEN]
+def _record_poison(conn: kuzu.Connection, seq: int, exc: Exception, result: ApplyResult, fp: int) -> bool:
+    """Record the entry as poison; False (and result.error) if the failure was not the entry's."""
+    # Never recorded as poison: another replica with more memory (or a healthy disk) would apply
+    # the entry, and the replicas would diverge.
+    if not is_entry_fault(exc):
+        result.error = _error_text(seq, exc)
         return False
-    error = f"{type(exc).__name__}: {text}"[:MAX_ERROR_LEN]
+    error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LEN]
     try:
-        _in_tx(conn, lambda: _record_failure(conn, seq, error))
+        _in_tx(conn, lambda: _record_failure(conn, seq, error, fp))
     except Exception as exc2:  # noqa: BLE001 - could not even record it: retry later
-        result.error = f"seq {seq}: {type(exc2).__name__}: {exc2}"[:MAX_ERROR_LEN]
+        result.error = _error_text(seq, exc2)
         return False
     result.failures.append((seq, error))
     return True
+
+
+def _error_text(seq: int, exc: BaseException) -> str:
+    return f"seq {seq}: {type(exc).__name__}: {exc}"[:MAX_ERROR_LEN]
 
 
 def _count(result: ApplyResult, items: list[_Item]) -> None:
@@ -369,11 +408,11 @@ def _decode(raw: bytes, dim: int) -> WalEntry:
 # One transaction's worth of entries
 
 
-def _apply_items(conn: kuzu.Connection, items: list[_Item], delta: _Delta) -> None:
+def _apply_items(conn: kuzu.Connection, items: list[_Item], delta: _Delta, fps: dict[int, int]) -> None:
     seg = _Upserts()
     for seq, item in items:
         if isinstance(item, _Poison):
-            _record_failure(conn, seq, str(item), advance=False)
+            _record_failure(conn, seq, str(item), None)
             continue  # a poison entry changes nothing, so coalescing may continue across it
         if item.delete_entities or item.delete_documents:
             _apply_upserts(conn, seg, delta)
@@ -382,17 +421,20 @@ def _apply_items(conn: kuzu.Connection, items: list[_Item], delta: _Delta) -> No
             _delete_documents(conn, item.delete_documents, delta)
         seg.add(item)
     _apply_upserts(conn, seg, delta)
-    _set_applied_seq(conn, items[-1][0])
+    last = items[-1][0]
+    _set_applied_seq(conn, last, fps[last])
 
 
-def _set_applied_seq(conn: kuzu.Connection, seq: int) -> None:
-    conn.execute("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": APPLIED_SEQ_KEY, "v": seq})
+def _set_applied_seq(conn: kuzu.Connection, seq: int, fp: int) -> None:
+    conn.execute("MERGE (m:Meta {key: $k}) SET m.value = $v MERGE (f:Meta {key: $fk}) SET f.value = $fv",
+                 {"k": APPLIED_SEQ_KEY, "v": seq, "fk": APPLIED_FP_KEY, "fv": fp})
 
 
-def _record_failure(conn: kuzu.Connection, seq: int, error: str, advance: bool = True) -> None:
+def _record_failure(conn: kuzu.Connection, seq: int, error: str, fp: int | None) -> None:
+    """Record a poison entry; with its fingerprint, also move applied_seq to it."""
     conn.execute("MERGE (f:Failure {seq: $s}) SET f.error = $e", {"s": seq, "e": error})
-    if advance:
-        _set_applied_seq(conn, seq)
+    if fp is not None:
+        _set_applied_seq(conn, seq, fp)
 
 
 # ---------------------------------------------------------------------------------------------------

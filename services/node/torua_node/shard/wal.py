@@ -8,6 +8,7 @@ so every replica applying the same entries ends with the same content.
 from __future__ import annotations
 
 import msgspec
+import xxhash
 
 __all__ = [
     "WalDocument",
@@ -19,6 +20,7 @@ __all__ = [
     "WalEntry",
     "encode_entry",
     "decode_entry",
+    "fingerprint",
 ]
 
 # Rows are gc=False (they hold no references back): a batch holds hundreds of thousands of them, and
@@ -93,3 +95,10 @@ def encode_entry(entry: WalEntry) -> bytes:
 
 def decode_entry(data: bytes) -> WalEntry:
     return _decoder.decode(data)
+
+
+def fingerprint(raw: bytes) -> int:
+    """A 64-bit hash of one stored entry (signed, to fit Kuzu's INT64): a replica keeps the one of
+    the entry at its `applied_seq`, and later checks that the log still holds that entry there."""
+    h = xxhash.xxh64_intdigest(raw)
+    return h - (1 << 64) if h >= 1 << 63 else h

@@ -15,8 +15,9 @@ from typing import Any
 import kuzu
 import msgspec
 
+from torua_node.storage.schema import LOG_KEYS
 from torua_node.storage.store import all_rows
-from torua_node.storage.tables import STUB, TABLES, Column, NodeTable, RelTable, Table
+from torua_node.storage.tables import META, STUB, TABLES, Column, NodeTable, RelTable, Table
 
 __all__ = ["content_digest", "counts"]
 
@@ -48,7 +49,9 @@ def _dump_query(table: Table) -> tuple[str, list[int]]:
     then its other properties."""
     if isinstance(table, NodeTable):
         columns: list[Column | None] = list(table.columns)
-        query = f"MATCH (n:{table.name}) RETURN {', '.join(f'n.{c.name}' for c in table.columns)}"
+        # Which log, and the fingerprint of its last entry, are bookkeeping, not content.
+        where = f" WHERE NOT n.key IN {list(LOG_KEYS)}" if table is META else ""
+        query = f"MATCH (n:{table.name}){where} RETURN {', '.join(f'n.{c.name}' for c in table.columns)}"
     else:
         props = {c.name: c for c in table.columns}
         columns = [None, *(props[k] for k in table.key), None, *table.values]

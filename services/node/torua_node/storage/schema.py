@@ -18,14 +18,36 @@ distinct values that costs ~35x more (100k edges in batches of 5k: 171 s against
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import kuzu
 
 from torua_node.storage.store import all_rows
 from torua_node.storage.tables import ddl
 
-__all__ = ["init_schema", "read_applied_seq", "read_dim", "APPLIED_SEQ_KEY", "DIM_KEY", "SCHEMA_VERSION"]
+__all__ = [
+    "init_schema",
+    "read_applied_seq",
+    "read_dim",
+    "read_log_position",
+    "write_log_id",
+    "LogPosition",
+    "APPLIED_SEQ_KEY",
+    "APPLIED_FP_KEY",
+    "LOG_ID_KEY",
+    "LOG_KEYS",
+    "DIM_KEY",
+    "SCHEMA_VERSION",
+]
 
 APPLIED_SEQ_KEY = "applied_seq"
+# The fingerprint (torua_node.shard.wal.fingerprint) of the entry at applied_seq, written with it.
+APPLIED_FP_KEY = "applied_fp"
+# The identity of the log this replica applied: the WAL stream's creation time, in microseconds
+# since the epoch (JetStream's `created`). A stream deleted and created again has another.
+LOG_ID_KEY = "log_id"
+# Where the replica is in which log: bookkeeping, not content (the digest leaves them out).
+LOG_KEYS = (APPLIED_FP_KEY, LOG_ID_KEY)
 DIM_KEY = "dim"
 SCHEMA_KEY = "schema_version"
 # Raised whenever a table changes. A database of another version is refused at open, and the
@@ -58,6 +80,23 @@ def read_dim(conn: kuzu.Connection) -> int | None:
 def read_applied_seq(conn: kuzu.Connection) -> int:
     """The last WAL sequence applied to this replica (0 for a new database)."""
     return _meta(conn, APPLIED_SEQ_KEY) or 0
+
+
+class LogPosition(NamedTuple):
+    """Where a replica is, and in which log: what it checks the log against before applying more."""
+
+    applied_seq: int
+    log_id: int | None  # None: never recorded (a new database, or one written before it was kept)
+    applied_fp: int | None  # the fingerprint of the entry at applied_seq, None if unknown
+
+
+def read_log_position(conn: kuzu.Connection) -> LogPosition:
+    return LogPosition(read_applied_seq(conn), _meta(conn, LOG_ID_KEY), _meta(conn, APPLIED_FP_KEY))
+
+
+def write_log_id(conn: kuzu.Connection, log_id: int) -> None:
+    """Record the log this replica follows (before it applies anything of it)."""
+    conn.execute("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": LOG_ID_KEY, "v": log_id})
 
 
 def _meta(conn: kuzu.Connection, key: str) -> int | None:
