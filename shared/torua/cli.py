@@ -23,6 +23,7 @@ from torua.client import Client
 from torua.display import answer_text, retrieve_text, status_text, table
 from torua.errors import BadRequest, ToruaError
 from torua.settings import DEFAULT_NATS_URL, load_settings
+from torua.wire import DrainReply
 
 if TYPE_CHECKING:
     from torua.extract import Extractor
@@ -62,12 +63,52 @@ def _warn_partial(partial: bool, shards: dict[str, Any]) -> None:
 
 async def _status(args: argparse.Namespace) -> int:
     async with await _connect(args) as client:
+        if args.wait:
+            await client.wait_for_state(args.wait, args.wait_timeout)
         info, nodes, shards = await asyncio.gather(client.cluster_info(), client.cluster_nodes(), client.cluster_shards())
     if args.json:
         _print_json({"info": info, "nodes": nodes.nodes, "shards": shards})
     else:
         print(status_text(info, nodes, shards))
     return 0 if info.state != "red" else 1
+
+
+def _drain_line(reply: DrainReply) -> str:
+    if reply.done:
+        return f"{reply.node}: drained, it holds no replica (stop it for good, or undo: torua drain {reply.node} --cancel)"
+    if not reply.draining:
+        return f"{reply.node}: not draining ({reply.status})"
+    moving = [f"{s.shard}->{','.join(s.to) or 'caught up'}" for s in reply.shards if s.state == "moving"]
+    blocked = [str(s.shard) for s in reply.shards if s.state == "blocked"]
+    parts = [f"{reply.node}: draining, {reply.remaining} shard(s) left"]
+    if moving:
+        parts.append(f"moving {' '.join(moving)}")
+    if blocked:
+        parts.append(f"blocked (no other node can take them) {' '.join(blocked)}")
+    return "; ".join(parts)
+
+
+async def _drain(args: argparse.Namespace) -> int:
+    last: list[str] = []
+
+    def show(reply: DrainReply) -> None:
+        line = _drain_line(reply)
+        if not args.json and (not last or line != last[-1]):
+            print(line, flush=True)
+        last.append(line)
+
+    async with await _connect(args) as client:
+        if args.cancel:
+            reply = await client.cancel_drain(args.node)
+        elif args.status:
+            reply = await client.drain_status(args.node)
+        else:
+            reply = await client.drain(args.node, wait=not args.no_wait, timeout=args.wait, progress=show)
+    if args.json:
+        _print_json(reply)
+    elif not last or _drain_line(reply) != last[-1]:
+        print(_drain_line(reply))
+    return 0
 
 
 def _param(value: str) -> tuple[str, Any]:
@@ -151,7 +192,7 @@ async def _ingest(args: argparse.Namespace) -> int:
     discover(args.paths)  # bad paths fail before connecting
     opts = IngestOptions(
         max_tokens=args.max_tokens, overlap=args.overlap, batch_size=args.batch_size,
-        concurrency=args.concurrency, force=args.force,
+        concurrency=args.concurrency, force=args.force, topics=not args.no_topics,
     )
     if not 0 <= opts.overlap < opts.max_tokens:
         raise BadRequest("--overlap must be at least 0 and less than --max-tokens")
@@ -283,7 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="nodes and shards of the cluster")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--wait", choices=["green", "yellow"],
+                    help="first wait until the cluster is at least this state (a rolling restart's step)")
+    st.add_argument("--wait-timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="give up waiting after this long, exit 2 (default 120)")
     st.set_defaults(func=_async(_status))
+
+    dr = sub.add_parser("drain", help="decommission a node: move its replicas away (make-before-break), report progress")
+    dr.add_argument("node", metavar="NODE")
+    what = dr.add_mutually_exclusive_group()
+    what.add_argument("--cancel", action="store_true", help="undo: the node takes replicas again")
+    what.add_argument("--status", action="store_true", help="only report how far the drain has got")
+    what.add_argument("--no-wait", action="store_true", help="start the drain and return at once")
+    dr.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                    help="give up waiting after this long (default 600; the drain goes on)")
+    dr.add_argument("--json", action="store_true", help="print the last report as JSON")
+    dr.set_defaults(func=_async(_drain))
 
     ing = sub.add_parser("ingest", help="load .txt, .md and .jsonl files (directories recursively)")
     ing.add_argument("paths", nargs="+", metavar="PATH")
@@ -299,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--llm-model", help="model name (default: $TORUA_LLM_MODEL)")
     ing.add_argument("--llm-rate", type=_rate, help="LLM requests per second (default: $TORUA_LLM_RATE, unlimited)")
     ing.add_argument("--force", action="store_true", help="write documents again even if already ingested")
+    ing.add_argument("--no-topics", action="store_true",
+                     help="do not make markdown headings `topic` entities mentioned by their sections' chunks")
     ing.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     ing.add_argument("--json", action="store_true", help="print the summary as JSON")
     ing.set_defaults(func=_async(_ingest))

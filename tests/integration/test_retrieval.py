@@ -24,7 +24,7 @@ from tests.integration.conftest import FAST
 pytestmark = pytest.mark.timeout(300)
 
 CORPUS = multihop_corpus(seed=1, chains=60, distractors=6)
-DIM = 64
+DIM = 256  # the cluster's default embedding_dim
 
 
 def random_graph(seed: int = 3, n: int = 120, m: int = 300) -> nx.MultiDiGraph:

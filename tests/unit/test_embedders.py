@@ -1,5 +1,6 @@
-"""Embedders: the hashed default, an OpenAI-compatible endpoint (real HTTP to a local stub), and the
-local sentence-transformers model shipped in a PyPI package (when installed)."""
+"""Embedders: the static default (a real model shipped in the wordllama wheel), the hashed fallback,
+an OpenAI-compatible endpoint (real HTTP to a local stub), and the local sentence-transformers
+model shipped in a PyPI package (when installed)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import pytest
 
 from torua.embedders import (
     EmbedderSettings,
+    STATIC_DIM,
     HashEmbedder,
     OpenAIEmbedder,
+    StaticEmbedder,
     make_embedder,
 )
 from torua.errors import ConfigError, InternalError
@@ -40,9 +43,39 @@ def test_hash_embedder_is_deterministic_and_normalised() -> None:
     assert np.allclose(eval(other.stdout), a[2])  # noqa: S307 - our own output
 
 
-def test_factory_defaults_to_hash() -> None:
-    assert isinstance(make_embedder(32, EmbedderSettings()), HashEmbedder)
+def test_factory_defaults_to_the_static_model() -> None:
+    assert isinstance(make_embedder(32, EmbedderSettings()), StaticEmbedder)
     assert make_embedder(48, load_settings(EmbedderSettings)).dim == 48
+    assert isinstance(make_embedder(32, EmbedderSettings(embedder="hash")), HashEmbedder)
+
+
+def test_static_embedder_carries_meaning() -> None:
+    """A real model: a paraphrase is closer than a text on another subject, which hashed n-grams
+    cannot do when the paraphrase shares no word."""
+    e = StaticEmbedder(STATIC_DIM)
+    q, para, other = e.embed(["how long does the server keep old data", "retention period of stored samples",
+                              "the cat sat on the mat"])
+    assert float(q @ para) > float(q @ other) + 0.1
+    h = HashEmbedder(STATIC_DIM).embed(["how long does the server keep old data", "retention period of stored samples"])
+    assert float(h[0] @ h[1]) < float(q @ para)
+
+
+def test_static_embedder_is_deterministic_normalised_and_narrows_by_prefix() -> None:
+    texts = ["Mira Okonkwo founded the Lantern Guild.", "", "Tessaly"]
+    a, b = StaticEmbedder(STATIC_DIM).embed(texts), StaticEmbedder(STATIC_DIM).embed(texts)
+    assert a.dtype == np.float32 and a.shape == (3, STATIC_DIM)
+    assert np.array_equal(a, b)
+    assert np.allclose(np.linalg.norm(a[[0, 2]], axis=1), 1.0, atol=1e-5) and not a[1].any()
+    narrow = StaticEmbedder(64).embed(texts)
+    assert narrow.shape == (3, 64)
+    # The first 64 dimensions of the same model, renormalised: a Matryoshka prefix, not another model.
+    prefix = a[0, :64] / np.linalg.norm(a[0, :64])
+    assert np.allclose(narrow[0], prefix, atol=1e-5)
+
+
+def test_static_embedder_refuses_a_wider_cluster() -> None:
+    with pytest.raises(InternalError, match=f"at most {STATIC_DIM}-dimensional.*TORUA_EMBEDDING_DIM"):
+        StaticEmbedder(STATIC_DIM + 1)
 
 
 def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ failures make it partial; the context stays within its token budget."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tests.unit.fake_shards import DIM, FakeShards
@@ -88,6 +89,7 @@ async def test_the_answer_does_not_depend_on_the_shard_count() -> None:
     assert len({s for s, _, _ in fake4.calls}) == 4
     assert [(c.id, c.score) for c in one.chunks] == [(c.id, c.score) for c in four.chunks]
     assert one.context == four.context
+    assert msgspec.json.decode(msgspec.json.encode(four))["chunks"]  # plain floats: numpy scalars would not encode
     assert [(e.id, e.hop) for e in one.entities] == [(e.id, e.hop) for e in four.entities]
     assert all(c.shard == fake4.owner(c.document_id) for c in four.chunks)
 

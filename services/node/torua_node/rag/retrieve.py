@@ -1,9 +1,15 @@
-"""`torua.rag.retrieve`: question -> seeds -> k-hop expansion -> ranked chunks -> context.
+"""`torua.rag.retrieve`: question -> text and entity matches -> paths through the graph -> ranked chunks -> context.
 
 Multi-hop questions are the point: the chunk that answers the last hop usually shares no words with
-the question, so it is found through the graph — it mentions an entity reached from the seeds, and
-it states a relation on the path — rather than by lexical or vector similarity. Scoring is in
-graphrank.py; this module fetches what it needs from the shards.
+the question, so it is found through the graph — it states a relation on a path from an entity the
+question names — rather than by lexical or vector similarity. Text evidence keeps what search finds
+near the top when the graph has nothing better to offer. Scoring is pure, in graphrank.py; this
+module fetches what it needs from the shards, in as few rounds as the algorithm allows:
+
+1. BM25 and vector search over chunks and BM25 over entity names, concurrently;
+2. the seeds' neighbourhood, `hops` relations deep (one fan-out round per hop);
+3. the names and types of every entity reached, and the chunks mentioning them, concurrently;
+4. the chunk rows of the top k.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
+import numpy as np
+
 from torua.chunking import approx_tokens
+from torua.embedding import tokenize
 from torua.model import (
     Consistency,
     EdgeOut,
     EntityOut,
-    Hit,
     RetrievedChunk,
     RetrievedEntity,
     RetrievedRelation,
@@ -26,15 +34,20 @@ from torua.model import (
     Tokens,
 )
 from torua_node.rag.graphrank import (
-    ChunkScores,
+    ChunkEvidence,
+    Paths,
     Weights,
-    entity_relevance,
-    relation_score,
+    direct_scores,
+    fuse,
+    relation_factors,
+    relation_relevance,
     seed_weights,
+    specificity,
     spread,
     stems,
+    type_label,
+    type_named,
 )
-from torua_node.rag.ranking import rrf
 from torua_node.rag.search import Search
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, by_owner, is_partial, token
 from torua_node.router.graph import GraphReads
@@ -43,10 +56,10 @@ from torua_node.storage.chunks import ChunkOut, Mention
 
 __all__ = ["Retriever", "build_context"]
 
-SEED_DEPTH = 20
-SEED_ENTITIES = 5
-EXPAND_LIMIT = 300
+EXPAND_LIMIT = 300  # entities gathered around the seeds, at most
+BEAM = 10  # entities expanded per hop, the best-weighted new ones (10, 20, 30 and 60 measured alike)
 CONTEXT_RELATIONS = 20
+_TYPE_CACHE = 4096  # relation type labels whose vectors are kept (types repeat across questions)
 
 
 class Retriever:
@@ -55,49 +68,98 @@ class Retriever:
     ) -> None:
         self.client = client
         self.graph = graph
+        self.embedder = embedder
         self.search = Search(client, embedder)
         self.w = weights or Weights()
+        self._type_vectors: dict[str, np.ndarray] = {}
 
     async def retrieve(self, req: RetrieveRequest) -> RetrieveReply:
         status: Status = {}
-        direct, entity_hits = await self._search(req, status)
-        seeds = seed_weights(entity_hits)
-        found = await self.graph.traverse(
-            list(seeds), req.hops, "both", None, EXPAND_LIMIT, req.after, status, consistency=req.consistency
-        )
-        reached, edges = found.reached, found.edges
-        question = stems(req.question)
-        weight = spread(seeds, edges, req.hops, question, self.w)
-        entities = {e.id: e for e in await self.graph.entities(list(reached), req.after, status, consistency=req.consistency)}
-        scores = ChunkScores()
-        best = direct[0].score if direct else 1.0
-        for hit in direct:
-            scores.add(hit.id, self.w.direct * hit.score / best)
-        mentions = await self._mentions(list(reached), req.after, status, req.consistency)
-        for m in mentions:
-            ent = entities.get(m.entity_id)
-            etype = ent.type if ent else ""
-            scores.add(m.chunk_id, self.w.mention * entity_relevance(weight.get(m.entity_id, 0.0), etype, question, self.w))
-        rel_scores = {(e.source, e.type, e.target): relation_score(e, weight, question, self.w) for e in edges}
-        for e in edges:
-            for chunk_id in e.chunks:
-                scores.add(chunk_id, self.w.provenance * rel_scores[(e.source, e.type, e.target)])
-        ranked = scores.ranked(req.k)
-        located = {m.chunk_id: m.document_id for m in mentions}
-        hit_shard = {h.id: h.shard for h in direct}
-        chunks = await self._chunks([c for c, _ in ranked], located, hit_shard, req.after, status, req.consistency)
-        top_edges = sorted(edges, key=lambda e: (-rel_scores[(e.source, e.type, e.target)], e.source, e.type, e.target))
-        return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
-
-    async def _search(self, req: RetrieveRequest, status: Status) -> tuple[list[Hit], list[Hit]]:
-        s, after, level = self.search, req.after, req.consistency
+        w, after, level = self.w, req.after, req.consistency
+        s = self.search
         vec = await s.embed(req.question)
         chunk_bm25, chunk_vec, entity_bm25 = await asyncio.gather(
-            s.text_hits(req.question, SEED_DEPTH, "chunks", after, status, consistency=level),
-            s.vector_hits(vec, SEED_DEPTH, "chunks", after, status, consistency=level),
-            s.text_hits(req.question, SEED_ENTITIES, "entities", after, status, consistency=level),
+            s.bm25(req.question, w.candidates, "chunks", after, status, consistency=level),
+            s.vector_hits(vec, w.candidates, "chunks", after, status, consistency=level),
+            s.text_hits(req.question, w.seed_entities, "entities", after, status, consistency=level),
         )
-        return rrf([chunk_bm25, chunk_vec], SEED_DEPTH), entity_bm25
+        direct = direct_scores(chunk_bm25.hits, chunk_vec, w)
+        matched = {e.id: e for e in await self.graph.entities([h.id for h in entity_bm25], after, status, consistency=level)}
+        seeds = seed_weights(entity_bm25, {i: e.name for i, e in matched.items()}, req.question, w)
+        reached, edges, factors, paths = await self._expand(req, seeds, after, status)
+        weight = paths.weight
+        entity_rows, mentions = await asyncio.gather(
+            self.graph.entities(list(reached), after, status, consistency=level),
+            self._mentions(list(reached), after, status, level),
+        )
+        entities = {e.id: e for e in entity_rows}
+        question = stems(req.question)
+        boost = {i: 1.0 + w.type_boost * type_named(e.type, question) for i, e in entities.items()}
+        evidence = ChunkEvidence()
+        edge_score: dict[tuple[str, str, str], float] = {}
+        for e, f, fwd, bwd in zip(edges, factors.tolist(), paths.forward.tolist(), paths.backward.tolist()):
+            ws, wt = weight.get(e.source, 0.0), weight.get(e.target, 0.0)
+            points = max(fwd * boost.get(e.target, 1.0), bwd * boost.get(e.source, 1.0)) + w.both_ends * f * min(ws, wt)
+            edge_score[(e.source, e.type, e.target)] = points
+            evidence.states(e.chunks, points)
+        mentioned_by: dict[str, set[str]] = defaultdict(set)
+        for m in mentions:
+            mentioned_by[m.entity_id].add(m.chunk_id)
+        spec = specificity({e: len(c) for e, c in mentioned_by.items()}, chunk_bm25.corpus_size)
+        for m in mentions:
+            evidence.mentions(m.chunk_id, weight.get(m.entity_id, 0.0) * spec.get(m.entity_id, 0.0) * boost.get(m.entity_id, 1.0))
+        ranked = fuse(direct, evidence.scores(w), req.k, w)
+        located = {m.chunk_id: m.document_id for m in mentions}
+        hit_shard = {h.id: h.shard for h in (*chunk_bm25.hits, *chunk_vec)}
+        chunks = await self._chunks([c for c, _ in ranked], located, hit_shard, after, status, level)
+        top_edges = sorted(edges, key=lambda e: (-edge_score[(e.source, e.type, e.target)], e.source, e.type, e.target))
+        return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
+
+    async def _expand(
+        self, req: RetrieveRequest, seeds: dict[str, float], after: Tokens, status: Status
+    ) -> tuple[dict[str, int], list[EdgeOut], np.ndarray, Paths]:
+        """The seeds' neighbourhood, one fan-out round per hop, guided by the question: every
+        relation of the frontier is kept, but only the `BEAM` best-weighted new entities are
+        expanded further, so a hub's hundred neighbours do not crowd out the path the question
+        describes (breadth-first order would cut the last hop by id). Returns the entities reached
+        (with their hop), the relations between them, what each relation passes on, and every
+        entity's weight."""
+        reached: dict[str, int] = dict.fromkeys(seeds, 0)
+        found: dict[tuple[str, str, str], EdgeOut] = {}
+        frontier = sorted(seeds)
+        edges: list[EdgeOut] = []
+        factors = np.zeros(0)
+        for hop in range(1, req.hops + 1):
+            if not frontier:
+                break
+            for e in await self.graph.edges(frontier, "both", None, after, status, consistency=req.consistency):
+                found[(e.source, e.type, e.target)] = e
+            edges = [e for _, e in sorted(found.items())]
+            factors = relation_factors(edges, await self._relevance(req.question, edges), self.w)
+            weight = spread(seeds, edges, factors, hop, self.w).weight
+            new = {x for e in edges for x in (e.source, e.target) if x not in reached}
+            best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[: max(0, EXPAND_LIMIT - len(reached))]
+            reached.update(dict.fromkeys(best, hop))
+            frontier = best[:BEAM]
+        kept = [(e, f) for e, f in zip(edges, factors.tolist()) if e.source in reached and e.target in reached]
+        kept_edges, kept_factors = [e for e, _ in kept], np.array([f for _, f in kept])
+        return reached, kept_edges, kept_factors, spread(seeds, kept_edges, kept_factors, req.hops, self.w)
+
+    async def _relevance(self, question: str, edges: list[EdgeOut]) -> dict[str, float]:
+        """How close each relation type is in meaning to a word of the question, 0..1 (the cluster's
+        embedder; type vectors are cached, so a question costs one embedding call)."""
+        types = sorted({e.type for e in edges})
+        words = list(dict.fromkeys(tokenize(question)))  # stop words too: "where" is close to BORN_IN
+        if not types or not words:
+            return {}
+        if len(self._type_vectors) + len(types) > _TYPE_CACHE:
+            self._type_vectors.clear()
+        new = [t for t in types if t not in self._type_vectors]
+        rows = await asyncio.to_thread(self.embedder().embed, words + [type_label(t) for t in new])
+        for t, row in zip(new, rows[len(words) :]):
+            self._type_vectors[t] = row
+        relevance = relation_relevance(np.stack([self._type_vectors[t] for t in types]), rows[: len(words)])
+        return {t: float(r) for t, r in zip(types, relevance)}
 
     async def _mentions(
         self, entity_ids: list[str], after: Tokens, status: Status, consistency: Consistency
@@ -146,7 +208,7 @@ class Retriever:
         owner = self.client.owner
         picked = [
             RetrievedChunk(
-                id=c.id, document_id=c.document_id, text=c.text, score=round(score, 6), shard=s, entities=c.entities
+                id=c.id, document_id=c.document_id, text=c.text, score=round(float(score), 6), shard=s, entities=c.entities
             )
             for cid, score in ranked
             if cid in chunks

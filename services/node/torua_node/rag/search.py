@@ -8,6 +8,7 @@ corpus statistics of every shard first, then scoring with the global IDF and ave
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from torua.errors import BadRequest
 from torua.model import Consistency, Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
@@ -25,9 +26,15 @@ from torua_node.shard.protocol import (
 )
 from torua_node.storage.textindex import query_terms
 
-__all__ = ["Search", "HYBRID_MIN_DEPTH"]
+__all__ = ["Search", "TextHits", "HYBRID_MIN_DEPTH"]
 
 HYBRID_MIN_DEPTH = 30  # each list fused by hybrid search is at least this deep (3 k otherwise)
+
+
+@dataclass(frozen=True, slots=True)
+class TextHits:
+    hits: list[Hit]
+    corpus_size: int  # documents (chunks or entities) the statistics were taken over, all shards
 
 
 class Search:
@@ -60,16 +67,29 @@ class Search:
         *,
         consistency: Consistency = "strong",
     ) -> list[Hit]:
+        return (await self.bm25(text, k, target, after, status, consistency=consistency)).hits
+
+    async def bm25(
+        self,
+        text: str,
+        k: int,
+        target: Target,
+        after: Tokens,
+        status: Status,
+        *,
+        consistency: Consistency = "strong",
+    ) -> TextHits:
         """BM25 in two rounds: global corpus statistics first, then scoring with them on every shard
         that answered the first."""
         terms = query_terms(text)
         if not terms:
-            return []
+            return TextHits(hits=[], corpus_size=0)
         ask = {s: ShardTextStats(terms=terms, target=target, after=token(after, s), consistency=consistency) for s in range(self.client.num_shards)}
         stats = await self.client.fan_out(TEXT_STATS, ask, status)
         idf, avg = global_bm25([(st.df, st.n_docs, st.total_length) for st in stats.values()], terms)
         score = {s: ShardText(idf=idf, avg_length=avg, k=k, target=target, after=token(after, s), consistency=consistency) for s in stats}
-        return _merged(await self.client.fan_out(TEXT, score, status), k)
+        hits = _merged(await self.client.fan_out(TEXT, score, status), k)
+        return TextHits(hits=hits, corpus_size=sum(st.n_docs for st in stats.values()))
 
     async def embed(self, text: str) -> list[float]:
         """The query text as the cluster's embedder sees it (on a thread: it may be a model or HTTP)."""

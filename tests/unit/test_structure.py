@@ -1,0 +1,115 @@
+"""Topics from a document's structure: headings, the section path a chunk is under, and ingest
+making them `topic` entities that the section's chunks mention."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from torua.chunking import TokenChunker
+from torua.extract import NullExtractor, entity_id
+from torua.ingest import IngestOptions, ingest_texts
+from torua.structure import TOPIC_TYPE, headings, topics_of
+
+DOC = """---
+title: Jobs and instances
+sort_rank: 3
+---
+
+Intro text.
+
+# Middleware { #middleware }
+
+Some words.
+
+## `TrustedHostMiddleware`
+
+Enforces a Host header.
+
+```python
+# not a heading: inside a fence
+app = FastAPI()
+```
+
+### Options
+
+Arguments.
+
+## [GZip](https://example.com/gzip) Middleware
+
+Compression.
+"""
+
+
+def test_headings_are_read_cleaned_and_code_is_skipped() -> None:
+    found = headings(DOC)
+    assert [(h.level, h.text) for h in found] == [
+        (0, "Jobs and instances"),
+        (1, "Middleware"),
+        (2, "TrustedHostMiddleware"),
+        (3, "Options"),
+        (2, "GZip Middleware"),
+    ]
+    for h in found[1:]:
+        assert DOC[h.offset :].lstrip().startswith("#")
+
+
+def test_a_chunk_is_under_its_section_path_and_the_sections_it_opens() -> None:
+    found = headings(DOC)
+    at = DOC.index("Arguments.")
+    assert topics_of(found, at, at + 5) == ["Jobs and instances", "Middleware", "TrustedHostMiddleware", "Options"]
+    # A sibling section replaces the previous one at its level and below.
+    at = DOC.index("Compression.")
+    assert topics_of(found, at, at + 5) == ["Jobs and instances", "Middleware", "GZip Middleware"]
+    # A chunk spanning a boundary is under both sections.
+    start, end = DOC.index("Enforces"), DOC.index("Arguments.")
+    assert topics_of(found, start, end) == ["Jobs and instances", "Middleware", "TrustedHostMiddleware", "Options"]
+
+
+def test_plain_text_has_no_topics() -> None:
+    assert headings("Just a paragraph.\n\nAnother one, with a # inside.") == []
+
+
+class _Recorder:
+    """Just enough of the client for ingest: records what is upserted."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []
+        self.entities: list[Any] = []
+
+    async def cluster_info(self) -> Any:
+        return SimpleNamespace(embedding_dim=0)
+
+    async def latest_tokens(self) -> dict[str, int]:
+        return {}
+
+    async def kv_get(self, key: str, after: Any = None) -> Any:
+        from torua.errors import NotFound
+
+        raise NotFound(key)
+
+    async def kv_put(self, key: str, value: str) -> Any:
+        return SimpleNamespace(token={})
+
+    async def neighbors(self, ids: Any, **kw: Any) -> Any:
+        return SimpleNamespace(edges=[])
+
+    async def upsert(self, documents: Any = (), chunks: Any = (), entities: Any = (), relations: Any = ()) -> Any:
+        self.chunks += list(chunks)
+        self.entities += list(entities)
+        return SimpleNamespace(tokens={})
+
+
+async def test_ingest_makes_headings_topics_mentioned_by_their_sections() -> None:
+    text = "# Retention\n\n" + "Samples are kept on disk. " * 60 + "\n\n## Compaction\n\n" + "Blocks merge. " * 80
+    client = _Recorder()
+    await ingest_texts(client, {"storage": text}, extractor=NullExtractor(), chunker=TokenChunker(max_tokens=128, overlap=0))  # type: ignore[arg-type]
+    topics = {e.id: e for e in client.entities if e.type == TOPIC_TYPE}
+    assert set(topics) == {entity_id("Retention"), entity_id("Compaction")}
+    first, last = client.chunks[0], client.chunks[-1]
+    assert first.entities == [entity_id("Retention")]
+    assert set(last.entities) == {entity_id("Retention"), entity_id("Compaction")}
+    # Off by option: chunks only.
+    client = _Recorder()
+    await ingest_texts(client, {"storage": text}, IngestOptions(topics=False), extractor=NullExtractor())  # type: ignore[arg-type]
+    assert client.entities == [] and all(c.entities == [] for c in client.chunks)
