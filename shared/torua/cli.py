@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--overlap", type=_non_negative, default=32, help="tokens shared by consecutive chunks (default 32)")
     ing.add_argument("--extractor", choices=["heuristic", "llm", "none"], default="heuristic",
                      help="entities and relations: heuristic (no model, default), llm (TORUA_LLM_*), none")
-    ing.add_argument("--embedder", choices=["cluster", "hash", "openai", "local"], default="cluster",
+    ing.add_argument("--embedder", choices=["cluster", "static", "hash", "openai", "local"], default="cluster",
                      help="cluster (default: the nodes embed), or embed here (TORUA_EMBEDDING_* settings)")
     ing.add_argument("--llm-url", help="OpenAI-compatible base URL (default: $TORUA_LLM_URL)")
     ing.add_argument("--llm-model", help="model name (default: $TORUA_LLM_MODEL)")

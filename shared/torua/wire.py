@@ -137,6 +137,9 @@ class ShardMap(Reply):
     cluster_id: str = ""
     embedding_dim: int = 0
     updated_at: float = 0.0
+    # The term of the leader that published it (LeaderLease.epoch): never decreases. Nodes ignore a
+    # map older than the newest they have seen: lower epoch, or the same epoch and lower revision.
+    epoch: int = 0
 
     def shards_of(self, node_id: str) -> set[int]:
         return {entry.id for entry in self.shards if node_id in entry.hosts()}
@@ -144,7 +147,10 @@ class ShardMap(Reply):
 
 class LeaderLease(Reply):
     holder: str
+    # For people only: standbys judge expiry by their own monotonic clock (torua_coordinator/leader.py).
     expires_at: float
+    # The leader's term: one more than the previous holder's at every new leadership.
+    epoch: int = 0
 
 
 # --- admin API --------------------------------------------------------------------------------

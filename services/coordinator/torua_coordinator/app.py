@@ -48,6 +48,8 @@ class Coordinator:
         self.started = time.monotonic()
         self._map: ShardMap | None = None
         self._kv_revision = 0
+        # After taking over, no map change before this (monotonic): one heartbeat window.
+        self._settle_until = 0.0
         self._service: ServiceHandle | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -104,6 +106,12 @@ class Coordinator:
         """Recompute the map now rather than at the next tick (the registry changed)."""
         self._changed.set()
 
+    @property
+    def takeover_grace(self) -> float:
+        """How long a new leader hears heartbeats before it changes the map: two heartbeat intervals
+        and a margin, so every live node has reported its replicas."""
+        return 2 * self.settings.heartbeat_interval + 0.5
+
     def planned_map(self) -> ShardMap:
         """The map placement computes from the registry now: what the next tick publishes."""
         return self._compute()
@@ -154,19 +162,35 @@ class Coordinator:
 
     async def _tick(self) -> None:
         self._changed.clear()
-        was_leader = self.lease.held
+        was_leader, term = self.lease.held, self.lease.epoch
         if not await self.lease.refresh():
             if was_leader:
-                log.warning("lost leadership")
+                log.warning("lost leadership (epoch %d)", term)
                 await self._step_down()
             return
-        if not was_leader or self._service is None:
-            log.info("%s is now the leader", self.settings.coordinator_id)
-            await self._load_or_create_map()
-            self.registry.adopt([n for e in self.shardmap.shards for n in e.hosts()], time.monotonic())
-            self._service = await start_cluster_service(self)
+        if not was_leader or self._service is None or self.lease.epoch != term:
+            if not await self._take_over():
+                return
         self.registry.sweep(time.monotonic())
         await self._publish_if_changed()
+
+    async def _take_over(self) -> bool:
+        """Start a term: adopt the map in KV, stamp it with our epoch (so a map write by an earlier
+        leader now fails its compare-and-set), and hold back changes for one heartbeat window while
+        the registry fills from heartbeats (an adopted node has reported no replica yet: changing
+        the map now could drop the only serving copy of a shard)."""
+        await self._step_down()
+        await self._load_or_create_map()
+        if self.shardmap.epoch >= self.lease.epoch and not await self.lease.advance(self.shardmap.epoch + 1):
+            return False
+        log.info("%s is now the leader (epoch %d)", self.settings.coordinator_id, self.lease.epoch)
+        now = time.monotonic()
+        self.registry.adopt([n for e in self.shardmap.shards for n in e.hosts()], now)
+        self._settle_until = now + self.takeover_grace
+        if not await self._publish(self.shardmap):
+            return False
+        self._service = await start_cluster_service(self)
+        return True
 
     async def _step_down(self) -> None:
         if self._service is not None:
@@ -190,17 +214,33 @@ class Coordinator:
         new = self._compute()
         if same_layout(new, self.shardmap):
             return
-        new = msgspec.structs.replace(new, revision=self.shardmap.revision + 1, updated_at=time.time())
+        if time.monotonic() < self._settle_until:
+            return  # still hearing from every node after taking over; a later tick publishes it
+        await self._publish(new)
+
+    async def _publish(self, smap: ShardMap) -> bool:
+        """Write the map under our epoch, compare-and-set on the map key's last revision. Only while
+        the lease is valid by our monotonic clock; losing the compare-and-set (another leader wrote
+        the map) steps down at once."""
+        if not self.lease.valid():
+            log.warning("not publishing the shard map: the lease (epoch %d) is not valid now", self.lease.epoch)
+            return False
+        new = msgspec.structs.replace(
+            smap, epoch=self.lease.epoch, revision=self.shardmap.revision + 1, updated_at=time.time()
+        )
         try:
             self._kv_revision = await self.kv.update(
                 subjects.KV_SHARDMAP, msgspec.json.encode(new), last=self._kv_revision
             )
-        except (KeyWrongLastSequenceError, APIError):
-            log.warning("shard map changed under us; reloading")
+        except (KeyWrongLastSequenceError, APIError) as exc:
+            log.warning("shard map changed under us (epoch %d): stepping down (%s)", self.lease.epoch, exc)
+            self.lease.drop()
+            await self._step_down()
             await self._load_or_create_map()
-            return
+            return False
         self._map = new
-        log.info("published shard map revision %d", new.revision)
+        log.info("published shard map revision %d (epoch %d)", new.revision, new.epoch)
+        return True
 
     async def _load_or_create_map(self) -> None:
         s = self.settings

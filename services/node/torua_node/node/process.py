@@ -34,6 +34,7 @@ from torua.wire import Announce, DigestReply, DigestRequest, Heartbeat, NodeInfo
 from torua_node.node.admin import start_node_service
 from torua_node.node.audit import DigestAudit, answer_digest
 from torua_node.node.identity import load_identity
+from torua_node.node.mapfence import MapFence
 from torua_node.node.replicas import ReplicaManager
 from torua_node.router.api import DataService
 from torua_node.settings import NodeSettings
@@ -74,6 +75,7 @@ class Node:
         self._draining_file = settings.data_dir / DRAINING_FILE
         self.draining = self._draining_file.exists()
         self.shardmap: ShardMap | None = None
+        self._fence = MapFence()  # never follow a map older than the newest seen
         self.nc: NATS = None  # type: ignore[assignment]
         self._kv: KeyValue | None = None
         self._hb_seq = 0
@@ -243,9 +245,12 @@ class Node:
                 await asyncio.sleep(1.0)
 
     async def _apply_map(self, smap: ShardMap) -> None:
-        if self.shardmap is not None and smap.revision < self.shardmap.revision:
+        if not self._fence.admit(smap.epoch, smap.revision):
+            log.info("ignoring shard map epoch %d revision %d: seen epoch %d revision %d",
+                     smap.epoch, smap.revision, self._fence.epoch, self._fence.revision)
             return
         self.shardmap = smap
+        # No await before reconcile takes its (FIFO) lock: maps are reconciled in the order admitted.
         if await self.replicas.reconcile(smap.shards_of(self.node_id), self.nc, smap.embedding_dim):
             await self._send_heartbeat()  # tell the coordinator at once, not at the next beat
 
