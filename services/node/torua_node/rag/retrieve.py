@@ -6,8 +6,10 @@ question names — rather than by lexical or vector similarity. Text evidence ke
 near the top when the graph has nothing better to offer. Scoring is pure, in graphrank.py; this
 module fetches what it needs from the shards, in as few rounds as the algorithm allows:
 
-1. BM25 and vector search over chunks and BM25 over entity names, concurrently;
-2. the seeds' neighbourhood, `hops` relations deep (one fan-out round per hop);
+1. BM25 and vector search over chunks and BM25 over entity names, concurrently, then the matched
+   entities' names (a seed is an entity whose name the question covers);
+2. the seeds' neighbourhood, `hops` relations deep (one fan-out round per hop, expanding only the
+   best-weighted new entities);
 3. the names and types of every entity reached, and the chunks mentioning them, concurrently;
 4. the chunk rows of the top k.
 """
