@@ -32,9 +32,12 @@ bench: $(TEST_STAMP)
 
 # What durable acknowledgements cost: JetStream's sync_interval always (what torua up and compose
 # use) against the server's default, on the log stream (1 server R1, 3 servers R3) and a cluster.
-.PHONY: bench-durability
+.PHONY: bench-durability bench-consistency
 bench-durability: $(STAMP)
 	$(BIN)/python -m bench.durability $(BENCH_ARGS)
+
+bench-consistency: $(STAMP)
+	$(BIN)/python -m bench.consistency $(BENCH_ARGS)
 
 # Retrieval quality: on real documentation (bench/eval_docs.py says where the documentation goes),
 # and on the harder generated multi-hop benchmark (bench/multihop.py).
