@@ -90,11 +90,11 @@ class Retriever:
         seeds = seed_weights(entity_bm25, {i: e.name for i, e in matched.items()}, req.question, w)
         reached, edges, factors, paths = await self._expand(req, seeds, after, status)
         weight = paths.weight
-        entity_rows, mentions = await asyncio.gather(
-            self.graph.entities(list(reached), after, status, consistency=level),
+        entity_rows, mentions = await asyncio.gather(  # the seeds' rows are in hand already
+            self.graph.entities([i for i in reached if i not in matched], after, status, consistency=level),
             self._mentions(list(reached), after, status, level),
         )
-        entities = {e.id: e for e in entity_rows}
+        entities = {e.id: e for e in entity_rows} | {i: matched[i] for i in reached if i in matched}
         question = stems(req.question)
         boost = {i: 1.0 + w.type_boost * type_named(e.type, question) for i, e in entities.items()}
         evidence = ChunkEvidence()
@@ -131,13 +131,16 @@ class Retriever:
         frontier = sorted(seeds)
         edges: list[EdgeOut] = []
         factors = np.zeros(0)
+        words: np.ndarray | None = None
         for hop in range(1, req.hops + 1):
             if not frontier:
                 break
             for e in await self.graph.edges(frontier, "both", None, after, status, consistency=req.consistency):
                 found[(e.source, e.type, e.target)] = e
             edges = [e for _, e in sorted(found.items())]
-            factors = relation_factors(edges, await self._relevance(req.question, edges), self.w)
+            if words is None and edges:
+                words = await self._word_vectors(req.question)
+            factors = relation_factors(edges, await self._relevance(words, edges), self.w)
             weight = spread(seeds, edges, factors, hop, self.w).weight
             new = {x for e in edges for x in (e.source, e.target) if x not in reached}
             best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[: max(0, EXPAND_LIMIT - len(reached))]
@@ -147,20 +150,25 @@ class Retriever:
         kept_edges, kept_factors = [e for e, _ in kept], np.array([f for _, f in kept])
         return reached, kept_edges, kept_factors, spread(seeds, kept_edges, kept_factors, req.hops, self.w)
 
-    async def _relevance(self, question: str, edges: list[EdgeOut]) -> dict[str, float]:
-        """How close each relation type is in meaning to a word of the question, 0..1 (the cluster's
-        embedder; type vectors are cached, so a question costs one embedding call)."""
+    async def _word_vectors(self, question: str) -> np.ndarray:
+        """The question's words as the cluster's embedder sees them, once per question (stop words
+        too: "where" is close to BORN_IN)."""
+        words = list(dict.fromkeys(tokenize(question)))
+        return await asyncio.to_thread(self.embedder().embed, words) if words else np.zeros((0, self.embedder.dim))
+
+    async def _relevance(self, words: np.ndarray | None, edges: list[EdgeOut]) -> dict[str, float]:
+        """How close each relation type is in meaning to a word of the question, 0..1. Type vectors
+        are cached across questions, so only types not seen before cost an embedding call."""
         types = sorted({e.type for e in edges})
-        words = list(dict.fromkeys(tokenize(question)))  # stop words too: "where" is close to BORN_IN
-        if not types or not words:
+        if not types or words is None or len(words) == 0:
             return {}
         if len(self._type_vectors) + len(types) > _TYPE_CACHE:
             self._type_vectors.clear()
         new = [t for t in types if t not in self._type_vectors]
-        rows = await asyncio.to_thread(self.embedder().embed, words + [type_label(t) for t in new])
-        for t, row in zip(new, rows[len(words) :]):
-            self._type_vectors[t] = row
-        relevance = relation_relevance(np.stack([self._type_vectors[t] for t in types]), rows[: len(words)])
+        if new:
+            rows = await asyncio.to_thread(self.embedder().embed, [type_label(t) for t in new])
+            self._type_vectors.update(zip(new, rows))
+        relevance = relation_relevance(np.stack([self._type_vectors[t] for t in types]), words)
         return {t: float(r) for t, r in zip(types, relevance)}
 
     async def _mentions(
@@ -210,7 +218,7 @@ class Retriever:
         owner = self.client.owner
         picked = [
             RetrievedChunk(
-                id=c.id, document_id=c.document_id, text=c.text, score=round(float(score), 6), shard=s, entities=c.entities
+                id=c.id, document_id=c.document_id, text=c.text, score=round(score, 6), shard=s, entities=c.entities
             )
             for cid, score in ranked
             if cid in chunks
