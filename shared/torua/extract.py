@@ -39,7 +39,7 @@ import msgspec
 
 from torua.lexicon import COMMON, GENERIC, KEYWORDS, is_common, is_inflection, is_verb, leading, singular
 from torua.llm import OpenAICompatible, OpenAIConfig
-from torua.model import Entity, Relation
+from torua.model import UNTYPED_RELATION, Entity, Relation
 
 __all__ = [
     "Extraction",
@@ -164,17 +164,17 @@ def relation_type(between: str) -> str:
     """UPPER_SNAKE verb phrase from the words between two names, or RELATED_TO when there is none."""
     between = between.strip(" \t\n,")
     if not between or re.search(r"[^\w\s'-]", between):
-        return "RELATED_TO"
+        return UNTYPED_RELATION
     words = between.lower().split()
     if len(words) > 6 or any(w in _CONJUNCTIONS for w in words):
-        return "RELATED_TO"
+        return UNTYPED_RELATION
     kept = [w for w in words if w not in _FILLER]
     if not kept or len(kept) > 3 or all(w in _PREPOSITIONS for w in kept) or not all(w.isalpha() for w in kept):
-        return "RELATED_TO"
+        return UNTYPED_RELATION
     # Evidence is a verb ("founded", "taught at") or a copula before a noun and a preposition ("is the
     # capital of"); "with our", "to main" or "instead of" say nothing about how the two are related.
     if not any(is_verb(w) for w in kept) and not (len(kept) > 1 and kept[-1] in _PREPOSITIONS and words[0] in _COPULA):
-        return "RELATED_TO"
+        return UNTYPED_RELATION
     return "_".join(kept).upper()
 
 
@@ -623,24 +623,24 @@ class HeuristicExtractor:
             linked = names[:MAX_NAMES_PER_SENTENCE]
             for a_i, a in enumerate(linked):
                 for step, b in enumerate(linked[a_i + 1 : a_i + 1 + WINDOW]):
-                    kind = relation_type(s.text[a.end : b.start]) if step == 0 else "RELATED_TO"
+                    kind = relation_type(s.text[a.end : b.start]) if step == 0 else UNTYPED_RELATION
                     pairs.append((a, b, kind))
             if s.row >= 0 and names:  # a table row: its first name is what the other cells describe
                 key = row_key.setdefault(s.row, names[0])
-                pairs.extend((key, b, "RELATED_TO") for b in names[:MAX_NAMES_PER_SENTENCE] if b is not key)
+                pairs.extend((key, b, UNTYPED_RELATION) for b in names[:MAX_NAMES_PER_SENTENCE] if b is not key)
         return Extraction(list(entities.values()), _relations(pairs, chunk_id))
 
 
 def _relations(pairs: list[tuple[_Mention, _Mention, str]], chunk_id: str) -> list[Relation]:
     """One relation per (source, type, target); co-occurrence only where no verb links the pair."""
-    typed = {frozenset((a.id, b.id)) for a, b, kind in pairs if kind != "RELATED_TO"}
+    typed = {frozenset((a.id, b.id)) for a, b, kind in pairs if kind != UNTYPED_RELATION}
     out: dict[tuple[str, str, str], Relation] = {}
     for a, b, kind in pairs:
-        if a.id == b.id or (kind == "RELATED_TO" and frozenset((a.id, b.id)) in typed):
+        if a.id == b.id or (kind == UNTYPED_RELATION and frozenset((a.id, b.id)) in typed):
             continue
-        if kind == "RELATED_TO" and (b.id, kind, a.id) in out:
+        if kind == UNTYPED_RELATION and (b.id, kind, a.id) in out:
             continue
-        weight = VERB_WEIGHT if kind != "RELATED_TO" else CO_OCCURRENCE_WEIGHT
+        weight = VERB_WEIGHT if kind != UNTYPED_RELATION else CO_OCCURRENCE_WEIGHT
         out.setdefault((a.id, kind, b.id), Relation(source=a.id, target=b.id, type=kind, weight=weight, chunks=[chunk_id]))
     return list(out.values())
 
@@ -702,7 +702,7 @@ class _LLMEntity(msgspec.Struct):
 class _LLMRelation(msgspec.Struct):
     source: str
     target: str
-    type: str = "RELATED_TO"
+    type: str = UNTYPED_RELATION
 
 
 class _LLMGraph(msgspec.Struct):
@@ -755,6 +755,6 @@ def _to_extraction(graph: _LLMGraph, chunk_id: str) -> Extraction:
         source, target = add(r.source), add(r.target)
         if source is None or target is None or source == target:
             continue
-        kind = re.sub(r"[^A-Za-z0-9]+", "_", r.type).strip("_").upper()[:256] or "RELATED_TO"
+        kind = re.sub(r"[^A-Za-z0-9]+", "_", r.type).strip("_").upper()[:256] or UNTYPED_RELATION
         relations.setdefault((source, kind, target), Relation(source=source, target=target, type=kind, chunks=[chunk_id]))
     return Extraction(list(entities.values()), list(relations.values()))

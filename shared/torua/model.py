@@ -14,6 +14,7 @@ from msgspec import Meta
 from torua.wire import Reply, Request
 
 __all__ = [
+    "UNTYPED_RELATION",
     "Id",
     "Consistency",
     "Entity",
@@ -22,6 +23,7 @@ __all__ = [
     "Document",
     "UpsertRequest",
     "UpsertReply",
+    "RelationKey",
     "DeleteRequest",
     "DeleteReply",
     "GetRequest",
@@ -79,10 +81,13 @@ class Entity(Request):
     embedding: Vector | None = None
 
 
+UNTYPED_RELATION = "RELATED_TO"  # a relation that says only that its ends are related (co-occurrence)
+
+
 class Relation(Request):
     source: Id
     target: Id
-    type: Annotated[str, Meta(min_length=1, max_length=256)] = "RELATED_TO"
+    type: Annotated[str, Meta(min_length=1, max_length=256)] = UNTYPED_RELATION
     weight: float = 1.0
     properties: dict[str, Any] = msgspec.field(default_factory=dict)
     chunks: list[Id] = msgspec.field(default_factory=list)
@@ -118,9 +123,18 @@ class UpsertReply(Reply):
     request_id: str = ""
 
 
+class RelationKey(Request):
+    """Names one relation to delete: both ends and its type (no default: a delete names it)."""
+
+    source: Id
+    target: Id
+    type: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
 class DeleteRequest(Request):
     entities: Annotated[list[Id], Meta(max_length=MAX_BATCH)] = msgspec.field(default_factory=list)
     documents: Annotated[list[Id], Meta(max_length=MAX_BATCH)] = msgspec.field(default_factory=list)
+    relations: Annotated[list[RelationKey], Meta(max_length=MAX_BATCH)] = msgspec.field(default_factory=list)
     request_id: RequestId | None = None
 
 
@@ -132,6 +146,7 @@ class DeleteReply(Reply):
 
 class GetRequest(Request):
     id: Id
+    embedding: bool = False  # include the entity's vector (it is most of a reply's bytes)
     after: Tokens = msgspec.field(default_factory=dict)
     consistency: Consistency = "strong"
 
@@ -212,7 +227,8 @@ class KVReply(Reply):
 
 Target = Literal["chunks", "entities"]
 TopK = Annotated[int, Meta(ge=1, le=1000)]
-Query = Annotated[str, Meta(min_length=1, max_length=10_000)]
+# At least one non-space character: a blank question or query matches nothing meaningful.
+Query = Annotated[str, Meta(min_length=1, max_length=10_000, pattern=r"\S")]
 
 
 class VectorSearchRequest(Request):
@@ -294,6 +310,8 @@ class QueryRequest(Request):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     after: Tokens = msgspec.field(default_factory=dict)
     consistency: Consistency = "strong"
+    # Milliseconds the query may run; only lowers the node's TORUA_QUERY_TIMEOUT. Over it: 408.
+    timeout_ms: Annotated[int, Meta(ge=1)] | None = None
 
 
 class QueryReply(Reply):

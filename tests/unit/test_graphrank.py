@@ -12,11 +12,14 @@ from torua_node.rag.graphrank import (
     Weights,
     direct_scores,
     fuse,
+    lexical_relevance,
     relation_factors,
     relation_relevance,
     seed_weights,
     specificity,
     spread,
+    stating_chunks,
+    stems,
     type_named,
 )
 
@@ -135,3 +138,28 @@ def test_fuse_ranks_by_text_and_graph_with_ties_by_id() -> None:
 def test_type_named() -> None:
     assert type_named("country", {"coun", "whic"})
     assert not type_named("city", {"coun"}) and not type_named("", {"coun"})
+
+
+def test_stating_chunks_are_a_few_per_typed_relation_type_lowest_ids_first() -> None:
+    edges = [
+        edge("a", "b", "BORN_IN", chunks=("c9", "c2", "c7", "c1")),  # only a relation's first three count
+        edge("x", "y", "BORN_IN", chunks=("c3",)),
+        edge("a", "x", "RELATED_TO", chunks=("c0",)),
+        edge("b", "y", "FOUNDED", chunks=("c5", "c5")),
+    ]
+    assert stating_chunks(edges, 3, "RELATED_TO") == {"BORN_IN": ["c2", "c3", "c7"], "FOUNDED": ["c5"]}
+    assert stating_chunks(list(reversed(edges)), 3, "RELATED_TO") == stating_chunks(edges, 3, "RELATED_TO")
+
+
+def test_a_type_is_as_relevant_as_the_question_words_its_chunks_use() -> None:
+    texts = {
+        "c1": "Rena Voss's hometown is Kell.",
+        "c2": "Kell is where Odo Brand came into the world.",
+        "c3": "Arlo Tamm started Vexa Labs with two friends.",
+        "c4": "Vexa Labs sells lamps.",
+    }
+    asked = stems("what is the hometown of the person who started the company")
+    got = lexical_relevance({"BORN_IN": ["c1", "c2"], "FOUNDED": ["c3"], "MAKES": ["c4"]}, texts, asked)
+    assert got == {"BORN_IN": 1.0, "FOUNDED": 1.0}  # best chunk per type: one asked word each; MAKES none
+    assert lexical_relevance({"MAKES": ["c4"]}, texts, asked) == {}
+    assert lexical_relevance({"BORN_IN": ["missing"]}, texts, asked) == {}

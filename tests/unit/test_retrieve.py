@@ -141,3 +141,37 @@ def test_build_context_fills_the_budget_best_first() -> None:
     assert used == 9 + 4 + 4
     assert build_context(chunks, edges, {}, 16)[1] == 16  # "- a knows b": 3 tokens
     assert build_context(chunks, edges, {}, 15) == ("[c0] " + "x" * 30 + "\n\n[c2] " + "x" * 10, 13)
+
+
+async def test_an_entity_reached_early_by_a_weak_path_is_expanded_once_a_strong_one_shows() -> None:
+    """"Mapol Works" is a weak seed (the question says only "works" of its name), so its founder is
+    reached in the first round with little weight; the strong path to him, from "Vosmi Works" through
+    the acquisition, is two relations long. Best-first expansion still follows him to his birthplace,
+    although a dozen of Vosmi Works' employees are closer."""
+    question = "Where was the founder of the firm that acquired Vosmi Works born?"
+    answer = "Port Urilo is where Ilodoro Pratem came into the world."
+    entities = [
+        Entity(id="vosmi", name="Vosmi Works", type="company"),
+        Entity(id="mapol", name="Mapol Works", type="company"),
+        Entity(id="ilodoro", name="Ilodoro Pratem", type="person"),
+        Entity(id="urilo", name="Port Urilo", type="city"),
+        *(Entity(id=f"staff{i}", name=f"Staffer Number{i}", type="person") for i in range(12)),
+    ]
+    relations = [
+        Relation(source="mapol", target="vosmi", type="ACQUIRED", chunks=["merger"]),
+        Relation(source="ilodoro", target="mapol", type="FOUNDED", chunks=["start"]),
+        Relation(source="ilodoro", target="urilo", type="BORN_IN", chunks=["birth"]),
+        *(Relation(source=f"staff{i}", target="vosmi", type="WORKS_FOR", chunks=[f"job{i}"]) for i in range(12)),
+    ]
+    chunks = [
+        Chunk(id="merger", document_id="d1", text="Mapol Works acquired Vosmi Works in a merger.", entities=["mapol", "vosmi"]),
+        Chunk(id="start", document_id="d2", text="Ilodoro Pratem founded Mapol Works.", entities=["ilodoro", "mapol"]),
+        Chunk(id="birth", document_id="d3", text=answer, entities=["ilodoro", "urilo"]),
+        *(Chunk(id=f"job{i}", document_id=f"j{i}", text=f"Staffer Number{i} draws a salary from Vosmi Works.",
+                entities=[f"staff{i}", "vosmi"]) for i in range(12)),
+    ]
+    fake = FakeShards(2)
+    fake.add(entities=entities, relations=relations, chunks=chunks)
+    got = await Retriever(fake, GraphReads(fake), Embedding()).retrieve(RetrieveRequest(question=question, k=5, hops=3))
+    assert "urilo" in {e.id for e in got.entities}
+    assert "birth" in [c.id for c in got.chunks], [c.id for c in got.chunks]

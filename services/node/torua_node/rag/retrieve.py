@@ -8,8 +8,9 @@ module fetches what it needs from the shards, in as few rounds as the algorithm 
 
 1. BM25 and vector search over chunks and BM25 over entity names, concurrently, then the matched
    entities' names (a seed is an entity whose name the question covers);
-2. the seeds' neighbourhood, `hops` relations deep (one fan-out round per hop, expanding only the
-   best-weighted new entities);
+2. the seeds' neighbourhood, `hops` relations deep, best first (per hop, one fan-out round for the
+   relations of the best-weighted entities not expanded yet, then one for the few chunks stating
+   each relation type, not read yet, whose words tell how relevant the type is);
 3. the names and types of every entity reached, and the chunks mentioning them, concurrently;
 4. the chunk rows of the top k.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from torua.chunking import approx_tokens
 from torua.embedding import tokenize
 from torua.model import (
+    UNTYPED_RELATION,
     Consistency,
     EdgeOut,
     EntityOut,
@@ -41,11 +43,13 @@ from torua_node.rag.graphrank import (
     Weights,
     direct_scores,
     fuse,
+    lexical_relevance,
     relation_factors,
     relation_relevance,
     seed_weights,
     specificity,
     spread,
+    stating_chunks,
     stems,
     type_label,
     type_named,
@@ -87,8 +91,13 @@ class Retriever:
         )
         direct = direct_scores(chunk_bm25.hits, chunk_vec, w)
         matched = {e.id: e for e in await self.graph.entities([h.id for h in entity_bm25], after, status, consistency=level)}
-        seeds = seed_weights(entity_bm25, {i: e.name for i, e in matched.items()}, req.question, w)
-        reached, edges, factors, paths = await self._expand(req, seeds, after, status)
+        names = {i: e.name for i, e in matched.items()}
+        seeds = seed_weights(entity_bm25, names, req.question, w)
+        hit_shard = {h.id: h.shard for h in (*chunk_bm25.hits, *chunk_vec)}
+        # What the question asks about the things it names: its words that are not capitalised
+        # (leaving out entities' names measured worse: documentation names things in lower case).
+        asked = stems(" ".join(t for t in req.question.split() if not t[:1].isupper()))
+        reached, edges, factors, paths = await self._expand(req, seeds, names, asked, hit_shard, status)
         weight = paths.weight
         entity_rows, mentions = await asyncio.gather(  # the seeds' rows are in hand already
             self.graph.entities([i for i in reached if i not in matched], after, status, consistency=level),
@@ -112,48 +121,75 @@ class Retriever:
             evidence.mentions(m.chunk_id, weight.get(m.entity_id, 0.0) * spec.get(m.entity_id, 0.0) * boost.get(m.entity_id, 1.0))
         ranked = fuse(direct, evidence.scores(w), req.k, w)
         located = {m.chunk_id: m.document_id for m in mentions}
-        hit_shard = {h.id: h.shard for h in (*chunk_bm25.hits, *chunk_vec)}
         chunks = await self._chunks([c for c, _ in ranked], located, hit_shard, after, status, level)
         top_edges = sorted(edges, key=lambda e: (-edge_score[(e.source, e.type, e.target)], e.source, e.type, e.target))
         return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
 
     async def _expand(
-        self, req: RetrieveRequest, seeds: dict[str, float], after: Tokens, status: Status
+        self,
+        req: RetrieveRequest,
+        seeds: dict[str, float],
+        names: dict[str, str],
+        asked: set[str],
+        hit_shard: dict[str, int],
+        status: Status,
     ) -> tuple[dict[str, int], list[EdgeOut], np.ndarray, Paths]:
-        """The seeds' neighbourhood, one fan-out round per hop, guided by the question: every
-        relation of the frontier is kept, but only the `BEAM` best-weighted new entities are
-        expanded further, so a hub's hundred neighbours do not crowd out the path the question
-        describes (breadth-first order would cut the last hop by id). Returns the entities reached
+        """The seeds' neighbourhood, guided by the question: every relation of the frontier is
+        kept, but only the `BEAM` best-weighted entities not expanded yet are expanded next, so a
+        hub's hundred neighbours do not crowd out the path the question describes (breadth-first
+        order would cut the last hop by id). Weights count paths of up to `hops` relations at every
+        round, so an entity first reached through a weak seed is expanded once a strong path
+        through it shows. Returns the entities reached
         (with their hop), the relations between them, what each relation passes on, and every
-        entity's weight."""
+        entity's weight. A relation type's relevance is read from its label and from the words of
+        a few chunks stating it (fetched in the same round as the label's embedding)."""
+        after, level = req.after, req.consistency
         reached: dict[str, int] = dict.fromkeys(seeds, 0)
+        texts: dict[str, str] = {}
         found: dict[tuple[str, str, str], EdgeOut] = {}
         frontier = sorted(seeds)
+        expanded: set[str] = set()
         edges: list[EdgeOut] = []
         factors = np.zeros(0)
         words: np.ndarray | None = None
         for hop in range(1, req.hops + 1):
             if not frontier:
                 break
-            for e in await self.graph.edges(frontier, "both", None, after, status, consistency=req.consistency):
+            for e in await self.graph.edges(frontier, "both", None, after, status, consistency=level):
                 found[(e.source, e.type, e.target)] = e
+            expanded.update(frontier)
             edges = [e for _, e in sorted(found.items())]
             if words is None and edges:
-                words = await self._word_vectors(req.question)
-            factors = relation_factors(edges, await self._relevance(words, edges), self.w)
-            weight = spread(seeds, edges, factors, hop, self.w).weight
+                named = {t for i in seeds for t in tokenize(names.get(i, ""))}
+                words = await self._word_vectors(req.question, named)
+            # Re-chosen every round from all relations seen (freezing each type's first choice
+            # measured worse); only chunks not read yet are fetched.
+            stated = stating_chunks(edges, self.w.stating_chunks, UNTYPED_RELATION)
+            unread = sorted({c for cs in stated.values() for c in cs} - texts.keys())
+            labels, rows = await asyncio.gather(
+                self._relevance(words, edges), self._chunks(unread, {}, hit_shard, after, status, level)
+            )
+            texts.update((c, row.text) for c, (row, _) in rows.items())
+            lexical = lexical_relevance(stated, texts, asked)
+            relevance = {t: max(labels.get(t, 0.0), lexical.get(t, 0.0)) for t in labels.keys() | lexical.keys()}
+            factors = relation_factors(edges, relevance, self.w)
+            weight = spread(seeds, edges, factors, req.hops, self.w).weight
             new = {x for e in edges for x in (e.source, e.target) if x not in reached}
             best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[: max(0, EXPAND_LIMIT - len(reached))]
             reached.update(dict.fromkeys(best, hop))
-            frontier = best[:BEAM]
+            # Best first: the next round expands the best-weighted entities not expanded yet, also
+            # those reached earlier whose weight rose once a longer path through them was seen.
+            waiting = [x for x in reached if x not in expanded]
+            frontier = sorted(waiting, key=lambda x: (-weight.get(x, 0.0), x))[:BEAM]
         kept = [(e, f) for e, f in zip(edges, factors.tolist()) if e.source in reached and e.target in reached]
         kept_edges, kept_factors = [e for e, _ in kept], np.array([f for _, f in kept])
         return reached, kept_edges, kept_factors, spread(seeds, kept_edges, kept_factors, req.hops, self.w)
 
-    async def _word_vectors(self, question: str) -> np.ndarray:
+    async def _word_vectors(self, question: str, named: set[str]) -> np.ndarray:
         """The question's words as the cluster's embedder sees them, once per question (stop words
-        too: "where" is close to BORN_IN)."""
-        words = list(dict.fromkeys(tokenize(question)))
+        too: "where" is close to BORN_IN), but not the words of the seeds' names ("Vosmi Works" says
+        nothing about WORKS_FOR)."""
+        words = [t for t in dict.fromkeys(tokenize(question)) if t not in named]
         return await asyncio.to_thread(self.embedder().embed, words) if words else np.zeros((0, self.embedder.dim))
 
     async def _relevance(self, words: np.ndarray | None, edges: list[EdgeOut]) -> dict[str, float]:
