@@ -39,6 +39,23 @@ bench-durability: $(STAMP)
 bench-consistency: $(STAMP)
 	$(BIN)/python -m bench.consistency $(BENCH_ARGS)
 
+# Snapshots and log retention: snapshot and restore throughput, and the recovery time of a wiped
+# node against the length of its shards' history, replaying the log or restoring a snapshot.
+.PHONY: bench-snapshots
+bench-snapshots: $(STAMP)
+	$(BIN)/python -m bench.snapshots $(BENCH_ARGS)
+
+# Query speed through the cluster beside embedded Kuzu, exact NumPy, NetworkX and a bare NATS round
+# trip, on the same generated data (50k entities, 250k relations by default; sizes by flag).
+.PHONY: bench-query
+bench-query: $(TEST_STAMP)
+	$(BIN)/python -m bench.query $(BENCH_ARGS)
+
+# Multi-hop Cypher (2-, 3-hop pattern counts, shortest paths) through a cluster beside embedded Kuzu.
+.PHONY: bench-cypher
+bench-cypher: $(TEST_STAMP)
+	$(BIN)/python -m bench.cypher $(BENCH_ARGS)
+
 # Retrieval quality: on real documentation (bench/eval_docs.py says where the documentation goes),
 # and on the harder generated multi-hop benchmark (bench/multihop.py).
 .PHONY: eval-docs eval-multihop

@@ -21,34 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats
-from nats.aio.msg import Msg
-
+from bench._cluster import echo_round_trips, p50_p95_ms, timed
 from torua import Client
 from torua.model import Entity, Relation, Tokens
 from torua.up import LocalCluster, UpOptions
 
 BATCH = 500
-
-
-def _ms(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
-
-
-async def _timed(n: int, call: Callable[[int], Awaitable[object]]) -> list[float]:
-    out = []
-    for i in range(n):
-        started = time.perf_counter()
-        await call(i)
-        out.append(time.perf_counter() - started)
-    return out
 
 
 async def _load(client: Client, entities: int) -> Tokens:
@@ -69,21 +50,6 @@ async def _load(client: Client, entities: int) -> Tokens:
     return tokens
 
 
-async def _floor(url: str, n: int) -> list[float]:
-    nc = await nats.connect(url)
-
-    async def echo(msg: Msg) -> None:
-        await msg.respond(msg.data)
-
-    try:
-        sub = await nc.subscribe("bench.echo", cb=echo)
-        samples = await _timed(n, lambda _: nc.request("bench.echo", b"{}", timeout=5))
-        await sub.unsubscribe()
-        return samples
-    finally:
-        await nc.close()
-
-
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="torua-bench-consistency-") as tmp:
         opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=-1, data_dir=Path(tmp))
@@ -97,7 +63,7 @@ async def run(args: argparse.Namespace) -> None:
                 # Every replica has applied everything: both levels read the same data.
                 await client.get("b:0", after=tokens)
                 n, m = args.n, args.entities
-                rows: list[tuple[str, list[float], list[float] | None]] = [("bare NATS request-reply", await _floor(cluster.url, n), None)]
+                rows: list[tuple[str, list[float], list[float] | None]] = [("bare NATS request-reply", await echo_round_trips(cluster.url, n), None)]
 
                 for name, strong, eventual in (
                     ("kv.get", lambda i: client.kv_get(f"bench:{i % m}"), lambda i: client.kv_get(f"bench:{(i + n) % m}", consistency="eventual")),
@@ -113,7 +79,7 @@ async def run(args: argparse.Namespace) -> None:
                         lambda i: client.neighbors(["b:1"], hops=1, consistency="eventual"),
                     ),
                 ):
-                    rows.append((name, await _timed(n, strong), await _timed(n, eventual)))
+                    rows.append((name, await timed(n, strong), await timed(n, eventual)))
             finally:
                 await client.close()
         finally:
@@ -121,11 +87,11 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\n{args.nodes} nodes, {args.shards} shards, R={args.replicas}; {args.entities} entities; {args.n} sequential requests each; p50 / p95 ms\n")
     print(f"{'read':36} {'strong':>16} {'eventual':>16} {'strong/eventual':>16}")
     for label, strong_s, eventual_s in rows:
-        s50, s95 = _ms(strong_s)
+        s50, s95 = p50_p95_ms(strong_s)
         if eventual_s is None:
             print(f"{label:36} {s50:7.2f} / {s95:6.2f}")
             continue
-        e50, e95 = _ms(eventual_s)
+        e50, e95 = p50_p95_ms(eventual_s)
         print(f"{label:36} {s50:7.2f} / {s95:6.2f} {e50:7.2f} / {e95:6.2f} {s50 / e50:15.2f}x")
 
 

@@ -20,8 +20,9 @@ import kuzu
 import numpy as np
 import pyarrow as pa
 
+from bench._cluster import AppliedWatch, cluster_ingest
 from torua import Client
-from torua.model import Entity, Relation, Tokens
+from torua.model import Entity, Relation
 from torua.up import LocalCluster, UpOptions
 
 DIM = 64
@@ -75,56 +76,6 @@ def batches(ids, vecs, src, dst, ent_batch: int, rel_batch: int):
         yield {"entities": [Entity(id=ids[j], name=ids[j], embedding=vecs[j].tolist()) for j in range(i, min(i + ent_batch, len(ids)))]}
     for i in range(0, len(src), rel_batch):
         yield {"relations": [Relation(source=ids[a], target=ids[b], type="LINKS") for a, b in zip(src[i : i + rel_batch], dst[i : i + rel_batch])]}
-
-
-async def cluster_ingest(client: Client, work: list[dict], concurrency: int) -> tuple[float, Tokens]:
-    tokens: Tokens = {}
-    queue: asyncio.Queue[dict] = asyncio.Queue()
-    for w in work:
-        queue.put_nowait(w)
-
-    async def worker() -> None:
-        while not queue.empty():
-            reply = await client.upsert(**queue.get_nowait())
-            for k, v in reply.tokens.items():
-                tokens[k] = max(tokens.get(k, 0), v)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - t0, tokens
-
-
-async def all_applied(client: Client, tokens: Tokens) -> bool:
-    for node in (await client.cluster_nodes()).nodes:
-        for r in (await client.node_info(node.id)).replicas:
-            if r["applied_seq"] < tokens.get(str(r["shard"]), 0):
-                return False
-    return True
-
-
-class AppliedWatch:
-    """Follows the replicas' `torua.shard.<n>.applied` notices. Polling node info instead would run
-    count queries on every shard thread many times a second, slowing the apply being measured."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, int] = {}
-        self.changed = asyncio.Event()
-
-    async def start(self, client: Client) -> None:
-        await client.nc.subscribe("torua.shard.*.applied", cb=self._on_notice)
-
-    async def _on_notice(self, msg) -> None:
-        shard = msg.subject.split(".")[2]
-        self.seen[shard] = max(self.seen.get(shard, 0), int(msg.data))
-        self.changed.set()
-
-    async def wait(self, client: Client, tokens: Tokens) -> None:
-        while any(self.seen.get(s, 0) < seq for s, seq in tokens.items()):
-            self.changed.clear()
-            await self.changed.wait()
-        # With replicas > 1 a notice speaks for one replica: confirm that every replica is there.
-        while not await all_applied(client, tokens):
-            await asyncio.sleep(0.1)
 
 
 async def single_write_latency(client: Client, n: int) -> list[float]:

@@ -7,7 +7,9 @@
 
 Exit 0 when healthy, 1 otherwise, with one line saying why. Settings come from the same
 environment as the service: NATS_URL, and for a node TORUA_NODE_ID or else the id the node keeps in
-TORUA_DATA_DIR/node_id (written at its first start, so a node is unhealthy until it has one).
+TORUA_DATA_DIR/node_id (written at its first start, so a node is unhealthy until it has one), and
+the service's NATS credentials and TLS (TORUA_NATS_USER, TORUA_NATS_PASSWORD or _PASSWORD_FILE,
+TORUA_NATS_TOKEN or _TOKEN_FILE, TORUA_NATS_NKEY_SEED, TORUA_NATS_CREDS, TORUA_NATS_TLS_CA/_CERT/_KEY).
 Only nats-py and the standard library are used, and only the public subjects, so the check keeps
 working whatever changes inside the services.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 
@@ -52,6 +55,47 @@ def node_id() -> str:
     return nid
 
 
+def _setting(name: str) -> str | None:
+    """TORUA_<name>, or the content of the file TORUA_<name>_FILE names; unset or empty: None."""
+    value = os.environ.get(f"TORUA_{name}", "").strip()
+    if value:
+        return value
+    path = os.environ.get(f"TORUA_{name}_FILE", "").strip()
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise Unhealthy(f"TORUA_{name}_FILE: cannot read {path} ({exc.strerror})") from None
+    return None
+
+
+def credentials() -> dict[str, object]:
+    """nats-py connect options from the same variables as the service (torua.settings)."""
+    opts: dict[str, object] = {}
+    user = _setting("NATS_USER")
+    if user:
+        opts["user"] = user
+        password = _setting("NATS_PASSWORD")
+        if password is not None:
+            opts["password"] = password
+    token = _setting("NATS_TOKEN")
+    if token:
+        opts["token"] = token
+    if seed := os.environ.get("TORUA_NATS_NKEY_SEED", "").strip():
+        opts["nkeys_seed"] = seed
+    if creds := os.environ.get("TORUA_NATS_CREDS", "").strip():
+        opts["user_credentials"] = creds
+    ca = os.environ.get("TORUA_NATS_TLS_CA", "").strip()
+    cert = os.environ.get("TORUA_NATS_TLS_CERT", "").strip()
+    key = os.environ.get("TORUA_NATS_TLS_KEY", "").strip()
+    if ca or cert:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca or None)
+        if cert:
+            ctx.load_cert_chain(cert, key or None)
+        opts["tls"] = ctx
+    return opts
+
+
 async def probe(role: str, url: str, timeout: float) -> str:
     if role == "coordinator":
         subject, expect_id = "torua.cluster.health", None
@@ -72,6 +116,7 @@ async def probe(role: str, url: str, timeout: float) -> str:
         max_reconnect_attempts=1,
         reconnect_time_wait=0.1,
         error_cb=quiet,
+        **credentials(),  # type: ignore[arg-type]
     )
     try:
         msg = await nc.request(subject, b"{}", timeout=timeout)

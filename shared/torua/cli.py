@@ -17,23 +17,25 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from torua.client import Client
 from torua.display import answer_text, retrieve_text, status_text, table
 from torua.errors import BadRequest, ToruaError
-from torua.settings import DEFAULT_NATS_URL, load_settings
+from torua.settings import DEFAULT_NATS_URL, NatsConnectionSettings, load_settings
 from torua.wire import DrainReply
 
 if TYPE_CHECKING:
+    from torua.connect import NatsAuth
     from torua.extract import Extractor
     from torua.llm import LLMSettings
 
 __all__ = ["main", "build_parser", "CliSettings"]
 
 
-class CliSettings(BaseSettings):
-    """What the command line takes from the environment: read once, in main()."""
+class CliSettings(NatsConnectionSettings):
+    """What the command line takes from the environment: read once, in main(). NATS credentials
+    and TLS: TORUA_NATS_* (torua.settings.NatsConnectionSettings), the flags below win over them."""
 
     model_config = SettingsConfigDict(env_prefix="TORUA_", extra="ignore", frozen=True, populate_by_name=True)
 
@@ -48,8 +50,9 @@ def _print_json(value: Any) -> None:
 
 
 async def _connect(args: argparse.Namespace) -> Client:
-    # main() has resolved --server: the option, else $NATS_URL, else the default.
-    return await Client.connect(args.server, timeout=args.timeout)
+    # main() has resolved --server (the option, else $NATS_URL, else the default) and the
+    # credentials (the flags, else TORUA_NATS_*).
+    return await Client.connect(args.server, timeout=args.timeout, auth=args.nats_auth)
 
 
 def _warn_partial(partial: bool, shards: dict[str, Any]) -> None:
@@ -108,6 +111,17 @@ async def _drain(args: argparse.Namespace) -> int:
         _print_json(reply)
     elif not last or _drain_line(reply) != last[-1]:
         print(_drain_line(reply))
+    return 0
+
+
+async def _snapshot(args: argparse.Namespace) -> int:
+    async with await _connect(args) as client:
+        reply = await client.snapshot(args.shard or None, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+    else:
+        for s in reply.shards:
+            print(f"shard {s.shard}: snapshot at log position {s.seq}, {s.bytes:,} bytes (taken on {s.node})")
     return 0
 
 
@@ -210,7 +224,7 @@ async def _ingest(args: argparse.Namespace) -> int:
         print(json.dumps(stats.as_dict(), indent=2))
     else:
         print(stats.summary())
-    return 0
+    return 1 if stats.unreadable else 0  # the rest was ingested; the warnings said what was not
 
 
 def _llm_settings(args: argparse.Namespace) -> LLMSettings:
@@ -239,7 +253,8 @@ def _extractor(args: argparse.Namespace) -> Extractor:
 def _cmd_up(args: argparse.Namespace) -> int:
     from torua.up import UpOptions, run_up
 
-    opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=args.port, data_dir=args.data_dir)
+    opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=args.port, data_dir=args.data_dir,
+                     auth=args.auth)
     if args.sample is not None:
         if not args.sample.is_dir():
             raise BadRequest(f"--sample {args.sample}: no such directory")
@@ -302,10 +317,53 @@ def _retrieval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    """NATS credentials and TLS (docs/security.md); each wins over its TORUA_NATS_* variable."""
+    g = p.add_argument_group("NATS credentials and TLS (default: the TORUA_NATS_* variables)")
+    g.add_argument("--auth-file", type=Path, metavar="FILE",
+                   help="the auth.json `torua up --auth` wrote: its URL and the --role's user and password")
+    g.add_argument("--role", choices=["client", "admin"], default="client", help="the user to take from --auth-file")
+    g.add_argument("--user", help="NATS user ($TORUA_NATS_USER); the password from $TORUA_NATS_PASSWORD(_FILE)")
+    g.add_argument("--password-file", type=Path, metavar="FILE", help="a file holding the user's password")
+    g.add_argument("--token-file", type=Path, metavar="FILE", help="a file holding a NATS token ($TORUA_NATS_TOKEN)")
+    g.add_argument("--nkey-seed", type=Path, metavar="FILE", help="an nkey seed file ($TORUA_NATS_NKEY_SEED)")
+    g.add_argument("--creds", type=Path, metavar="FILE", help="a NATS .creds file ($TORUA_NATS_CREDS)")
+    g.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA to verify the server ($TORUA_NATS_TLS_CA)")
+    g.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate ($TORUA_NATS_TLS_CERT)")
+    g.add_argument("--tls-key", type=Path, metavar="FILE", help="client key ($TORUA_NATS_TLS_KEY)")
+
+
+def _nats_auth(args: argparse.Namespace, settings: CliSettings) -> NatsAuth:
+    """The flags over TORUA_NATS_*: a method given as a flag replaces the environment's."""
+    from torua.auth import read_auth_file
+
+    if args.auth_file is not None:
+        try:
+            url, auth = read_auth_file(args.auth_file, args.role)
+        except ValueError as exc:
+            raise BadRequest(f"--auth-file {exc}") from None
+        args.server = args.server or url
+        return auth
+    methods = {"nats_user": args.user, "nats_password_file": args.password_file, "nats_token_file": args.token_file,
+               "nats_nkey_seed": args.nkey_seed, "nats_creds": args.creds}
+    overrides: dict[str, Any] = {}
+    if any(v is not None for v in methods.values()):
+        overrides = dict.fromkeys(("nats_user", "nats_password", "nats_password_file", "nats_token",
+                                   "nats_token_file", "nats_nkey_seed", "nats_creds"))
+        if args.user is not None and args.password_file is None and settings.nats_user in (None, args.user):
+            # --user alone keeps the password the environment gives for that user.
+            overrides.update(nats_password=settings.nats_password, nats_password_file=settings.nats_password_file)
+        overrides.update({k: v for k, v in methods.items() if v is not None})
+    tls = {"nats_tls_ca": args.tls_ca, "nats_tls_cert": args.tls_cert, "nats_tls_key": args.tls_key}
+    overrides.update({k: v for k, v in tls.items() if v is not None})
+    return load_settings(CliSettings, **overrides).nats_auth if overrides else settings.nats_auth
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torua", description="Torua: a distributed GraphRAG store on Kuzu and NATS")
     p.add_argument("--server", "-s", help=f"NATS URL (default: $NATS_URL or {DEFAULT_NATS_URL})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for NATS (default 5)")
+    _connection_args(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run a whole local cluster: nats-server, a coordinator and N nodes")
@@ -315,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=4222)
     up.add_argument("--data-dir", type=Path, default=Path("data"))
     up.add_argument("--sample", type=Path, metavar="DIR", help="once green, ingest DIR and show one retrieval")
+    up.add_argument("--auth", action="store_true",
+                    help="require credentials: roles service/admin/client, written to DATA_DIR/auth.json")
     up.set_defaults(func=_cmd_up)
 
     sub.add_parser("coordinator", help="run a coordinator (settings from TORUA_* variables)").set_defaults(
@@ -340,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give up waiting after this long (default 600; the drain goes on)")
     dr.add_argument("--json", action="store_true", help="print the last report as JSON")
     dr.set_defaults(func=_async(_drain))
+
+    sn = sub.add_parser("snapshot", help="snapshot shards into the object store now; their logs are then purged")
+    sn.add_argument("--shard", type=_non_negative, action="append", metavar="N",
+                    help="only this shard (repeatable; default every shard)")
+    sn.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="how long to wait (default 600)")
+    sn.add_argument("--json", action="store_true", help="machine-readable output")
+    sn.set_defaults(func=_async(_snapshot))
 
     ing = sub.add_parser("ingest", help="load .txt, .md and .jsonl files (directories recursively)")
     ing.add_argument("paths", nargs="+", metavar="PATH")
@@ -395,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(CliSettings)
         debug = bool(settings.debug)
+        args.nats_auth = _nats_auth(args, settings)
         args.server = args.server or settings.nats_url or DEFAULT_NATS_URL
         code = args.func(args)
     except ToruaError as exc:

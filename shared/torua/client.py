@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from torua import subjects
-from torua.connect import connect
+from torua.connect import NatsAuth, PermissionDenied, connect
 from torua.endpoints import error_of
 from torua.errors import Conflict, Unavailable, error_for_code
 from torua.model import (
@@ -31,6 +31,7 @@ from torua.model import (
     NeighborsReply,
     QueryReply,
     Relation,
+    RelationKey,
     RetrieveReply,
     SearchReply,
     Tokens,
@@ -48,6 +49,7 @@ from torua.wire import (
     NodeInfoReply,
     NodesReply,
     ShardMap,
+    SnapshotReply,
 )
 
 __all__ = ["Client"]
@@ -57,8 +59,16 @@ _encoder = msgspec.json.Encoder()
 
 
 def _backoff(state: RetryCallState) -> float:
-    """Before retry n (1, 2, ...): 0.2 s, 0.4 s, ... up to 2 s, each jittered by ±50%."""
-    return min(0.1 * 2**state.attempt_number, 2.0) * (0.5 + random.random())
+    """Before retry n (1, 2, ...): 0.2 s, 0.4 s, ... up to 2 s, each jittered by ±50%; at least as
+    long as the server's retry hint (`retry_after_ms` of a 503) when it gave one."""
+    wait = min(0.1 * 2**state.attempt_number, 2.0) * (0.5 + random.random())
+    error = state.outcome.exception() if state.outcome is not None else None
+    hint = getattr(error, "retry_after_ms", None)
+    return max(wait, hint / 1000) if hint else wait
+
+
+# The server's default TORUA_QUERY_TIMEOUT (seconds): how long a query reply is awaited at least.
+QUERY_TIMEOUT_S = 30.0
 
 
 class Client:
@@ -71,9 +81,17 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str = DEFAULT_NATS_URL, *, timeout: float = 5.0, request_timeout: float = 10.0, retries: int = 3
+        cls,
+        url: str = DEFAULT_NATS_URL,
+        *,
+        timeout: float = 5.0,
+        request_timeout: float = 10.0,
+        retries: int = 3,
+        auth: NatsAuth | None = None,
     ) -> Client:
-        nc = await connect(url, name="torua-client", timeout=timeout)
+        """`auth`: NATS credentials and TLS, e.g. `NatsAuth(user="client", password=...)` or
+        `torua.settings.nats_auth_from_env()` (the TORUA_NATS_* variables); docs/security.md."""
+        nc = await connect(url, name="torua-client", timeout=timeout, auth=auth)
         return cls(nc, timeout=request_timeout, retries=retries)
 
     async def close(self) -> None:
@@ -114,7 +132,7 @@ class Client:
             raise Unavailable(f"no reply on {subject} within {timeout:g}s") from None
         error = error_of(msg.headers, msg.data)
         if error is not None:
-            raise error_for_code(error.code, error.description)
+            raise error_for_code(error.code, error.description, error.retry_after_ms)
         return msgspec.json.decode(msg.data) if msg.data else None
 
     async def _typed(self, subject: str, reply_type: type[T], payload: Any = None) -> T:
@@ -165,6 +183,12 @@ class Client:
             await asyncio.sleep(0.5)
             reply = await self.drain_status(node_id)
 
+    async def snapshot(self, shards: list[int] | None = None, *, timeout: float = 600.0) -> SnapshotReply:
+        """Snapshot these shards (all if None) into the object store now; the coordinator then
+        purges their logs below what is still needed (docs/operations.md, "Log retention")."""
+        payload = {} if shards is None else {"shards": shards}
+        return msgspec.convert(await self.request(subjects.CLUSTER_SNAPSHOT, payload, timeout=timeout), SnapshotReply)
+
     async def drain_status(self, node_id: str) -> DrainReply:
         """How far draining a node has got (changes nothing)."""
         return await self._typed(subjects.CLUSTER_DRAIN, DrainReply, {"node": node_id, "action": "status"})
@@ -187,9 +211,16 @@ class Client:
 
     async def latest_tokens(self) -> Tokens:
         """Write tokens for everything the log holds now: a read carrying them sees every write
-        acknowledged before this call, whoever made it (a linearizable read, at a small cost)."""
+        acknowledged before this call, whoever made it (a linearizable read, at a small cost).
+
+        They come from JetStream itself, which the `client` and `admin` roles may not use
+        (docs/security.md): for them this returns no tokens, and strong reads (the default) see
+        every acknowledged write anyway; only eventual reads lose the guarantee."""
         js = self.nc.jetstream()
-        kv = await js.key_value(subjects.KV_BUCKET)
+        try:
+            kv = await js.key_value(subjects.KV_BUCKET)
+        except PermissionDenied:
+            return {}
         smap = msgspec.json.decode((await kv.get(subjects.KV_SHARDMAP)).value or b"", type=ShardMap)
 
         async def last(shard: int) -> tuple[str, int]:
@@ -233,8 +264,16 @@ class Client:
         }
         return await self._typed(subjects.GRAPH_DELETE, DeleteReply, payload)
 
-    async def get(self, entity_id: str, *, after: Tokens | None = None, consistency: Consistency = "strong") -> GetReply:
-        return await self._typed(subjects.GRAPH_GET, GetReply, {"id": entity_id, "after": after or {}, "consistency": consistency})
+    async def delete_relations(self, relations: list[RelationKey], *, request_id: str | None = None) -> DeleteReply:
+        """Delete relations, each named by source, target and type, at both of their ends."""
+        payload = {"relations": relations, "request_id": request_id or uuid.uuid4().hex}
+        return await self._typed(subjects.GRAPH_DELETE, DeleteReply, payload)
+
+    async def get(
+        self, entity_id: str, *, embedding: bool = False, after: Tokens | None = None, consistency: Consistency = "strong"
+    ) -> GetReply:
+        payload = {"id": entity_id, "embedding": embedding, "after": after or {}, "consistency": consistency}
+        return await self._typed(subjects.GRAPH_GET, GetReply, payload)
 
     async def neighbors(
         self,
@@ -303,9 +342,19 @@ class Client:
         reply = await self._request_once(subjects.RAG_ANSWER, data, timeout or max(self.timeout, 120.0))
         return msgspec.convert(reply, AnswerReply)
 
-    async def query(self, cypher: str, params: dict[str, Any] | None = None, *, after: Tokens | None = None, consistency: Consistency = "strong") -> QueryReply:
-        payload = {"cypher": cypher, "params": params or {}, "after": after or {}, "consistency": consistency}
-        return await self._typed(subjects.GRAPH_QUERY, QueryReply, payload)
+    async def query(
+        self, cypher: str, params: dict[str, Any] | None = None, *, after: Tokens | None = None,
+        consistency: Consistency = "strong", timeout_ms: int | None = None,
+    ) -> QueryReply:
+        """`timeout_ms` lowers the server's TORUA_QUERY_TIMEOUT for this query. The reply is awaited
+        a little longer than the query may run, so the server's 408 arrives rather than a client
+        timeout (which would be retried)."""
+        payload: dict[str, Any] = {"cypher": cypher, "params": params or {}, "after": after or {}, "consistency": consistency}
+        if timeout_ms is not None:
+            payload["timeout_ms"] = timeout_ms
+        limit_s = timeout_ms / 1000 if timeout_ms is not None else QUERY_TIMEOUT_S
+        reply = await self.request(subjects.GRAPH_QUERY, payload, timeout=max(self.timeout, limit_s + 2.0))
+        return msgspec.convert(reply, QueryReply)
 
     # --- key-value ----------------------------------------------------------------------------
 

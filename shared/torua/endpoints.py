@@ -28,6 +28,7 @@ __all__ = [
     "ERROR_HEADER",
     "Endpoint",
     "EndpointMetrics",
+    "RawReply",
     "add_endpoints",
     "decode_request",
     "encode",
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 _MAX_CONCURRENT = 256
+_BUSY_RETRY_MS = 100
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
@@ -57,7 +59,9 @@ def decode_request(data: bytes, request_type: type[T]) -> T:
     try:
         return msgspec.json.decode(data, type=request_type)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
+        # msgspec names the field; its wording of the non-blank pattern (model.Query) is spelled out.
+        text = str(exc).replace("Expected `str` matching regex '\\\\S'", "Expected a string that is not blank")
+        raise BadRequest(f"invalid request: {text}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request is not valid JSON: {exc}") from None
     except RecursionError:
@@ -82,11 +86,20 @@ def error_of(headers: dict[str, str] | None, data: bytes) -> ErrorDetail | None:
         return ErrorDetail(code=number, description=fallback)
 
 
-def error_reply(code: int, description: str) -> tuple[bytes, dict[str, str]]:
-    body = encode(ErrorBody(error=ErrorDetail(code=code, description=description)))
+def error_reply(code: int, description: str, retry_after_ms: int | None = None) -> tuple[bytes, dict[str, str]]:
+    body = encode(ErrorBody(error=ErrorDetail(code=code, description=description, retry_after_ms=retry_after_ms)))
     # Header values must be one line.
     headers = {ERROR_CODE_HEADER: str(code), ERROR_HEADER: " ".join(description.split())}
     return body, headers
+
+
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """What a handler returns to send bytes already encoded, with headers (a page of a reply too large
+    for one message: `torua_node.shard.api`)."""
+
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -143,10 +156,13 @@ class _Runner:
             try:
                 req: Any = decode_request(request.data, ep.request_type)
                 reply = await ep.handler(req)
-                await request.respond(encode(reply))
+                if isinstance(reply, RawReply):
+                    await request.respond(reply.data, headers=reply.headers or None)
+                else:
+                    await request.respond(encode(reply))
             except ToruaError as exc:
                 code = exc.code
-                await _respond_error(request, exc.code, exc.description)
+                await _respond_error(request, exc.code, exc.description, getattr(exc, "retry_after_ms", None))
             except Exception as exc:
                 code = 500
                 log.exception("endpoint %s failed", ep.subject)
@@ -160,6 +176,14 @@ class _Runner:
             return serve
 
         async def spawn(request: MicroRequest) -> None:
+            if self.slots.locked():
+                # Every slot busy: answer 503 at once rather than stall this subscription (and, behind
+                # it, NATS's pending queue) until one frees up.
+                metrics.observe(0.0, 503)
+                prometheus.observe(self.service, ep.name, 0.0, 503)
+                await _respond_error(request, 503, f"{self.service} on this process is busy with {_MAX_CONCURRENT} "
+                                     f"requests; retry after {_BUSY_RETRY_MS} ms", _BUSY_RETRY_MS)
+                return
             await self.slots.acquire()
             task = asyncio.create_task(serve(request))
             self.tasks.add(task)
@@ -176,8 +200,8 @@ class _Runner:
         return {**(m.as_dict() if m else {}), **prometheus.gauges()}
 
 
-async def _respond_error(request: MicroRequest, code: int, description: str) -> None:
-    body, headers = error_reply(code, description)
+async def _respond_error(request: MicroRequest, code: int, description: str, retry_after_ms: int | None = None) -> None:
+    body, headers = error_reply(code, description, retry_after_ms)
     try:
         await request.respond(body, headers=headers)
     except Exception:

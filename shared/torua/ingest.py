@@ -34,11 +34,12 @@ from tqdm import tqdm
 from torua.chunking import Chunker, TokenChunker
 from torua.client import Client
 from torua.embedding import Embedder
-from torua.errors import BadRequest, NotFound
+from torua.errors import BadRequest, NotFound, Overloaded
 from torua.extract import Extraction, Extractor, HeuristicExtractor, entity_id
-from torua.model import Chunk, Document, Entity, Relation, Tokens
+from torua.model import Chunk, Document, Entity, Relation, Tokens, UpsertReply
 from torua.structure import TOPIC_TYPE, headings, topics_of
 from torua.text import entity_embedding_text
+from torua.textfile import decode_text
 
 __all__ = [
     "IngestOptions",
@@ -71,6 +72,7 @@ class IngestOptions:
     wave: int = 256  # files read and written together: bounds memory on large corpora
     force: bool = False  # ignore `ingested:` markers and write everything again
     topics: bool = True  # headings become `topic` entities mentioned by their sections' chunks (torua.structure)
+    patience: float = 600.0  # seconds a batch waits, in all, while replicas behind the log refuse writes
 
 
 @dataclass(slots=True)
@@ -84,6 +86,8 @@ class IngestStats:
     batches: int = 0
     seconds: float = 0.0
     tokens: Tokens = field(default_factory=dict)  # pass as `after=` to read what was written
+    unreadable: list[str] = field(default_factory=list)  # "<path>: <why>" for each file left out
+    waits: int = 0  # times a batch waited for replicas behind the log (write backpressure)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +97,7 @@ class IngestStats:
             f"ingested {self.documents} of {self.documents + self.skipped} documents"
             f" ({self.skipped} already ingested, skipped): {self.chunks} chunks, {self.entities} entities,"
             f" {self.relations} relations in {self.batches} batches, {self.seconds:.1f}s"
+            + (f"; {len(self.unreadable)} unreadable files left out" if self.unreadable else "")
         )
 
 
@@ -127,6 +132,11 @@ class Progress:
     def set_note(self, note: str) -> None:
         if self._bar is not None:
             self._bar.set_postfix_str(note)
+
+    def warn(self, message: str) -> None:
+        """One line on the stream, above the bar; silent when the bar is disabled outright."""
+        if self.enabled is not False:
+            tqdm.write(f"warning: {message}", file=self.stream)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -184,11 +194,26 @@ def _add_topics(ex: Extraction, names: list[str]) -> None:
 
 
 def _title(text: str, fallback: str) -> str:
-    for line in text.splitlines():
+    """The front matter's `title:`, else the first line after any front matter (a heading without
+    its `#`), else `fallback`."""
+    found = headings(text)
+    if found and found[0].level == 0:
+        return found[0].text[:200]
+    for line in text[_body_start(text) :].splitlines():
         line = line.strip()
-        if line:
+        if line.strip("-=*_ "):  # a rule (`---`) is no title
             return line.lstrip("#").strip()[:200] or fallback
     return fallback
+
+
+def _body_start(text: str) -> int:
+    """Where the text after a YAML front matter block begins (0 without one)."""
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end >= 0:
+            after = text.find("\n", end + 4)
+            return len(text) if after < 0 else after + 1
+    return 0
 
 
 @dataclass(slots=True)
@@ -198,16 +223,24 @@ class _Unit:
     text: str
     kind: str  # "text" | "jsonl"
     title: str = ""
+    lines: list[_GraphLine] = field(default_factory=list)  # a JSONL file's, parsed when read
 
 
 def _read(path: Path) -> _Unit:
+    """A file as a unit; `BadRequest` naming the file if it cannot be read, is not text, or (JSONL)
+    has a line that is not a graph line, so that nothing of it is written."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BadRequest(f"{path}: cannot read ({exc.strerror or exc})") from None
-    text = data.decode("utf-8", errors="replace")
+    try:
+        text = decode_text(data)
+    except BadRequest as exc:
+        raise BadRequest(f"{path}: {exc.description}") from None
     if path.suffix.lower() == ".jsonl":
-        return _Unit(f"jsonl:{_digest(data)}", path, text, "jsonl")
+        unit = _Unit(f"jsonl:{_digest(data)}", path, text, "jsonl")
+        unit.lines = list(_graph_lines(unit))
+        return unit
     return _Unit(document_id(data), path, text, "text", _title(text, path.stem))
 
 
@@ -302,11 +335,24 @@ class Ingester:
         self._seen_units: set[str] = set()
 
     async def run(self, paths: Sequence[str | Path]) -> IngestStats:
+        """Ingest files; one that cannot be read as text is left out with a warning (listed in
+        `stats.unreadable`) while the others are ingested."""
         files = discover(paths)
         self.stats.files = len(files)
         w = self.opts.wave
         # A generator: each wave's files are read only when that wave starts.
-        return await self._run(len(files), ([_read(p) for p in files[i : i + w]] for i in range(0, len(files), w)))
+        return await self._run(len(files), (self._readable(files[i : i + w]) for i in range(0, len(files), w)))
+
+    def _readable(self, files: Sequence[Path]) -> list[_Unit]:
+        units = []
+        for path in files:
+            try:
+                units.append(_read(path))
+            except BadRequest as exc:
+                self.stats.unreadable.append(exc.description)
+                self.progress.warn(f"left out {exc.description}")
+                self.progress.advance(1)
+        return units
 
     async def run_units(self, units: list[_Unit]) -> IngestStats:
         w = self.opts.wave
@@ -438,7 +484,7 @@ class Ingester:
         return relations
 
     def _add_graph_file(self, unit: _Unit, batcher: _Batcher) -> None:
-        for line in _graph_lines(unit):
+        for line in unit.lines:
             for kind in ("documents", "entities", "chunks", "relations"):
                 for item in getattr(line, kind):
                     batcher.add(kind, item, unit.key)
@@ -458,8 +504,7 @@ class Ingester:
         async def one(b: _Batch) -> None:
             if self.embedder is not None:
                 await asyncio.to_thread(self._embed, b)
-            reply = await self.client.upsert(documents=b.documents, chunks=b.chunks, entities=b.entities,
-                                             relations=b.relations)
+            reply = await self._upsert(b)
             self._merge_tokens(reply.tokens)
             self.stats.batches += 1
             self.stats.chunks += len(b.chunks)
@@ -474,6 +519,24 @@ class Ingester:
             self.progress.advance(finished, note="writing")
 
         await asyncio.gather(*(self._bounded(one, b) for b in batches))
+
+    async def _upsert(self, b: _Batch) -> UpsertReply:
+        """Write a batch; while the shards' replicas are too far behind the log, the cluster refuses
+        writes (503 with a retry hint, TORUA_MAX_APPLY_LAG): ingest waits as told and tries again, for
+        up to `patience` seconds, so a large load slows down to what the replicas apply."""
+        deadline = time.monotonic() + self.opts.patience
+        while True:
+            try:
+                return await self.client.upsert(
+                    documents=b.documents, chunks=b.chunks, entities=b.entities, relations=b.relations
+                )
+            except Overloaded as exc:
+                pause = (exc.retry_after_ms or 500) / 1000
+                if time.monotonic() + pause > deadline:
+                    raise
+                self.stats.waits += 1
+                self.progress.set_note("waiting for replicas")
+                await asyncio.sleep(pause)
 
     def _embed(self, b: _Batch) -> None:
         assert self.embedder is not None

@@ -7,6 +7,7 @@ back from its ports file, so concurrent runs never collide.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -61,7 +62,13 @@ class NatsServer:
 
 
 def _config(
-    host: str, port: int, store_dir: Path, monitor_port: int | None, max_payload: int, sync_interval: str | None
+    host: str,
+    port: int,
+    store_dir: Path,
+    monitor_port: int | None,
+    max_payload: int,
+    sync_interval: str | None,
+    authorization: str | None = None,
 ) -> str:
     lines = [
         f"listen: {host}:{port}",
@@ -76,7 +83,10 @@ def _config(
     ]
     if monitor_port is not None:
         lines.insert(1, f"http: {host}:{monitor_port}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    # torua.auth's `authorization { users = [...] }`: users with passwords and per-role permissions,
+    # no `no_auth_user`, so an anonymous connection is refused.
+    return text + authorization if authorization else text
 
 
 def start_nats_server(
@@ -89,13 +99,19 @@ def start_nats_server(
     log_file: Path | None = None,
     ready_timeout: float = 15.0,
     sync_interval: str | None = DURABLE_SYNC,
+    authorization: str | None = None,
 ) -> NatsServer:
     """Start nats-server with JetStream under `store_dir`; port -1 lets the server pick a free one.
     `sync_interval`: JetStream's fsync policy ("always", a duration such as "10s", or None for the
-    server's default)."""
+    server's default). `authorization`: an `authorization {...}` block (torua.auth); the config
+    file then holds passwords, so it is written readable by its owner only."""
     store_dir.mkdir(parents=True, exist_ok=True)
     conf = store_dir / "nats-server.conf"
-    conf.write_text(_config(host, port, store_dir / "jetstream", monitor_port, max_payload, sync_interval))
+    text = _config(host, port, store_dir / "jetstream", monitor_port, max_payload, sync_interval, authorization)
+    conf.unlink(missing_ok=True)
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     ports_dir = store_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from torua.client import Client
+from torua.connect import NatsAuth
 from torua.display import retrieve_text
 from torua.ingest import Progress, ingest_paths
 
@@ -21,11 +22,11 @@ def _sample_questions(path: Path) -> list[str]:
         return []
 
 
-async def sample_demo(url: str, path: Path) -> None:
+async def sample_demo(url: str, path: Path, auth: NatsAuth | None = None) -> None:
     """Load a sample corpus with the ingest pipeline, then show one multi-hop retrieval."""
     print(f"\nloading the sample corpus from {path}/ ...", flush=True)
     questions = _sample_questions(path) or ["Who taught the founder of the Lantern Guild?"]
-    async with await Client.connect(url) as client:
+    async with await Client.connect(url, auth=auth) as client:
         stats = await ingest_paths(client, [path], progress=Progress(sys.stderr))
         print(stats.summary(), flush=True)
         reply = await client.retrieve(questions[0], k=3, after=stats.tokens)

@@ -14,6 +14,10 @@ __all__ = [
     "CLUSTER_SHARDS",
     "CLUSTER_BROADCAST",
     "CLUSTER_DRAIN",
+    "CLUSTER_SNAPSHOT",
+    "SNAPSHOT_BUCKET",
+    "KV_PURGED_PREFIX",
+    "purged_key",
     "GRAPH_UPSERT",
     "GRAPH_DELETE",
     "GRAPH_GET",
@@ -50,6 +54,12 @@ HEARTBEAT_ALL = "torua.node.heartbeat.*"
 KV_BUCKET = "torua-cluster"
 KV_SHARDMAP = "shardmap"
 KV_LEADER = "leader"
+# `purged.<shard>` in KV_BUCKET: below which sequence the shard's log entries were purged (written
+# by the purging coordinator before it purges, read by replicas deciding whether to restore).
+KV_PURGED_PREFIX = "purged"
+
+# The JetStream object store holding shard snapshots (docs/operations.md, "Log retention").
+SNAPSHOT_BUCKET = "torua-snapshots"
 
 CLUSTER_HEALTH = "torua.cluster.health"
 CLUSTER_INFO = "torua.cluster.info"
@@ -58,6 +68,8 @@ CLUSTER_SHARDS = "torua.cluster.shards"
 CLUSTER_BROADCAST = "torua.cluster.broadcast"
 # Decommission a node: move its replicas away make-before-break, and report progress.
 CLUSTER_DRAIN = "torua.cluster.drain"
+# Snapshot shards now (into SNAPSHOT_BUCKET) and purge the log below what is still needed.
+CLUSTER_SNAPSHOT = "torua.cluster.snapshot"
 
 GRAPH_UPSERT = "torua.graph.upsert"
 GRAPH_DELETE = "torua.graph.delete"
@@ -119,3 +131,8 @@ APPLIED_RESET = b"reset"
 def shard_applied(shard: int) -> str:
     """`torua.shard.<n>.applied`: where a replica announces its applied position."""
     return f"torua.shard.{shard}.applied"
+
+
+def purged_key(shard: int) -> str:
+    """The KV key (in KV_BUCKET) recording how far shard `shard`'s log was purged."""
+    return f"{KV_PURGED_PREFIX}.{shard}"

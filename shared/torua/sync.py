@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from torua.client import Client
+from torua.connect import NatsAuth
 from torua.settings import DEFAULT_NATS_URL
 
 __all__ = ["SyncClient"]
@@ -36,14 +37,21 @@ class SyncClient:
 
     @classmethod
     def connect(
-        cls, url: str = DEFAULT_NATS_URL, *, timeout: float = 5.0, request_timeout: float = 10.0, retries: int = 3
+        cls,
+        url: str = DEFAULT_NATS_URL,
+        *,
+        timeout: float = 5.0,
+        request_timeout: float = 10.0,
+        retries: int = 3,
+        auth: NatsAuth | None = None,
     ) -> SyncClient:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="torua-sync-client", daemon=True)
         thread.start()
         try:
             future = asyncio.run_coroutine_threadsafe(
-                Client.connect(url, timeout=timeout, request_timeout=request_timeout, retries=retries), loop
+                Client.connect(url, timeout=timeout, request_timeout=request_timeout, retries=retries, auth=auth),
+                loop,
             )
             client = future.result()
         except BaseException:

@@ -11,10 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torua.auth import AuthSetup
 from torua.client import Client
+from torua.connect import NatsAuth
 from torua.display import status_text
 from torua.errors import ToruaError
 from torua.natsserver import DURABLE_SYNC, NatsServer, start_nats_server
+from torua.settings import NATS_AUTH_VARIABLES
 
 __all__ = ["LocalCluster", "UpOptions", "run_up"]
 
@@ -33,6 +36,8 @@ class UpOptions:
     # JetStream's fsync policy (natsserver.DURABLE_SYNC: every acknowledged write survives an OS crash).
     nats_sync: str | None = DURABLE_SYNC
     sample: Path | None = None  # a directory to ingest once green (`torua up --sample samples`)
+    # `torua up --auth`: roles service/admin/client with per-role permissions, anonymous refused.
+    auth: bool = False
 
 
 class LocalCluster:
@@ -44,6 +49,20 @@ class LocalCluster:
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = opts.data_dir / "logs"
+        # Fresh passwords on every start (restarting is how they are rotated: docs/security.md).
+        self.auth: AuthSetup | None = AuthSetup.generate() if opts.auth else None
+
+    @property
+    def auth_file(self) -> Path:
+        return self.opts.data_dir / "auth.json"
+
+    @property
+    def service_password_file(self) -> Path:
+        return self.opts.data_dir / "nats" / "service.password"
+
+    def credentials(self, role: str) -> NatsAuth | None:
+        """How `role` (service, admin, client) connects; None without --auth."""
+        return self.auth.auth(role) if self.auth is not None else None
 
     @property
     def url(self) -> str:
@@ -52,8 +71,17 @@ class LocalCluster:
 
     def env(self, **extra: str) -> dict[str, str]:
         o = self.opts
+        # The services connect as `service` (the password in a 0600 file, not in the environment),
+        # whatever TORUA_NATS_* the caller's environment holds for some other server.
+        inherited = {k: v for k, v in os.environ.items() if k not in NATS_AUTH_VARIABLES}
+        creds = (
+            {"TORUA_NATS_USER": "service", "TORUA_NATS_PASSWORD_FILE": str(self.service_password_file)}
+            if self.auth is not None
+            else {}
+        )
         env = {
-            **os.environ,
+            **inherited,
+            **creds,
             "NATS_URL": self.url,
             "TORUA_NUM_SHARDS": str(o.shards),
             "TORUA_REPLICATION_FACTOR": str(o.replicas),
@@ -70,7 +98,11 @@ class LocalCluster:
         self.nats = start_nats_server(
             self.opts.data_dir / "nats", port=self.opts.port, log_file=self.logs / "nats.log",
             sync_interval=self.opts.nats_sync,
+            authorization=self.auth.server_config() if self.auth is not None else None,
         )
+        if self.auth is not None:
+            self.auth.write_password("service", self.service_password_file)
+            self.auth.write_auth_file(self.auth_file, self.nats.url)
 
     def _spawn(self, module: str, log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.logs / f"{log_name}.log", "ab") as log:
@@ -144,19 +176,37 @@ def _examples(url: str) -> str:
     )
 
 
-async def _wait_green(url: str, timeout: float) -> str:
-    async with await Client.connect(url) as client:
+def _auth_help(cluster: LocalCluster) -> str:
+    """How to connect to a cluster started with --auth, without printing a password."""
+    f, url = cluster.auth_file, cluster.url
+    return "\n".join(
+        [
+            "Authentication is on: anonymous connections are refused. Credentials for the roles `client`",
+            f"(data API) and `admin` (also cluster admin) are in {f} (readable by you only). Connect with:",
+            f"  torua --auth-file {f} search Tidelamp                 # as client",
+            f"  torua --auth-file {f} --role admin status             # as admin",
+            f"  export NATS_URL={url} TORUA_NATS_USER=client",
+            f"  export TORUA_NATS_PASSWORD=\"$(jq -r .users.client.password {f})\"",
+            f"  nats --server {url} --user client --password \"$(jq -r .users.client.password {f})\" \\",
+            "      req torua.cluster.info '{}'",
+            "See docs/security.md.",
+        ]
+    )
+
+
+async def _wait_green(url: str, timeout: float, auth: NatsAuth | None = None) -> str:
+    async with await Client.connect(url, auth=auth) as client:
         await client.wait_for_state("green", timeout)
         info, nodes, shards = await asyncio.gather(client.cluster_info(), client.cluster_nodes(), client.cluster_shards())
         return status_text(info, nodes, shards)
 
 
-def _load_sample(url: str, path: Path) -> None:
+def _load_sample(url: str, path: Path, auth: NatsAuth | None = None) -> None:
     """The first minute: load the sample corpus and show one retrieval; a failure leaves the cluster up."""
     from torua.sample import sample_demo  # the ingest pipeline: loaded only when asked for
 
     try:
-        asyncio.run(sample_demo(url, path))
+        asyncio.run(sample_demo(url, path, auth=auth))
     except ToruaError as exc:
         print(f"warning: could not load the sample corpus: {exc.description}", file=sys.stderr)
 
@@ -176,10 +226,11 @@ def run_up(opts: UpOptions) -> int:
         cluster.start()
         print(f"nats-server with JetStream on {cluster.url} (data in {opts.data_dir}, logs in {cluster.logs})")
         print(f"starting a coordinator and {opts.nodes} nodes: {opts.shards} shards x {opts.replicas} replicas ...")
-        text = asyncio.run(_wait_green(cluster.url, 60.0))
-        print(f"\ncluster is green after {time.monotonic() - started:.1f}s\n\n{text}\n\n{_examples(cluster.url)}")
+        text = asyncio.run(_wait_green(cluster.url, 60.0, cluster.credentials("admin")))
+        help_text = _auth_help(cluster) if cluster.auth is not None else _examples(cluster.url)
+        print(f"\ncluster is green after {time.monotonic() - started:.1f}s\n\n{text}\n\n{help_text}")
         if opts.sample is not None:
-            _load_sample(cluster.url, opts.sample)
+            _load_sample(cluster.url, opts.sample, cluster.credentials("client"))
         print("\nCtrl-C stops every process.", flush=True)
         while not stopping:
             if dead := cluster.exited():

@@ -40,6 +40,9 @@ __all__ = [
     "DrainRequest",
     "DrainShard",
     "DrainReply",
+    "SnapshotRequest",
+    "SnapshotTaken",
+    "SnapshotReply",
 ]
 
 # diverged: the log is not the one this replica applied (re-created, or lost entries it applied):
@@ -62,9 +65,11 @@ class Empty(Request):
     pass
 
 
-class ErrorDetail(Reply):
+class ErrorDetail(Reply, omit_defaults=True):
     code: int
     description: str
+    # A 503 from a full queue: how long to wait before retrying (absent otherwise).
+    retry_after_ms: int | None = None
 
 
 class ErrorBody(Reply):
@@ -296,3 +301,23 @@ class DrainReply(Reply):
     done: bool
     remaining: int  # shards the node still hosts
     shards: list[DrainShard] = msgspec.field(default_factory=list)
+
+
+# --- snapshots (torua.cluster.snapshot; docs/operations.md, "Log retention") ----------------------
+
+
+class SnapshotRequest(Request):
+    """Snapshot these shards now (every shard when absent)."""
+
+    shards: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
+
+
+class SnapshotTaken(Reply):
+    shard: int
+    seq: int  # the log position (applied_seq) the snapshot stands for
+    bytes: int
+    node: str = ""  # the node whose replica took it
+
+
+class SnapshotReply(Reply):
+    shards: list[SnapshotTaken]

@@ -22,6 +22,7 @@ CLUSTER = [
     subjects.CLUSTER_SHARDS,
     subjects.CLUSTER_BROADCAST,
     subjects.CLUSTER_DRAIN,
+    subjects.CLUSTER_SNAPSHOT,
 ]
 NODE = [subjects.node_endpoint("node-1", e) for e in ("health", "info", "control")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import random
 import re
 import os
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from torua import Client, Entity, SyncClient, Unavailable
+from torua import BadRequest, Client, Entity, SyncClient, Unavailable
 from torua.up import LocalCluster
 
 from tests.integration.conftest import SAMPLES, TORUA, running_cluster
@@ -114,12 +115,47 @@ def test_query_human_and_json(loaded: LocalCluster) -> None:
 def test_errors_are_one_line(loaded: LocalCluster, tmp_path: Path) -> None:
     assert "cannot connect to NATS at nats://127.0.0.1:1" in one_line_error(torua(None, "--timeout", "1", "status"))
     assert "no such file or directory" in one_line_error(torua(loaded, "ingest", str(tmp_path / "nope")))
-    (tmp_path / "bad.jsonl").write_text("{not json}\n")
-    assert "bad.jsonl:1: not a graph line" in one_line_error(torua(loaded, "ingest", str(tmp_path / "bad.jsonl")))
     assert "hops" in one_line_error(torua(loaded, "retrieve", "x", "--hops", "9"))
     assert "--overlap" in one_line_error(torua(loaded, "ingest", str(SAMPLES), "--max-tokens", "8", "--overlap", "8"))
     usage = torua(loaded, "search", "x", "-k", "0")
     assert usage.returncode == 2 and "must be at least 1" in usage.stderr
+
+
+def test_ingest_leaves_out_what_it_cannot_read(cli_cluster: LocalCluster, tmp_path: Path) -> None:
+    """Binary content (whatever the extension), bytes in no detectable encoding, a file the OS cannot
+    read and a bad JSONL file are each left out with a warning; the rest is ingested, exit 1."""
+    rng = random.Random(7)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.md").write_text("Quillon Brack founded the Ostrander Foundry in Veyhaven.\n")
+    (corpus / "latin.md").write_bytes("Élodie Façade opened the Brûlé Observatory near Zürich.\n".encode("latin-1"))
+    (corpus / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + rng.randbytes(4000))
+    (corpus / "noise.md").write_bytes(rng.randbytes(300_000))
+    (corpus / "bad.jsonl").write_text('{"entities": []}\n{not json}\n')
+    (corpus / "unreadable.md").symlink_to("/proc/self/mem")  # a regular file whose read fails (EIO), even as root
+
+    run = torua(cli_cluster, "ingest", str(corpus), "--json")
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    warned = {line.split(": ", 2)[1].rsplit("/", 1)[-1].split(":")[0]
+              for line in run.stderr.splitlines() if line.startswith("warning: left out ")}
+    assert warned == {"image.txt", "noise.md", "bad.jsonl", "unreadable.md"}, run.stderr
+    assert "bad.jsonl:2: not a graph line" in run.stderr and "binary content" in run.stderr
+    stats = json.loads(run.stdout)
+    assert stats["documents"] == 2 and len(stats["unreadable"]) == 4
+
+    with SyncClient.connect(cli_cluster.url) as c:
+        texts = [ch.text for ch in c.retrieve("Brûlé Observatory near Zürich", k=5, hops=0).chunks]
+        assert any("Élodie Façade opened the Brûlé Observatory near Zürich." in t for t in texts), texts
+        assert any("Ostrander Foundry" in ch.text for ch in c.retrieve("Ostrander Foundry", k=5, hops=0).chunks)
+        assert not any("IHDR" in ch.text or "\ufffd" in ch.text for ch in c.retrieve("IHDR PNG", k=20, hops=0).chunks)
+
+
+def test_blank_question_is_a_400_naming_the_field(cli_cluster: LocalCluster) -> None:
+    line = one_line_error(torua(cli_cluster, "retrieve", "  \t "))
+    assert "not blank" in line and "question" in line
+    with SyncClient.connect(cli_cluster.url) as c, pytest.raises(BadRequest, match=r"not blank.*\$\.text"):
+        c.search_text("   ")
 
 
 def test_status_still_works(loaded: LocalCluster) -> None:

@@ -46,7 +46,9 @@ async def test_upsert_then_read_your_writes(api: Client) -> None:
     assert reply.written == {"documents": 0, "chunks": 0, "entities": 2, "relations": 1}
     got = await api.get("curie", after=reply.tokens)
     assert got.entity.name == "Marie Curie" and got.entity.properties == {"born": 1867}
+    assert got.entity.embedding is None  # only when asked
     # Embedded by the node: the cluster's width (the default static model's 256).
+    got = await api.get("curie", embedding=True)
     assert got.entity.embedding is not None and len(got.entity.embedding) == (await api.cluster_info()).embedding_dim == 256
     out = await api.neighbors(["curie"], direction="out", after=reply.tokens)
     assert [(e.source, e.type, e.target, e.weight) for e in out.edges] == [("curie", "DISCOVERED", "radium", 0.9)]

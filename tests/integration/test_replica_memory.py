@@ -50,7 +50,9 @@ async def test_a_replica_short_of_buffer_pool_reopens_and_catches_up(nc: NATS, t
     js = nc.jetstream()
     for raw in log:  # all in the log before the replica starts: its first batch is all of them
         await js.publish(wal_subject(0), raw, stream=WAL_STREAM)
-    replicas = ReplicaManager(tmp_path / "shards", node_id="node-1", buffer_pool_mb=16, max_db_size_gb=1)
+    # 24 MiB: with versioned writes (a Version row per entity and relation, for last-writer-wins) this
+    # log no longer fits 16 MiB at all — its 28th entry needs more than the pool; 24 still runs short.
+    replicas = ReplicaManager(tmp_path / "shards", node_id="node-1", buffer_pool_mb=24, max_db_size_gb=1)
     try:
         await replicas.reconcile({0}, nc, DIM)
         replica = replicas.replicas[0]
@@ -58,12 +60,12 @@ async def test_a_replica_short_of_buffer_pool_reopens_and_catches_up(nc: NATS, t
         async def caught_up() -> bool:
             return replica.applied_seq == len(log)
 
-        await wait_for(caught_up, timeout=240, what=f"all {len(log)} entries applied with a 16 MiB pool")
+        await wait_for(caught_up, timeout=240, what=f"all {len(log)} entries applied with a 24 MiB pool")
         assert replica.reopens >= 1  # it did run short (else this test proves nothing)
         assert replica.failures == 0 and replica.error is None
     finally:
         await replicas.close_all()
-    # Read back with a larger pool: a full dump does not fit in 16 MiB.
+    # Read back with a larger pool: a full dump does not fit in 24 MiB.
     with shard_db(replica.store.path, dim=DIM) as got:
         assert counts(got)["entities"] == ENTRIES * ENTITIES_PER_ENTRY
         assert counts(got)["relations"] == 2 * ENTRIES * ENTITIES_PER_ENTRY

@@ -102,7 +102,7 @@ class FakeShards(ShardClient):
 
     # --- the protocol -------------------------------------------------------------------------
 
-    async def call(self, shard: int, op: Op[Q, R], request: Q) -> R:
+    async def call(self, shard: int, op: Op[Q, R], request: Q, timeout: float | None = None) -> R:
         self.calls.append((shard, op.name, request))
         failure = self.fail.get((shard, op.name)) or self.fail.get(shard)
         if failure is not None:

@@ -390,7 +390,7 @@ def test_a_kuzu_error_rolls_back_the_batch_and_only_that_entry_is_poison(
 
     def faulty(conn: kuzu.Connection, seg: Any, delta: Any) -> None:
         real(conn, seg, delta)  # fail after writing, to prove the rollback
-        if any(e.name == "BOOM" for e in seg.entities.values()):
+        if any(e.name == "BOOM" for _, e in seg.entities.values()):
             raise RuntimeError("Runtime exception: boom")
 
     monkeypatch.setattr(apply_mod, "_apply_upserts", faulty)
@@ -547,7 +547,7 @@ def test_embeddings_are_stored_bit_exact(
         assert q(a, "MATCH (n:Entity) RETURN n.id, n.embedding ORDER BY n.id") == [["a", raw[::-1]], ["b", raw]]
         assert q(a, "MATCH (n:Chunk) RETURN n.embedding") == [[raw], [raw]]
         from torua_node.storage.reads import get_entity
-        got = get_entity(a, "b")
+        got = get_entity(a, "b", embedding=True)
         assert got is not None and np.array(got.embedding, "<f4").view("<u4").tolist() == bits
 
 
@@ -799,7 +799,8 @@ def test_digest_changes_with_any_field(tmp_path: Path, no_fallback: None) -> Non
     assert len(digests) == 6
 
 
-DIGEST_V1 = "23d2a9fce503c8934bd905e401a8fdc1d75519d82be34f35398f66b712ace855"
+# v2: with the Version and Tombstone tables (schema 3).
+DIGEST_V2 = "f8209a70d6607b37cd957cd78d2b77ee76f3b9149055d78b91178e309dc0b0aa"
 
 
 def test_the_digest_of_given_content_never_changes(tmp_path: Path, no_fallback: None) -> None:
@@ -813,7 +814,7 @@ def test_the_digest_of_given_content_never_changes(tmp_path: Path, no_fallback: 
     ]
     with shard_db(tmp_path / "a") as conn:
         apply_batch(conn, wal(*entries), DIM)
-        assert content_digest(conn) == DIGEST_V1
+        assert content_digest(conn) == DIGEST_V2
 
 
 def test_wal_rows_carry_the_columns_of_their_tables() -> None:

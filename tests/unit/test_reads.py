@@ -37,11 +37,13 @@ def keys(es: list[EdgeOut]) -> list[tuple[str, str, str]]:
 
 
 def test_get_entity_decodes_properties_and_embedding(conn: kuzu.Connection) -> None:
-    a = get_entity(conn, "a")
+    a = get_entity(conn, "a", embedding=True)
     assert a is not None
     assert (a.id, a.name, a.type, a.description) == ("a", "Alice", "T", "d")
     assert a.properties == {"age": 30, "tags": ["x"]}
     assert a.embedding == [1.0, 2.0, 3.0, 4.0]
+    without = get_entity(conn, "a")  # the vector only when asked: it is most of a reply's bytes
+    assert without is not None and without.embedding is None and without.name == "Alice"
     c = get_entity(conn, "c")
     assert c is not None and c.properties == {}
 

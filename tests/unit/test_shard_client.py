@@ -21,6 +21,7 @@ from torua.errors import (
     InternalError,
     NotFound,
     PayloadTooLarge,
+    QueryTimeout,
     ToruaError,
     Unavailable,
 )
@@ -115,7 +116,7 @@ async def test_a_second_failure_is_raised(script: list[Any], expected: type[Toru
 
 @pytest.mark.parametrize(
     "code,expected",
-    [(400, BadRequest), (404, NotFound), (409, Conflict), (413, PayloadTooLarge), (408, BadRequest), (500, InternalError)],
+    [(400, BadRequest), (404, NotFound), (409, Conflict), (413, PayloadTooLarge), (408, QueryTimeout), (500, InternalError)],
 )
 async def test_other_errors_are_raised_at_once_with_their_code(code: int, expected: type[ToruaError]) -> None:
     client, nc = client_over([error(code, f"failure {code}"), ok_hits()])

@@ -6,9 +6,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from torua.chunking import TokenChunker
 from torua.extract import NullExtractor, entity_id
-from torua.ingest import IngestOptions, ingest_texts
+from torua.ingest import IngestOptions, _title, ingest_texts
 from torua.structure import TOPIC_TYPE, headings, topics_of
 
 DOC = """---
@@ -113,3 +115,18 @@ async def test_ingest_makes_headings_topics_mentioned_by_their_sections() -> Non
     client = _Recorder()
     await ingest_texts(client, {"storage": text}, IngestOptions(topics=False), extractor=NullExtractor())  # type: ignore[arg-type]
     assert client.entities == [] and all(c.entities == [] for c in client.chunks)
+
+
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        ("---\ntitle: 'Query Functions'\nweight: 3\n---\n\n# Other\nbody", "Query Functions"),
+        ("---\nweight: 3\n---\n\nFirst line here\n", "First line here"),
+        ("# Top\ntext", "Top"),
+        ("\n\nplain first\n# H", "plain first"),
+        ("---\n\n***\nAfter the rules", "After the rules"),
+        ("", "fallback"),
+    ],
+)
+def test_a_documents_title_skips_front_matter_and_rules(text: str, title: str) -> None:
+    assert _title(text, "fallback") == title

@@ -19,12 +19,13 @@ from torua.connect import connect
 from torua.endpoints import ServiceHandle
 from torua.errors import ConfigError
 from torua.metrics import GaugeReading, metrics
-from torua.streams import ensure_bucket, ensure_wal_stream
+from torua.streams import ensure_bucket, ensure_snapshot_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
 from torua_coordinator.health import PROBLEM_KINDS, cluster_health
 from torua_coordinator.leader import Lease
 from torua_coordinator.placement import place
 from torua_coordinator.registry import Registry
+from torua_coordinator.retention import Retention
 from torua_coordinator.service import start_cluster_service
 from torua_coordinator.settings import CoordinatorSettings
 from torua_coordinator.shardmap import next_entries, replica_counts, same_layout
@@ -41,6 +42,7 @@ class Coordinator:
     nc: NATS
     kv: KeyValue
     lease: Lease
+    retention: Retention
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
@@ -50,6 +52,7 @@ class Coordinator:
         self._kv_revision = 0
         # After taking over, no map change before this (monotonic): one heartbeat window.
         self._settle_until = 0.0
+        self._next_purge = 0.0  # monotonic time of the next purge pass (while leading)
         self._service: ServiceHandle | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -84,10 +87,14 @@ class Coordinator:
 
     async def run(self) -> None:
         s = self.settings
-        self.nc = await connect(s.nats_url, name=s.coordinator_id, timeout=s.connect_timeout, service=True)
-        self.kv = await ensure_bucket(self.nc, s.nats_replicas)
-        await ensure_wal_stream(self.nc, s.nats_replicas)
+        self.nc = await connect(
+            s.nats_url, name=s.coordinator_id, timeout=s.connect_timeout, service=True, auth=s.nats_auth
+        )
+        self.kv = await ensure_bucket(self.nc, s.nats_replicas, s.kv_max_bytes)
+        await ensure_wal_stream(self.nc, s.nats_replicas, s.wal_max_bytes)
+        await ensure_snapshot_bucket(self.nc, s.nats_replicas, s.snapshot_max_bytes)
         self.lease = Lease(self.kv, s.coordinator_id, s.lease_ttl)
+        self.retention = Retention(self.nc, self.kv, self.registry, lambda: self.shardmap, s.purge_margin)
         await self._load_or_create_map()
         await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)
         await self.nc.subscribe(subjects.HEARTBEAT_ALL, cb=self._on_heartbeat)
@@ -173,6 +180,18 @@ class Coordinator:
                 return
         self.registry.sweep(time.monotonic())
         await self._publish_if_changed()
+        await self._purge_if_due()
+
+    async def _purge_if_due(self) -> None:
+        """Purge the log below what is still needed (retention.py), every TORUA_PURGE_INTERVAL."""
+        now = time.monotonic()
+        if not self.settings.purge_interval or now < self._next_purge or now < self._settle_until:
+            return
+        self._next_purge = now + self.settings.purge_interval
+        try:
+            await self.retention.purge()
+        except Exception:  # retried at the next interval; the log is only kept longer
+            log.warning("log purge pass failed", exc_info=True)
 
     async def _take_over(self) -> bool:
         """Start a term: adopt the map in KV, stamp it with our epoch (so a map write by an earlier

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, NoReturn, Protocol
 
@@ -13,7 +14,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode, error_of
-from torua.errors import Conflict, NotFound, Unavailable, error_for_code
+from torua.errors import BadRequest, Conflict, NotFound, Unavailable, error_for_code
 from torua.version import __version__
 from torua.wire import (
     BroadcastReply,
@@ -29,14 +30,23 @@ from torua.wire import (
     NodeCounts,
     NodesReply,
     ShardMap,
+    SnapshotReply,
+    SnapshotRequest,
+    SnapshotTaken,
 )
 from torua_coordinator.health import cluster_health
 from torua_coordinator.leader import Lease
 from torua_coordinator.registry import Registry
+from torua_coordinator.retention import Retention
 from torua_coordinator.settings import CoordinatorSettings
 from torua_coordinator.shardmap import assignments_by_node, drain_progress, replica_counts
 
 __all__ = ["ClusterView", "start_cluster_service"]
+
+log = logging.getLogger(__name__)
+
+# How long a node may take to snapshot the shards asked of it (checkpoint, copy, upload).
+SNAPSHOT_TIMEOUT_S = 300.0
 
 
 class ClusterView(Protocol):
@@ -59,6 +69,9 @@ class ClusterView(Protocol):
 
     @property
     def started(self) -> float: ...
+
+    @property
+    def retention(self) -> Retention: ...
 
     def planned_map(self) -> ShardMap: ...
 
@@ -112,6 +125,48 @@ class ClusterApi:
             async with self._drain_lock:
                 await self._change_drain(req)
         return self._drain_reply(req.node)
+
+    async def snapshot(self, req: SnapshotRequest) -> SnapshotReply:
+        """Snapshot shards now, each on its most advanced active replica, then purge their logs
+        below what is still needed (retention.py)."""
+        c = self.coord
+        smap = c.shardmap
+        wanted = sorted(set(req.shards)) if req.shards is not None else [e.id for e in smap.shards]
+        if bad := [s for s in wanted if s >= smap.num_shards]:
+            raise BadRequest(f"shards: {bad} out of range (the cluster has {smap.num_shards} shards)")
+        by_node: dict[str, list[int]] = {}
+        for entry in smap.shards:
+            if entry.id not in wanted:
+                continue
+            best: tuple[int, str] | None = None
+            for node in entry.hosts():
+                rec = c.registry.nodes.get(node)
+                status = rec.replicas.get(entry.id) if rec is not None and rec.status in ("healthy", "draining") else None
+                if status is not None and status.state == "active" and (best is None or status.applied_seq > best[0]):
+                    best = (status.applied_seq, node)
+            if best is None:
+                raise Unavailable(f"shard {entry.id} has no active replica to snapshot; retry")
+            by_node.setdefault(best[1], []).append(entry.id)
+        replies = await asyncio.gather(*(self._snapshot_on(node, shards) for node, shards in by_node.items()))
+        taken = sorted((t for r in replies for t in r), key=lambda t: t.shard)
+        try:
+            if c.settings.purge_interval:  # 0: the log is never purged
+                await c.retention.purge([t.shard for t in taken])
+        except Exception:  # the snapshots stand; the periodic pass purges later
+            log.warning("purge after snapshot failed", exc_info=True)
+        return SnapshotReply(shards=taken)
+
+    async def _snapshot_on(self, node_id: str, shards: list[int]) -> list[SnapshotTaken]:
+        subject = subjects.node_endpoint(node_id, "control")
+        payload = encode(ControlRequest(op="snapshot", params={"shards": shards}))
+        try:
+            msg = await self.coord.nc.request(subject, payload, timeout=SNAPSHOT_TIMEOUT_S)
+        except (NatsTimeout, NoRespondersError) as exc:
+            raise Unavailable(f"node {node_id} did not answer the snapshot request ({type(exc).__name__}); retry") from None
+        error = error_of(msg.headers, msg.data)
+        if error is not None:
+            raise error_for_code(error.code, f"node {node_id}: {error.description}")
+        return msgspec.json.decode(msg.data, type=SnapshotReply).shards
 
     def _not_found(self, node_id: str) -> NoReturn:
         known = ", ".join(sorted(self.coord.registry.nodes)) or "none"
@@ -201,6 +256,14 @@ async def start_cluster_service(coord: ClusterView) -> ServiceHandle:
             api.drain,
             DrainRequest,
             "Decommission a node: move its replicas away make-before-break; report progress",
+            concurrent=True,
+        ),
+        Endpoint(
+            "snapshot",
+            subjects.CLUSTER_SNAPSHOT,
+            api.snapshot,
+            SnapshotRequest,
+            "Snapshot shards into the object store now, then purge their logs below what is still needed",
             concurrent=True,
         ),
     ]

@@ -20,3 +20,15 @@ class CoordinatorSettings(BaseServiceSettings):
     lease_ttl: float = Field(3.0, gt=0)
     # KV and WAL stream replicas: 3 on a NATS cluster of 3+ servers.
     nats_replicas: int = Field(1, ge=1, le=5)
+    # Log retention (docs/operations.md, "Log retention"): seconds between the leader's passes that
+    # purge each shard's log below its oldest kept snapshot and every replica's position, keeping
+    # this many more sequences below that (a replica a little behind then catches up from the log).
+    # 0: never purge (the log keeps every entry, as before retention).
+    purge_interval: float = Field(30.0, ge=0)
+    purge_margin: int = Field(1000, ge=0)
+    # Byte limits (-1: none) of the log stream, the cluster KV bucket and the snapshot object store,
+    # each reserved in JetStream's store, so a full log refuses writes (503 "maximum bytes
+    # exceeded") while the KV the coordinators lead by keeps working (torua.streams).
+    wal_max_bytes: int = Field(-1, ge=-1)
+    kv_max_bytes: int = Field(64 * 1024 * 1024, ge=-1)
+    snapshot_max_bytes: int = Field(-1, ge=-1)

@@ -49,10 +49,12 @@ from torua_node.rag.answer import Answerer
 from torua_node.rag.retrieve import Retriever
 from torua_node.rag.search import Search
 from torua_node.router.api import DataApi, DataService, follow_applied, start_data_service
+from torua_node.router.backpressure import ApplyLag
 from torua_node.router.cache import ResultCache
 from torua_node.router.client import ClusterEmbedder, NatsShardClient
 from torua_node.router.graph import GraphReads
-from torua_node.settings import NodeSettings
+from torua_node.router.query import Queries
+from torua_node.settings import NodeSettings, QueryLimits
 
 __all__ = ["main", "start_data_api", "data_endpoints"]
 
@@ -83,11 +85,14 @@ async def start_data_api(settings: NodeSettings, nc: NATS, shardmap: Callable[[]
     embedder = ClusterEmbedder(settings, lambda: client.shardmap().embedding_dim)
     graph = GraphReads(client)
     cache = ResultCache()
-    api = DataApi(nc.jetstream(), client, graph, embedder, cache)
+    lag = ApplyLag(max_lag=settings.max_apply_lag)
+    api = DataApi(
+        nc.jetstream(), client, graph, embedder, cache, queries=Queries(client, QueryLimits.of(settings)), lag=lag
+    )
     search = Search(client, embedder)
     retriever = Retriever(client, graph, embedder)
     answerer = Answerer(retriever, settings)
-    await follow_applied(nc, cache)
+    await follow_applied(nc, cache, lag)
     service = await start_data_service(nc, data_endpoints(api, search, retriever, answerer))
     return DataService(service, cache)
 

@@ -2,9 +2,11 @@
 Pure: no I/O.
 
 The text is first checked (`guard.check_read_only`, over `lexer` tokens). The planner then accepts
-one `MATCH` of one node or one relationship, then `WHERE`, `RETURN [DISTINCT]`, `ORDER BY`, `SKIP`,
-`LIMIT`, and turns it into shard queries plus a `MergeSpec` whose merge gives what one database
-holding all the data would return. Anything it cannot prove exact is refused. Every query it builds
+one `MATCH` of one pattern — a node, one relationship, or a chain of them (multi-hop, variable-length,
+untyped, shortest paths, cycles: planned as frontier exchanges, `chain.py`) — then `WHERE`,
+`RETURN [DISTINCT]`, `ORDER BY`, `SKIP`, `LIMIT`, and turns it into shard queries plus a `MergeSpec`
+whose merge gives what one database holding all the data would return. Anything it cannot prove
+exact is refused. Every query it builds
 is rendered from the checked tokens, never from the user's text.
 """
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeGuard, get_args
 
 from torua.errors import BadRequest
+from torua_node.cypher.chain import MAX_VAR_LENGTH, ChainHop, ChainNode, ChainPlan
 from torua_node.cypher.guard import check_read_only
 from torua_node.cypher.lexer import Tok, render
 from torua_node.storage.tables import NODE_TABLES, REL_TABLES, TABLES, NodeTable
@@ -100,13 +103,15 @@ class FarEnd:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    kind: Literal["node", "rel", "far_end"]
-    query: str  # runs on every shard ("node", "rel") or on the gathered sub-graph ("far_end")
+    kind: Literal["node", "rel", "far_end", "chain"]
+    # runs on every shard ("node", "rel") or on the gathered sub-graph ("far_end", "chain")
+    query: str
     params: dict[str, Any]  # the user's parameters the query uses
     merge: MergeSpec
     probe: str | None = None  # "rel": (id, owner key) of far ends that are stubs where stored
     far_table: str | None = None  # table of the far end ("rel", "far_end")
     far_end: FarEnd | None = None
+    chain: ChainPlan | None = None  # "chain": how to gather the sub-graph (cypher/chain.py)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,15 +128,15 @@ AGGREGATES: frozenset[str] = frozenset(get_args(AggKind))
 KUZU_AGGREGATES = frozenset(AGGREGATES | {"count_star"})
 _BLOCKED_FUNCTIONS: dict[str, str] = {
     **{f: "it exposes shard-local internal ids" for f in ("id", "internal_id", "offset")},
-    **{f: "it reaches nodes beyond the pattern's variables, which may live on other shards"
-       for f in ("start_node", "end_node", "nodes", "rels", "relationships", "properties", "length",
-                 "cost", "is_trail", "is_acyclic")},
     **{f: "its result changes from run to run" for f in ("current_date", "current_timestamp",
                                                          "gen_random_uuid")},
     **{f: "it changes a sequence" for f in ("nextval", "currval")},
     "copy_json": "it is internal to COPY",
     "count_star": "write count(*)",
 }
+# Functions of paths and relationships: answered on a gathered sub-graph (a chain plan) only.
+_PATH_FUNCTIONS = frozenset({"start_node", "end_node", "nodes", "rels", "relationships", "properties", "length",
+                             "cost", "is_trail", "is_acyclic"})
 _CLAUSES_REFUSED: dict[str, str] = {
     "optional": "OPTIONAL MATCH is not supported",
     "with": "WITH is not supported: write one MATCH ... RETURN",
@@ -139,8 +144,9 @@ _CLAUSES_REFUSED: dict[str, str] = {
     "union": "UNION is not supported: run the queries separately",
     "explain": "EXPLAIN is not supported",
     "profile": "PROFILE is not supported",
-    "shortestpath": "shortestPath is not supported: use torua.graph.neighbors",
-    "allshortestpaths": "allShortestPaths is not supported: use torua.graph.neighbors",
+    "shortestpath": "shortestPath() is not Kuzu's syntax: write MATCH p = (a)-[:RELATES* SHORTEST 1..5]->(b)",
+    "allshortestpaths": "allShortestPaths() is not Kuzu's syntax: write MATCH p = (a)-[:RELATES* ALL SHORTEST"
+                        " 1..5]->(b)",
 }
 _HOPS = ("hops may lie on different shards; use torua.graph.neighbors or torua.rag.retrieve")
 
@@ -157,9 +163,14 @@ class _Node:
 class _Rel:
     var: str
     key: str
-    table: str
+    table: str  # "" when not exactly one table is named
     props: tuple[Tok, ...]
     direction: Literal["->", "<-", "-"]
+    tables: tuple[str, ...] = ()  # the named tables (T1|T2); empty: any, inferred from the schema
+    hops: tuple[int, int] | None = None  # *lo..hi; None: exactly one relationship
+    mode: str = ""  # "shortest", "all shortest", "trail", "acyclic" or "" (walk)
+    named: bool = True  # the user named it (not a generated variable)
+    extra: tuple[Tok, ...] = ()  # after *lo..hi: an inline map or (r, n | WHERE ...), as written
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +192,20 @@ class _Item:
 
 
 @dataclass(frozen=True, slots=True)
+class _Path:
+    """One comma-separated pattern of a MATCH."""
+
+    path: Tok | None
+    nodes: tuple[_Node, ...]
+    rels: tuple[_Rel, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Query:
-    left: _Node
-    rel: _Rel | None
-    right: _Node | None
+    nodes: tuple[_Node, ...]
+    rels: tuple[_Rel, ...]  # rels[i] joins nodes[i] and nodes[i + 1]
+    path: Tok | None  # p in MATCH p = ...
+    pattern: tuple[Tok, ...]  # the pattern as written (path variable included)
     where: tuple[Tok, ...]
     distinct: bool
     items: tuple[_Item, ...]
@@ -192,6 +213,24 @@ class _Query:
     order_text: str  # the user's ORDER BY keys, rendered
     skip: int
     limit: int | None
+    more: tuple[_Path, ...] = ()  # the MATCH's other comma-separated patterns (chain plans only)
+    clauses: tuple[Tok, ...] = ()  # several MATCH clauses: all of them with their WHEREs, as written
+
+    @property
+    def paths(self) -> tuple[_Path, ...]:
+        return (_Path(self.path, self.nodes, self.rels), *self.more)
+
+    @property
+    def left(self) -> _Node:
+        return self.nodes[0]
+
+    @property
+    def rel(self) -> _Rel | None:
+        return self.rels[0] if self.rels else None
+
+    @property
+    def right(self) -> _Node | None:
+        return self.nodes[1] if len(self.nodes) > 1 else None
 
 
 def _walk(toks: Sequence[Tok]) -> Iterator[tuple[int, Tok, int]]:
@@ -275,46 +314,67 @@ class _Parser:
     # -- the query
 
     def query(self) -> _Query:
+        first = self.i
         if not self.accept_word("match"):
             raise BadRequest(f"a query must start with MATCH, found {_found(self.peek())}")
-        left, rel, right = self.pattern()
-        end = self.clause_end("return")
-        where: tuple[Tok, ...] = ()
-        if self.accept_word("where"):
-            where = tuple(self.toks[self.i:end])
-            if not where:
-                raise BadRequest("WHERE needs a condition")
-        elif self.i != end:
-            raise BadRequest(f"expected WHERE or RETURN after the pattern, found {_found(self.peek())}")
-        self.i = end
+        start = self.i
+        path, nodes, rels = self.pattern()
+        more = []
+        while self.accept_op(","):
+            more.append(_Path(*self.pattern()))
+        pattern = tuple(self.toks[start:self.i])
+        wheres = [self.where()]
+        while self.accept_word("match"):  # MATCH ... MATCH ...: the patterns join like comma-separated ones
+            more.append(_Path(*self.pattern()))
+            while self.accept_op(","):
+                more.append(_Path(*self.pattern()))
+            wheres.append(self.where())
+        clauses = tuple(self.toks[first:self.i]) if len(wheres) > 1 else ()
+        where = _and_all([w for w in wheres if w])
         if not self.accept_word("return"):
             raise BadRequest("the query needs a RETURN")
         distinct = self.accept_word("distinct")
         end = self.clause_end("order", "skip", "limit")
-        items = tuple(self.item(t) for t in _split(self.toks[self.i:end], _is_comma))
+        paths = (_Path(path, nodes, rels), *more)
+        items = tuple(it for t in _split(self.toks[self.i:end], _is_comma) for it in self.items(t, paths))
         self.i = end
         order, order_text = self.order_by()
         skip = self.count_clause("skip") or 0
         limit = self.count_clause("limit")
         if self.peek() is not None:
             raise BadRequest(f"unexpected {_found(self.peek())} at the end of the query")
-        return _Query(left, rel, right, where, distinct, items, order, order_text, skip, limit)
+        return _Query(tuple(nodes), tuple(rels), path, pattern, where, distinct, items, order, order_text, skip,
+                      limit, tuple(more), clauses)
 
-    def pattern(self) -> tuple[_Node, _Rel | None, _Node | None]:
+    def where(self) -> tuple[Tok, ...]:
+        """An optional WHERE after a MATCH's patterns, up to the next MATCH or the RETURN."""
+        end = self.clause_end("return", "match")
+        where: tuple[Tok, ...] = ()
+        if self.accept_word("where"):
+            where = tuple(self.toks[self.i:end])
+            if not where:
+                raise BadRequest("WHERE needs a condition")
+        elif self.i != end:
+            raise BadRequest(f"expected WHERE, MATCH or RETURN after the pattern, found {_found(self.peek())}")
+        self.i = end
+        return where
+
+    def pattern(self) -> tuple[Tok | None, tuple[_Node, ...], tuple[_Rel, ...]]:
         t0, t1 = self.peek(), self.peek(1)
+        path = None
         if t0 is not None and t1 is not None and t0.kind in ("word", "ident") and t1.is_op("="):
-            raise BadRequest("path variables (p = ...) are not supported: " + _HOPS)
-        left = self.node()
-        rel = right = None
-        if self.at_rel():
-            rel = self.rel()
-            right = self.node()
-        if self.at_rel():
-            raise BadRequest("two or more relationships in one pattern are not supported: " + _HOPS)
-        t = self.peek()
-        if t is not None and t.is_op(","):
-            raise BadRequest("several patterns in one MATCH are not supported: " + _HOPS)
-        return left, rel, right
+            if t0.kind == "word" and t0.key in _EXPR_KEYWORDS:
+                raise BadRequest(f"{t0.text} cannot name a path; quote it with backticks")
+            path = t0
+            self.i += 2
+        nodes = [self.node()]
+        rels: list[_Rel] = []
+        while self.at_rel():
+            rels.append(self.rel())
+            nodes.append(self.node())
+        if path is not None and not rels:
+            raise BadRequest("a path variable needs a relationship in its pattern")
+        return path, tuple(nodes), tuple(rels)
 
     def at_rel(self) -> bool:
         t = self.peek()
@@ -336,26 +396,86 @@ class _Parser:
     def rel(self) -> _Rel:
         left_arrow = self.accept_op("<")
         self.expect_op("-", "in the relationship pattern")
-        if not self.accept_op("["):
-            raise BadRequest("write the relationship with its type in brackets, e.g. -[r:RELATES]->")
-        var = self.variable()
-        if not self.accept_op(":"):
-            raise BadRequest("give the relationship type: -[r:RELATES]-> or -[m:MENTIONS]->")
-        table = self.table(_REL_TABLES, "relationship")
-        t = self.peek()
-        if t is not None and t.is_op("|"):
-            raise BadRequest("alternative relationship types (|) are not supported")
-        if t is not None and t.is_op("*"):
-            raise BadRequest("variable-length relationships (*) are not supported: " + _HOPS)
-        props = self.inline_map()
-        self.expect_op("]", "to close the relationship pattern")
+        var = None
+        tables: list[str] = []
+        props: tuple[Tok, ...] = ()
+        extra: tuple[Tok, ...] = ()
+        hops = None
+        mode = ""
+        if self.accept_op("["):
+            var = self.variable()
+            if self.accept_op(":"):
+                tables.append(self.table(_REL_TABLES, "relationship"))
+                while self.accept_op("|"):
+                    self.accept_op(":")
+                    tables.append(self.table(_REL_TABLES, "relationship"))
+            if self.accept_op("*"):
+                mode, hops = self.var_length()
+                start = self.i
+                self.skip_to_bracket()  # inline map or (r, n | WHERE ...): evaluated by Kuzu in the end
+                extra = tuple(self.toks[start:self.i])
+            else:
+                props = self.inline_map()
+            self.expect_op("]", "to close the relationship pattern")
         self.expect_op("-", "after the relationship")
         right_arrow = self.accept_op(">")
         if left_arrow and right_arrow:
             raise BadRequest("a relationship pattern may point one way (-> or <-) or none, not both")
         direction: Literal["->", "<-", "-"] = "->" if right_arrow else "<-" if left_arrow else "-"
+        tables = list(dict.fromkeys(tables))
+        table = tables[0] if len(tables) == 1 else ""
         node = self.named(var, table, props, "r")
-        return _Rel(node.var, node.key, table, props, direction)
+        return _Rel(node.var, node.key, table, props, direction, tuple(tables), hops, mode, var is not None, extra)
+
+    def var_length(self) -> tuple[str, tuple[int, int]]:
+        """After `*`: [SHORTEST | ALL SHORTEST | TRAIL | ACYCLIC] and the bounds lo..hi."""
+        mode = ""
+        if self.accept_word("all"):
+            if not self.accept_word("shortest"):
+                raise BadRequest(f"expected SHORTEST after ALL, found {_found(self.peek())}")
+            mode = "all shortest"
+        elif self.accept_word("shortest"):
+            mode = "shortest"
+        elif self.accept_word("trail", "acyclic"):
+            mode = self.toks[self.i - 1].key
+        t = self.peek()
+        if t is not None and t.is_word("wshortest"):
+            raise BadRequest("weighted shortest paths (WSHORTEST) are not supported: their length in"
+                             " relationships has no bound to search within")
+        lo = self.bound()
+        if self.accept_op("."):
+            self.expect_op(".", "in the range lo..hi")
+            hi = self.bound()
+        else:
+            hi = lo
+        if hi is None:
+            raise BadRequest(f"give variable-length relationships an upper bound of at most {MAX_VAR_LENGTH},"
+                             " e.g. -[:RELATES*1..3]->: each step is a round across shards")
+        lo = 1 if lo is None else lo
+        if lo < 1:
+            raise BadRequest("a variable-length relationship's lower bound must be at least 1")
+        if hi > MAX_VAR_LENGTH:
+            raise BadRequest(f"the upper bound {hi} of a variable-length relationship is over {MAX_VAR_LENGTH}:"
+                             " each step is a round across shards")
+        if lo > hi:
+            raise BadRequest(f"a variable-length relationship's bounds {lo}..{hi} are empty")
+        return mode, (lo, hi)
+
+    def bound(self) -> int | None:
+        t = self.peek()
+        if t is not None and t.kind == "number" and t.text.isdigit():
+            self.i += 1
+            return int(t.text)
+        return None
+
+    def skip_to_bracket(self) -> None:
+        for j, tok, depth in _walk(self.toks[self.i:]):
+            if depth < 0:  # the bracket opened before this slice
+                if tok.is_op("]"):
+                    self.i += j
+                    return
+                break
+        raise BadRequest("unclosed [ in a relationship pattern")
 
     def variable(self) -> Tok | None:
         t = self.peek()
@@ -390,6 +510,31 @@ class _Parser:
             name = f"{RESERVED_PREFIX}{prefix}{self.generated}"
             return _Node(name, name, table, props)
         return _Node(var.text, var.key, table, props)
+
+    def items(self, toks: tuple[Tok, ...], paths: tuple[_Path, ...]) -> list[_Item]:
+        """One RETURN item; `v.*` becomes one item per column of v's table (given, or inferred from the
+        schema), as Kuzu expands it, less storage detail (the stub flag) and the embedding (ask for
+        `v.embedding` by name)."""
+        if len(toks) != 3 or not toks[1].is_op(".") or not toks[2].is_op("*"):
+            return [self.item(toks)]
+        if toks[0].kind not in ("word", "ident"):
+            raise BadRequest(f"{render(toks)}: .* follows a variable")
+        key = toks[0].key
+        try:
+            labels, rel_tables = _infer_chain_tables(paths)
+        except BadRequest:
+            labels, rel_tables = {}, []
+        tables = set(labels.get(key, ())) or {n.table for p in paths for n in p.nodes if n.key == key}
+        tables |= {t for k, p in enumerate(paths) for i, r in enumerate(p.rels) if r.key == key and r.hops is None
+                   for t in (rel_tables[k][i] if rel_tables else r.tables or ("",))}
+        if len(tables) != 1 or "" in tables:
+            raise BadRequest(f"{render(toks)} needs {toks[0].text} to have one label (e.g. ({toks[0].text}:Entity)),"
+                             " or a relationship of one type: the columns depend on the table")
+        table = tables.pop()
+        cols = [c for c in TABLE_COLUMNS[table] if c not in ("stub", "embedding")]
+        first = toks[0]
+        return [_Item((replace(first, space=first.space if k == 0 else True), Tok("op", ".", -1, False),
+                       Tok("word", c, -1, False)), None, None) for k, c in enumerate(cols)]
 
     def item(self, toks: tuple[Tok, ...]) -> _Item:
         if not toks:
@@ -434,6 +579,20 @@ class _Parser:
                 return value
             raise BadRequest(f"{word.upper()} parameter {t.text} must be a non-negative integer")
         raise BadRequest(f"{word.upper()} takes a non-negative integer or a $parameter")
+
+
+def _and_all(conditions: list[tuple[Tok, ...]]) -> tuple[Tok, ...]:
+    """Several WHERE conditions as one conjunction (for analysis: which conjuncts prune the walk)."""
+    if len(conditions) <= 1:
+        return conditions[0] if conditions else ()
+    out: list[Tok] = []
+    for c in conditions:
+        if out:
+            out.append(Tok("word", "AND", -1, True))
+        if any(depth == 0 and t.is_word("or", "xor") for _i, t, depth in _walk(c)):
+            c = (Tok("op", "(", -1, True), replace(c[0], space=False), *c[1:], Tok("op", ")", -1, False))
+        out.extend(c)
+    return tuple(out)
 
 
 def _found(t: Tok | None) -> str:
@@ -488,11 +647,19 @@ def _is_agg_kind(name: str) -> TypeGuard[AggKind]:
 # Whole-query checks that do not depend on the clause structure
 
 
-def _refuse_unsupported(toks: Sequence[Tok]) -> None:
-    matches = returns = 0
+def _refuse_unsupported(toks: Sequence[Tok]) -> set[str]:
+    """Refuse what no plan supports; return the path functions used (only a chain plan takes them)."""
+    returns = 0
     # Expressions start at WHERE or RETURN: a pattern such as (a)-->(b) after that is a pattern
     # expression, which would reach beyond the binding (and its shard).
-    expr_start = next((i for i, t in enumerate(toks) if t.is_word("where", "return")), len(toks))
+    # Expressions run from a WHERE or RETURN to the next MATCH. (At depth 0 only: a variable-length
+    # relationship's own `(r, n | WHERE ...)` is part of its pattern.)
+    in_expr: list[bool] = []
+    inside = False
+    for _i, t, depth in _walk(toks):
+        if depth == 0 and t.is_word("where", "return", "match"):
+            inside = not t.is_word("match")
+        in_expr.append(inside)
     for i, t in enumerate(toks):
         prev = toks[i - 1] if i else None
         nxt = toks[i + 1] if i + 1 < len(toks) else None
@@ -502,7 +669,7 @@ def _refuse_unsupported(toks: Sequence[Tok]) -> None:
         if t.kind == "param" and t.text[1:].startswith(RESERVED_PREFIX):
             raise BadRequest(f"parameter names starting with {RESERVED_PREFIX} are reserved: {t.text}")
         if t.kind != "word" or after_dot:
-            if t.is_op("-") and nxt is not None and (nxt.is_op("-") or nxt.is_op("[")) and i > expr_start:
+            if t.is_op("-") and nxt is not None and (nxt.is_op("-") or nxt.is_op("[")) and in_expr[i]:
                 raise BadRequest("pattern expressions such as (a)-->(b) inside WHERE or RETURN are not"
                                  f" supported (offset {t.pos}): {_HOPS}")
             continue
@@ -512,15 +679,16 @@ def _refuse_unsupported(toks: Sequence[Tok]) -> None:
             raise BadRequest(_CLAUSES_REFUSED[t.key])
         if t.key in ("exists", "count") and nxt is not None and nxt.is_op("{"):
             raise BadRequest(f"{t.text.upper()} {{ ... }} subqueries are not supported: {_HOPS}")
-        matches += t.key == "match"
         returns += t.key == "return"
-        if matches > 1:
-            raise BadRequest("several MATCH clauses are not supported: " + _HOPS)
         if returns > 1:
             raise BadRequest("only one RETURN is supported")
+    path_functions = set()
     for _i, name in _calls(list(toks)):
         if name in _BLOCKED_FUNCTIONS:
             raise BadRequest(f"function {name}() is not supported: {_BLOCKED_FUNCTIONS[name]}")
+        if name in _PATH_FUNCTIONS:
+            path_functions.add(name)
+    return path_functions
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -571,14 +739,234 @@ def _norm(toks: Sequence[Tok]) -> tuple[str, ...]:
 def plan_query(cypher: str, params: dict[str, Any]) -> Plan:
     """Validate `cypher` and plan it, or raise BadRequest saying what is refused and why."""
     toks = check_read_only(cypher, params)
-    _refuse_unsupported(toks)
+    path_functions = _refuse_unsupported(toks)
     q = _Parser(toks, params).query()
-    _check_names(q)
     used = {t.text[1:] for t in toks if t.kind == "param"}
     user_params = {k: v for k, v in params.items() if k in used}
+    if _is_chain(q, path_functions):
+        return _chain_plan(q, user_params)
+    if path_functions:
+        name = sorted(path_functions)[0]
+        raise BadRequest(f"function {name}() is not supported here: it needs a relationship pattern")
+    _check_names(q)
     if q.rel is None:
         return _node_plan(q, user_params)
     return _rel_plan(q, user_params)
+
+
+def _is_chain(q: _Query, path_functions: set[str]) -> bool:
+    """Whether the pattern needs a chain plan: more than one relationship, a variable-length one, a
+    path variable, relationship tables to infer, a cycle (a node variable twice), or path functions.
+    The single-relationship plans answer the rest with fewer rounds."""
+    if q.more or q.clauses:
+        return True
+    if not q.rels:
+        return False
+    keys = [n.key for n in q.nodes]
+    return (len(q.rels) > 1 or q.path is not None or bool(path_functions) or len(set(keys)) != len(keys)
+            or any(r.hops is not None or len(r.tables) != 1 for r in q.rels))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chains: multi-hop patterns, gathered hop by hop and finished on the sub-graph (cypher/chain.py)
+
+
+def _chain_plan(q: _Query, params: dict[str, Any]) -> Plan:
+    _check_chain_names(q)
+    node_labels, rel_tables = _infer_chain_tables(q.paths)
+    pushed = _single_variable_conjuncts(q)
+    conjuncts = _conjuncts(q.where)
+    walked = {n.key for p in q.paths if p.rels for n in p.nodes}
+    for p in q.paths:
+        if not p.rels and p.nodes[0].key not in walked:
+            raise BadRequest("several patterns in one MATCH need each a relationship, or a node variable of"
+                             f" another pattern: ({p.nodes[0].var}) alone would pair every node with every"
+                             " binding of the rest")
+    chains = [_one_chain(p, node_labels, rel_tables[k], pushed, conjuncts, params)
+              for k, p in enumerate(q.paths) if p.rels]
+    body = render(q.clauses) if q.clauses else f"MATCH {render(q.pattern)}{_where(q.where, [])}"
+    # No LIMIT on the sub-graph: the merge orders, breaks ties over all columns, then slices.
+    query, merge = _finish(replace(q, skip=0, limit=None), body, [])
+    merge = replace(merge, skip=q.skip, limit=q.limit)
+    columns = _chain_columns(q, node_labels, [t for ts in rel_tables for t in ts])
+    chain = replace(chains[0], columns=columns, also=tuple(chains[1:]))
+    return Plan("chain", query, params, merge, chain=chain)
+
+
+def _one_chain(p: _Path, node_labels: dict[str, tuple[str, ...]], rel_tables: list[tuple[str, ...]],
+               pushed: dict[str, list[str]], conjuncts: list[tuple[Tok, ...]], params: dict[str, Any]) -> ChainPlan:
+    nodes = [ChainNode(n.var, node_labels[n.key], render(n.props), tuple(pushed.get(n.key, ()))) for n in p.nodes]
+    hops = [ChainHop(r.var, rel_tables[i], r.direction, *(r.hops or (1, 1)), r.hops is not None,
+                     render(r.props), tuple(pushed.get(r.key, ()) if r.hops is None else ()))
+            for i, r in enumerate(p.rels)]
+    ends = [_start_ids(p.nodes[k], node_labels[p.nodes[k].key], conjuncts, params) for k in (0, -1)]
+    first, last = (_selectivity(nodes[k], ends[j]) for j, k in ((0, 0), (1, -1)))
+    start_ids = ends[0]
+    if last > first:  # walk from the more selective end
+        flip: dict[str, Literal["->", "<-", "-"]] = {"->": "<-", "<-": "->", "-": "-"}
+        nodes.reverse()
+        hops = [replace(h, direction=flip[h.direction]) for h in reversed(hops)]
+        start_ids = ends[1]
+    return ChainPlan(tuple(nodes), tuple(hops), {}, start_ids)
+
+
+def _check_chain_names(q: _Query) -> None:
+    nodes = {n.key for p in q.paths for n in p.nodes}
+    rels = [r.key for p in q.paths for r in p.rels]
+    paths = [p.path.key for p in q.paths if p.path is not None]
+    if len(set(rels)) != len(rels) or nodes & set(rels):
+        raise BadRequest("a relationship variable appears twice in the pattern, or also names a node")
+    if len(set(paths)) != len(paths) or set(paths) & (nodes | set(rels)):
+        raise BadRequest("a path variable appears twice, or also names a node or relationship")
+    names = nodes | set(rels) | set(paths)
+    for item in q.items:
+        if item.alias is not None and item.alias.key in names:
+            raise BadRequest(f"alias {item.alias.text} hides the pattern variable of the same name")
+
+
+def _infer_chain_tables(paths: tuple[_Path, ...]) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[str, ...]]]]:
+    """Each node variable's possible tables and each hop's (per pattern), narrowed from the schema to
+    a fixpoint over all the MATCH's patterns."""
+    all_nodes = tuple(_NODE_TABLES.values())
+    labels: dict[str, set[str]] = {}
+    for n in (n for p in paths for n in p.nodes):
+        labels[n.key] = labels.get(n.key, set(all_nodes)) & ({n.table} if n.table else set(all_nodes))
+    tables = [[set(r.tables or _REL) for r in p.rels] for p in paths]
+    changed = True
+    while changed:
+        changed = False
+        for k, p in enumerate(paths):
+            for i, r in enumerate(p.rels):
+                changed |= _narrow(r, tables[k], i, labels, p.nodes[i].key, p.nodes[i + 1].key)
+    order = {t: k for k, t in enumerate(all_nodes)}
+    return ({k: tuple(sorted(v, key=order.__getitem__)) for k, v in labels.items()},
+            [[tuple(t for t in _REL if t in ts) for ts in per] for per in tables])
+
+
+def _narrow(r: _Rel, tables: list[set[str]], i: int, labels: dict[str, set[str]], left: str, right: str) -> bool:
+    """Narrow hop i's tables and its ends' labels to what the schema allows; whether anything changed."""
+    a, b = labels[left], labels[right]
+    fw, bw = r.direction in ("->", "-"), r.direction in ("<-", "-")
+    ok: set[str] = set()
+    na: set[str] = set()
+    nb: set[str] = set()
+    for t in tables[i]:
+        src, dst = _REL[t].source.name, _REL[t].target.name
+        # A variable-length hop may pass any node between its ends: only its ends are checked.
+        for near, far, way in ((src, dst, fw), (dst, src, bw)):
+            if way and near in a and (far in b or r.hops is not None):
+                ok.add(t)
+                na.add(near)
+                nb.add(far)
+    if r.hops is not None:
+        nb = {x for t in ok for x in (_REL[t].source.name, _REL[t].target.name)} & b
+    changed = (ok, na & a, nb & b) != (tables[i], a, b)
+    tables[i], labels[left], labels[right] = ok, na & a, nb & b
+    if not ok or not labels[left] or not labels[right]:
+        raise BadRequest(f"no relationship table fits hop {i + 1} of the pattern with these labels"
+                         f" and directions ({_ASYMMETRIC}; RELATES joins Entity to Entity)")
+    return changed
+
+
+def _conjuncts(where: tuple[Tok, ...]) -> list[tuple[Tok, ...]]:
+    if not where:
+        return []
+    if any(depth == 0 and t.is_word("or", "xor") for _i, t, depth in _walk(where)):
+        return [where]
+    return [c for c in _split(where, _is_and) if c]
+
+
+def _single_variable_conjuncts(q: _Query) -> dict[str, list[str]]:
+    """WHERE conjuncts that read one pattern variable and nothing else (no other name that could be a
+    variable): true of every binding, so they may prune the walk where that variable is bound."""
+    out: dict[str, list[str]] = {}
+    for c in _conjuncts(q.where):
+        names = {var for _i, var, _prop in _refs(c)}
+        if len(names) == 1:
+            out.setdefault(names.pop(), []).append(render(c))
+    return out
+
+
+def _selectivity(node: ChainNode, ids: tuple[str, ...] | None) -> int:
+    if len(node.labels) != 1:
+        return 0
+    if ids is not None:
+        return 2
+    return 1 if node.inline or node.filters else 0
+
+
+def _start_ids(node: _Node, labels: tuple[str, ...], conjuncts: list[tuple[Tok, ...]],
+               params: dict[str, Any]) -> tuple[str, ...] | None:
+    """The ids an end node is pinned to (`{id: 'x'}`, `{id: $p}`, `WHERE n.id = ...` or `n.id IN
+    [...]` / `IN $list`) when its table is placed by id: only their shards need be asked first."""
+    if labels != (node.table,) or OWNER_KEY.get(node.table) != "id":
+        return None
+    candidates: list[tuple[str, tuple[Tok, ...]]] = []  # ("=" or "in", the value's tokens)
+    for pair in _split(node.props[1:-1], _is_comma) if node.props else []:
+        if len(pair) >= 3 and pair[0].key == "id" and pair[1].is_op(":"):
+            candidates.append(("=", pair[2:]))
+    for c in conjuncts:
+        if len(c) >= 5 and c[0].key == node.key and c[1].is_op(".") and c[2].key == "id":
+            if c[3].is_op("=") or c[3].is_word("in"):
+                candidates.append(("=" if c[3].is_op("=") else "in", c[4:]))
+    for op, value in candidates:
+        ids = None
+        if op == "=" and len(value) == 1:
+            ids = _string_values(value[0], params, many=False)
+        elif op == "in":
+            if len(value) == 1:
+                ids = _string_values(value[0], params, many=True)
+            elif value[0].is_op("[") and value[-1].is_op("]"):
+                items = [_string_values(v[0], params, many=False) if len(v) == 1 else None
+                         for v in _split(value[1:-1], _is_comma) if v]
+                ids = None if any(i is None for i in items) else tuple(x for i in items if i for x in i)
+        if ids is not None:
+            return ids
+    return None
+
+
+def _string_values(t: Tok, params: dict[str, Any], many: bool) -> tuple[str, ...] | None:
+    if t.kind == "param":
+        value = params.get(t.text[1:])
+        if many and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        return (value,) if not many and isinstance(value, str) else None
+    if t.kind == "string" and not many and "\\" not in t.text:
+        return (t.text[1:-1],)
+    return None
+
+
+def _chain_columns(q: _Query, node_labels: dict[str, tuple[str, ...]],
+                   rel_tables: list[tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The columns of each node table the sub-graph needs: those the query reads, or all of them when
+    it reads nodes whole (a node, a path, nodes(...)) or a name it cannot place."""
+    every = {x for ts in rel_tables for t in ts for x in (_REL[t].source.name, _REL[t].target.name)}
+    wanted: dict[str, set[str]] = {t: {"id", OWNER_KEY[t]} for t in every}
+    aliases = {it.alias.key for it in q.items if it.alias is not None}
+    rels = [r for p in q.paths for r in p.rels]
+    fixed_rels = {r.key for r in rels if r.hops is None}
+    whole = any(r.extra for r in rels)
+    embedding = False
+    expressions = [q.where, *(it.expr for it in q.items), *(k for k, _d in q.order), *(r.props for r in rels)]
+    for toks in expressions:
+        embedding |= any(t.key == "embedding" for t in toks if t.kind in ("word", "ident"))
+        for i, var, prop in _refs(toks):
+            if i >= 2 and toks[i - 1].is_op("(") and toks[i - 2].is_word("length", "cost"):
+                continue  # length(p): no node is read
+            if var in node_labels and prop is not None:
+                for t in node_labels[var]:
+                    wanted.setdefault(t, {"id", OWNER_KEY[t]}).add(prop)
+            elif var not in fixed_rels and var not in aliases:
+                whole = True
+    for n in (n for p in q.paths for n in p.nodes):
+        for part in _split(n.props[1:-1], _is_comma) if n.props else []:
+            if part:
+                for t in node_labels[n.key]:
+                    wanted.setdefault(t, {"id", OWNER_KEY[t]}).add(part[0].key)
+    embedding |= whole
+    return {t: tuple(c for c in TABLE_COLUMNS[t] if c != "stub" and (whole or c in cols)
+                     and (embedding or c != "embedding"))
+            for t, cols in wanted.items()}
 
 
 def _check_names(q: _Query) -> None:

@@ -11,11 +11,20 @@ from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints
 from torua.errors import BadRequest
 from torua.version import __version__
-from torua.wire import ControlRequest, DigestReply, DigestRequest, Empty, NodeHealthReply, NodeInfoReply
+from torua.wire import (
+    ControlRequest,
+    DigestReply,
+    DigestRequest,
+    Empty,
+    NodeHealthReply,
+    NodeInfoReply,
+    SnapshotReply,
+    SnapshotTaken,
+)
 
 __all__ = ["AdminTarget", "start_node_service", "CONTROL_OPS"]
 
-CONTROL_OPS = ("ping", "info", "drain", "resume", "set_log_level", "rebuild")
+CONTROL_OPS = ("ping", "info", "drain", "resume", "set_log_level", "rebuild", "snapshot")
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -39,6 +48,8 @@ class AdminTarget(Protocol):
     async def digest(self, req: DigestRequest) -> DigestReply: ...
 
     async def rebuild(self, shards: list[int] | None) -> list[int]: ...
+
+    async def snapshot(self, shards: list[int]) -> list[SnapshotTaken]: ...
 
     async def set_draining(self, draining: bool) -> None: ...
 
@@ -78,6 +89,12 @@ class NodeApi:
                 return {"level": level.lower()}
             case "rebuild":
                 return {"rebuilt": await n.rebuild(_rebuild_shards(req.params))}
+            case "snapshot":
+                # {"shards": [n, ...]}: snapshot these replicas now (torua.cluster.snapshot sends it).
+                shards = req.params.get("shards")
+                if req.params.keys() != {"shards"} or not isinstance(shards, list) or not all(map(_is_shard, shards)):
+                    raise BadRequest('params: snapshot takes {"shards": [n, ...]}')
+                return SnapshotReply(shards=await n.snapshot(shards))
         raise BadRequest(f"unknown op {req.op!r}: expected one of {', '.join(CONTROL_OPS)}")
 
 

@@ -30,14 +30,14 @@ from torua.errors import NotFound
 from torua.metrics import GaugeReading, metrics
 from torua.tasks import end_task
 from torua.version import __version__
-from torua.wire import Announce, DigestReply, DigestRequest, Heartbeat, NodeInfoReply, ShardMap
+from torua.wire import Announce, DigestReply, DigestRequest, Heartbeat, NodeInfoReply, ShardMap, SnapshotTaken
 from torua_node.node.admin import start_node_service
 from torua_node.node.audit import DigestAudit, answer_digest
 from torua_node.node.identity import load_identity
 from torua_node.node.mapfence import MapFence
 from torua_node.node.replicas import ReplicaManager
 from torua_node.router.api import DataService
-from torua_node.settings import NodeSettings
+from torua_node.settings import NodeSettings, QueryLimits, SnapshotPolicy
 from torua_node.shard.replica import ShardReplica
 from torua_node.storage.digest import counts
 
@@ -70,6 +70,8 @@ class Node:
             node_id=self.node_id,
             buffer_pool_mb=settings.buffer_pool_mb,
             max_db_size_gb=settings.max_db_size_gb,
+            query_limits=QueryLimits.of(settings),
+            snapshots=SnapshotPolicy.of(settings),
         )
         self.started = time.monotonic()
         self._draining_file = settings.data_dir / DRAINING_FILE
@@ -106,7 +108,9 @@ class Node:
 
     async def run(self) -> None:
         s = self.settings
-        self.nc = await connect(s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True)
+        self.nc = await connect(
+            s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True, auth=s.nats_auth
+        )
         self._services.append(await start_node_service(self))
         self.data = await self._start_data_api(self.nc, lambda: self.shardmap)
         self._services.append(self.data.service)
@@ -269,12 +273,21 @@ class Node:
         info: dict[str, Any] = msgspec.to_builtins(replica.status())
         # Where this replica's database stood when this process opened it (0: new, or rebuilt).
         info["opened_at_seq"] = self.replicas.opened_at.get(replica.shard, 0)
+        # The snapshot position it was restored from, if it was (None: its own database, or replayed).
+        info["restored_from"] = replica.restored_from
         if replica.state in ("recovering", "active"):
             info["counts"] = await replica.store.call(counts)
         return info
 
     async def digest(self, req: DigestRequest) -> DigestReply:
         return await answer_digest(self.replicas.replicas.get(req.shard), req, self.node_id)
+
+    async def snapshot(self, shards: list[int]) -> list[SnapshotTaken]:
+        """Snapshot these shards' replicas now (docs/operations.md, "Log retention")."""
+        hosted = self.replicas.replicas
+        if missing := sorted(set(shards) - hosted.keys()):
+            raise NotFound(f"params: shard(s) {missing} have no replica on node {self.node_id}")
+        return list(await asyncio.gather(*(hosted[s].snapshot() for s in sorted(set(shards)))))
 
     async def rebuild(self, shards: list[int] | None) -> list[int]:
         """Rebuild replicas from the log (node/audit.py, docs/operations.md): these shards, or

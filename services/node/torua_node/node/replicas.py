@@ -10,7 +10,8 @@ from nats.aio.client import Client as NATS
 
 from torua.subjects import APPLIED_RESET, shard_applied
 from torua.wire import ReplicaStatus
-from torua_node.shard.replica import ShardReplica
+from torua_node.settings import QueryLimits, SnapshotPolicy
+from torua_node.shard.replica import RestoreNeeded, ShardReplica
 from torua_node.storage.store import ShardStore
 
 __all__ = ["ReplicaManager"]
@@ -19,8 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class ReplicaManager:
-    def __init__(self, root: Path, *, node_id: str, buffer_pool_mb: int, max_db_size_gb: int) -> None:
+    def __init__(self, root: Path, *, node_id: str, buffer_pool_mb: int, max_db_size_gb: int,
+                 query_limits: QueryLimits | None = None, snapshots: SnapshotPolicy | None = None) -> None:
         self.root = root
+        self._snapshots = snapshots
+        self._restoring: set[asyncio.Task[list[int]]] = set()
+        self._query_limits = query_limits
         self.node_id = node_id
         self._buffer_pool_mb = buffer_pool_mb
         self._max_db_size_gb = max_db_size_gb
@@ -47,19 +52,43 @@ class ReplicaManager:
             await asyncio.gather(*(self._open(s, nc, dim) for s in added), *(self._drop(s) for s in removed))
             return True
 
+    def _replica(self, shard: int, nc: NATS, dim: int) -> ShardReplica:
+        replica = ShardReplica(shard, self._store(shard), nc, self.node_id, dim, self._query_limits, self._snapshots)
+        replica.on_behind = lambda s: self._restore_later(s, nc, dim)
+        return replica
+
+    def _restore_later(self, shard: int, nc: NATS, dim: int) -> None:
+        """The log was purged past a running replica: discard and reopen it (it restores a snapshot)."""
+        task = asyncio.create_task(self.rebuild([shard], nc, dim), name=f"restore-{shard}")
+        self._restoring.add(task)
+        task.add_done_callback(self._restoring.discard)
+
     async def _open(self, shard: int, nc: NATS, dim: int) -> None:
-        replica = ShardReplica(shard, self._store(shard), nc, self.node_id, dim)
+        replica = self._replica(shard, nc, dim)
         self.replicas[shard] = replica
         self.opened_at[shard] = 0
         try:
             await replica.start()
+        except RestoreNeeded as exc:
+            # The log no longer holds what this database lacks: start again from a snapshot.
+            log.warning("%s; discarding it and restoring a snapshot", exc)
+            await replica.stop()
+            replica.store.remove_files()
+            replica = self._replica(shard, nc, dim)
+            self.replicas[shard] = replica
+            try:
+                await replica.start()
+            except Exception as exc2:
+                log.exception("shard %d failed to restore", shard)
+                replica.state, replica.error = "failed", f"restore failed: {type(exc2).__name__}: {exc2}"
+                return
         except Exception:
             # Kuzu 0.11.3 can fail to recover its own WAL after a SIGKILL ("duplicated primary key").
             # Everything it held is in the write-ahead log, so start over and replay.
             log.exception("shard %d failed to open; rebuilding it from the write-ahead log", shard)
             await replica.store.close()
             replica.store.remove_files()
-            replica = ShardReplica(shard, self._store(shard), nc, self.node_id, dim)
+            replica = self._replica(shard, nc, dim)
             self.replicas[shard] = replica
             try:
                 await replica.start()
@@ -80,8 +109,10 @@ class ReplicaManager:
         log.info("shard %d replica closed and removed", shard)
 
     async def rebuild(self, shards: list[int], nc: NATS, dim: int) -> list[int]:
-        """Discard these replicas' databases and replay the log from its start: for a replica whose
-        log diverged (the operator accepts what the log now holds) or whose digest differs."""
+        """Discard these replicas' databases and start them again: from the newest snapshot of the
+        shard in the current log and its tail, or the whole log if there is none. For a replica whose
+        log diverged (the operator accepts what the log now holds), whose digest differs, or that is
+        behind the purged log."""
         async with self._lock:
             todo = sorted(s for s in set(shards) if s in self.replicas)
             for shard in todo:

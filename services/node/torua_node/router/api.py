@@ -15,16 +15,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from torua import subjects
 from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode
 from torua.errors import PayloadTooLarge, Unavailable
+from torua.hlc import HybridClock
 from torua.model import (
     DeleteReply,
     DeleteRequest,
@@ -49,13 +51,13 @@ from torua.model import (
 from torua.natsserver import MAX_PAYLOAD
 from torua.subjects import APPLIED_RESET, WAL_STREAM, wal_subject
 from torua.version import __version__
-from torua_node.cypher.merge import ShardRows
+from torua_node.router.backpressure import ApplyLag
 from torua_node.router.cache import ResultCache
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
 from torua_node.router.graph import GraphReads
-from torua_node.router.query import run_query
+from torua_node.router.query import Queries
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
-from torua_node.shard.protocol import GET, KV_GET, QUERY, ShardGet, ShardKVGet, ShardQuery
+from torua_node.shard.protocol import GET, KV_GET, ShardGet, ShardKVGet
 from torua_node.shard.wal import WalEntry, encode_entry
 
 __all__ = ["DataApi", "DataService", "follow_applied", "start_data_service", "MAX_ENTRY_BYTES"]
@@ -63,6 +65,7 @@ __all__ = ["DataApi", "DataService", "follow_applied", "start_data_service", "MA
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
+JS_MAX_BYTES_EXCEEDED = 10077  # JetStream's error code for a publish to a stream at its byte limit
 # Leave room for headers and protocol framing under max_payload.
 MAX_ENTRY_BYTES = MAX_PAYLOAD - 64 * 1024
 
@@ -89,12 +92,20 @@ class DataApi:
         graph: GraphReads,
         embedder: EmbedderProvider,
         cache: ResultCache,
+        clock: HybridClock | None = None,
+        queries: Queries | None = None,
+        lag: ApplyLag | None = None,
     ) -> None:
         self.js = js
         self.client = client
         self.graph = graph
         self.embedder = embedder
         self.cache = cache
+        self.queries = queries or Queries(client)
+        # One version per write, the same in every shard's entry: the copies apply last-writer-wins
+        # by it (docs/consistency.md, "Convergence").
+        self.clock = clock or HybridClock()
+        self.lag = lag or ApplyLag(max_lag=0)  # write backpressure; off unless the node sets a limit
 
     def cached(
         self, name: str, handler: Callable[[CachedRequest], Awaitable[CachedReply]]
@@ -123,6 +134,7 @@ class DataApi:
     # --- writes -------------------------------------------------------------------------------
 
     async def _publish(self, entries: dict[int, WalEntry], request_id: str) -> Tokens:
+        self.lag.check(entries, time.monotonic())  # before anything is stored: a refused write stores nothing
         payloads = {s: encode_entry(e) for s, e in entries.items()}
         for s, data in payloads.items():
             if len(data) > MAX_ENTRY_BYTES:
@@ -141,21 +153,29 @@ class DataApi:
         results = await asyncio.gather(*(one(s, d) for s, d in payloads.items()), return_exceptions=True)
         seqs = {s: r for s, r in zip(payloads, results) if not isinstance(r, BaseException)}
         failed = [s for s in payloads if s not in seqs]
+        if any(isinstance(r, APIError) and r.err_code == JS_MAX_BYTES_EXCEEDED for r in results):
+            raise Unavailable(
+                f"the write-ahead log is full (TORUA_WAL_MAX_BYTES) and refused shards {failed}: snapshots "
+                "and purging free it (docs/operations.md, \"Log retention\"); retry later with the same "
+                f"request_id {request_id!r}"
+            )
         if failed:
             raise Unavailable(
                 f"the write-ahead log did not confirm shards {failed}; retry with the same request_id "
                 f"{request_id!r} (shards already stored are not written twice)"
             )
         log.debug("write %s stored on shards %s", request_id, sorted(payloads), extra={"request_id": request_id})
+        now = time.monotonic()
         for s, seq in seqs.items():
             self.cache.note(s, seq)
+            self.lag.published(s, seq, now)
         return {str(s): seq for s, seq in seqs.items()}
 
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
         request_id = req.request_id or uuid.uuid4().hex
         # On a thread: a configured embedder may call a model or an HTTP endpoint.
         entries = await asyncio.to_thread(
-            split_upsert, req, self.client.num_shards, self.embedder(), request_id, time.time()
+            split_upsert, req, self.client.num_shards, self.embedder(), request_id, time.time(), self.clock.now()
         )
         tokens = await self._publish(entries, request_id)
         written = {
@@ -168,26 +188,27 @@ class DataApi:
 
     async def delete(self, req: DeleteRequest) -> DeleteReply:
         request_id = req.request_id or uuid.uuid4().hex
-        entries = split_delete(req, self.client.num_shards, request_id, time.time())
+        entries = split_delete(req, self.client.num_shards, request_id, time.time(), self.clock.now())
         tokens = await self._publish(entries, request_id)
-        deleted = {"entities": len(set(req.entities)), "documents": len(set(req.documents))}
+        deleted = {"entities": len(set(req.entities)), "documents": len(set(req.documents)),
+                   "relations": len({(r.source, r.target, r.type) for r in req.relations})}
         return DeleteReply(deleted=deleted, tokens=tokens, request_id=request_id)
 
     async def kv_put(self, req: KVPutRequest) -> KVReply:
         request_id = req.request_id or uuid.uuid4().hex
-        entries = split_kv(req.key, req.value, self.client.num_shards, request_id, time.time())
+        entries = split_kv(req.key, req.value, self.client.num_shards, request_id, time.time(), self.clock.now())
         return KVReply(key=req.key, token=await self._publish(entries, request_id))
 
     async def kv_delete(self, req: KVDeleteRequest) -> KVReply:
         request_id = req.request_id or uuid.uuid4().hex
-        entries = split_kv(req.key, None, self.client.num_shards, request_id, time.time())
+        entries = split_kv(req.key, None, self.client.num_shards, request_id, time.time(), self.clock.now())
         return KVReply(key=req.key, token=await self._publish(entries, request_id))
 
     # --- reads --------------------------------------------------------------------------------
 
     async def get(self, req: GetRequest) -> GetReply:
         shard = self.client.owner(req.id)
-        reply = await self.client.call(shard, GET, ShardGet(id=req.id, after=token(req.after, shard), consistency=req.consistency))
+        reply = await self.client.call(shard, GET, ShardGet(id=req.id, embedding=req.embedding, after=token(req.after, shard), consistency=req.consistency))
         return GetReply(entity=reply.entity, shard=shard)
 
     async def kv_get(self, req: KVGetRequest) -> KVReply:
@@ -205,31 +226,25 @@ class DataApi:
         return NeighborsReply(nodes=nodes, edges=found.edges, partial=is_partial(status), shards=status)
 
     async def query(self, req: QueryRequest) -> QueryReply:
-        seen: dict[int, int] = {}
-
-        async def run_on_shard(shard: int, query: str, params: dict[str, Any]) -> ShardRows:
-            ask = ShardQuery(query=query, params=params, after=token(req.after, shard), consistency=req.consistency)
-            reply = await self.client.call(shard, QUERY, ask)
-            seen[shard] = min(seen.get(shard, reply.applied_seq), reply.applied_seq)
-            return reply.result
-
-        result = await run_query(req.cypher, req.params, self.client.num_shards, run_on_shard)
-        for s, st in result.shards.items():
-            if st.ok and int(s) in seen:
-                st.applied_seq = seen[int(s)]
-        return QueryReply(columns=result.columns, rows=result.rows, partial=result.partial, shards=result.shards)
+        # Time limit, bounded concurrency and size limits: router/query.py (Queries).
+        return await self.queries.answer(req)
 
 
-async def follow_applied(nc: NATS, cache: ResultCache) -> None:
-    """Learn how far each shard's replicas have applied, so cached results expire in time."""
+async def follow_applied(nc: NATS, cache: ResultCache, lag: ApplyLag | None = None) -> None:
+    """Learn how far each shard's replicas have applied, so cached results expire in time and
+    writes to a shard whose replicas fall behind are held back (`lag`)."""
 
     async def on_applied(msg: Msg) -> None:
         try:
             shard = int(msg.subject.split(".")[2])
             if msg.data == APPLIED_RESET:
                 cache.forget(shard)
+                if lag is not None:
+                    lag.forget(shard)
             else:
                 cache.note(shard, int(msg.data))
+                if lag is not None:
+                    lag.applied(shard, int(msg.data))
         except ValueError:
             log.debug("ignoring malformed applied notice on %s", msg.subject)
 

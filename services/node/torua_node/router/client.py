@@ -4,9 +4,11 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
 (`torua_node.shard.protocol`) through these few methods, so it runs the same over NATS
 (`NatsShardClient`) and over an in-memory fake in unit tests.
 
-- `call(shard, op, request)`: one request to one shard's queue group. Over NATS, a 503 (no
-  replica caught up), no responders or a timeout is retried once after 50 ms; after that, or for
-  any other error reply, the error is raised as the `ToruaError` of its code.
+- `call(shard, op, request, timeout?)`: one request to one shard's queue group. Over NATS, a 503 (no
+  replica caught up), no responders or a timeout is retried once after 50 ms — not a 503 from a full
+  queue (`Overloaded`), which is raised at once; after that, or for any other error reply, the error
+  is raised as the `ToruaError` of its code. A reply too large for one message arrives in parts
+  (`protocol.PAGED_HEADER`): the others are fetched from the replica that holds them and joined.
 - `fan_out(op, requests, status)`: one request per shard, concurrently, under the one error policy
   of `torua_node.router.fanout` (shared with distributed Cypher execution): a client error (4xx,
   the request's fault, the same on every shard) is raised; anything else (503, timeout, no
@@ -28,18 +30,24 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
 
 from torua import subjects
 from torua.embedders import EmbedderSettings, make_embedder
 from torua.embedding import Embedder
 from torua.endpoints import encode, error_of
-from torua.errors import Unavailable, error_for_code
+from torua.errors import Overloaded, Unavailable, error_for_code
 from torua.hashing import shard_for
 from torua.model import Tokens
 from torua.wire import Reply, ShardMap
 from torua_node.router.fanout import Status, gather, is_partial
-from torua_node.shard.protocol import Op, ShardRequest
+from torua_node.shard.protocol import PAGED_HEADER, Op, ShardPage, ShardRequest, page_subject
 
 __all__ = [
     "ShardClient",
@@ -75,8 +83,9 @@ class ShardClient(Protocol):
         """Shards in the current map; Unavailable while there is none."""
         ...
 
-    async def call(self, shard: int, op: Op[Q, R], request: Q) -> R:
-        """One request to one shard; an error reply is raised as the ToruaError of its code."""
+    async def call(self, shard: int, op: Op[Q, R], request: Q, timeout: float | None = None) -> R:
+        """One request to one shard; an error reply is raised as the ToruaError of its code.
+        `timeout`: seconds to wait for the answer instead of the client's default."""
         ...
 
     def owner(self, key: str) -> int:
@@ -115,28 +124,53 @@ class NatsShardClient(ShardClient):
     def num_shards(self) -> int:
         return self.shardmap().num_shards
 
-    async def call(self, shard: int, op: Op[Q, R], request: Q) -> R:
+    async def call(self, shard: int, op: Op[Q, R], request: Q, timeout: float | None = None) -> R:
         data = encode(request)
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(Unavailable),
+            # A full queue (Overloaded) is answered at once: retries would only add to the load.
+            retry=retry_if_exception_type(Unavailable) & retry_if_not_exception_type(Overloaded),
             stop=stop_after_attempt(2),
             wait=wait_fixed(RETRY_AFTER_S),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                return await self._request(shard, op, data)
+                return await self._request(shard, op, data, timeout or self.timeout)
         raise AssertionError("unreachable: the last attempt's error is re-raised")
 
-    async def _request(self, shard: int, op: Op[Q, R], data: bytes) -> R:
+    async def _request(self, shard: int, op: Op[Q, R], data: bytes, timeout: float) -> R:
         try:
-            msg = await self.nc.request(subjects.shard_endpoint(shard, op.name), data, timeout=self.timeout)
+            msg = await self.nc.request(subjects.shard_endpoint(shard, op.name), data, timeout=timeout)
         except (NoRespondersError, NatsTimeout) as exc:
             raise Unavailable(f"no replica of shard {shard} answered ({type(exc).__name__})") from None
         err = error_of(msg.headers, msg.data)
         if err is not None:
-            raise error_for_code(err.code, err.description)
-        return msgspec.json.decode(msg.data, type=op.reply)
+            raise error_for_code(err.code, err.description, err.retry_after_ms)
+        paged = (msg.headers or {}).get(PAGED_HEADER)
+        if paged is None:
+            return msgspec.json.decode(msg.data, type=op.reply)
+        return msgspec.json.decode(await self._rest(shard, paged, msg.data, timeout), type=op.reply)
+
+    async def _rest(self, shard: int, paged: str, first: bytes, timeout: float) -> bytes:
+        """A reply too large for one message: the other parts, from the replica that holds them."""
+        try:
+            cursor, node, count = paged.split()
+            parts = int(count)
+        except ValueError:
+            raise Unavailable(f"shard {shard} sent a malformed {PAGED_HEADER} header: {paged!r}") from None
+        data = [first]
+        for part in range(1, parts):
+            try:
+                msg = await self.nc.request(page_subject(shard, node), encode(ShardPage(cursor=cursor, part=part)),
+                                            timeout=timeout)
+            except (NoRespondersError, NatsTimeout) as exc:
+                raise Unavailable(f"shard {shard} replica on {node} did not send part {part} of its reply "
+                                  f"({type(exc).__name__})") from None
+            err = error_of(msg.headers, msg.data)
+            if err is not None:
+                raise error_for_code(err.code, err.description, err.retry_after_ms)
+            data.append(msg.data)
+        return b"".join(data)
 
 
 class EmbedderProvider(Protocol):

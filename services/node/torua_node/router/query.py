@@ -1,6 +1,6 @@
 """Distributed execution of `torua.graph.query` on the router: fan-out, far-end resolution, merge.
 
-The planner (`torua_node.cypher.planner`) gives one of three plans:
+The planner (`torua_node.cypher.planner`) gives one of four plans:
 
 - "node": one node pattern. Every shard runs the query restricted to its real nodes (each real node
   lives on exactly one shard), with aggregates rewritten into mergeable partials; the merge groups,
@@ -14,6 +14,9 @@ The planner (`torua_node.cypher.planner`) gives one of three plans:
   that are stubs fetched from their owning shards, bindings to never-created ends dropped) into a
   temporary in-memory Kuzu database with the shard schema, and the query runs there: exact by
   construction, since every binding of the pattern is in that sub-graph.
+- "chain": a multi-hop pattern (several, variable-length or untyped relationships, a path, a cycle):
+  its sub-graph gathered hop by hop in frontier exchanges, then queried the same way
+  (`torua_node.router.traverse`, `torua_node.cypher.chain`).
 
 Far ends are resolved with `run_on_shard` on their owners (an entity's shard is shard(id), a chunk's
 is shard(document_id), which a stub keeps), so a failure there is charged to the right shard. Every
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -32,17 +36,26 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from torua.errors import BadRequest
+from torua.endpoints import encode
+from torua.errors import BadRequest, Overloaded, QueryTimeout, ResourceLimit
 from torua.hashing import shard_for
-from torua.model import ShardStatus
+from torua.model import QueryReply, QueryRequest, ShardStatus
+from torua.natsserver import MAX_PAYLOAD
+from torua_node.cypher.guard import check_value_sizes
+from torua_node.cypher.lexer import tokenize
 from torua_node.cypher.merge import ShardRows, merge_rows, permute
 from torua_node.cypher.planner import OWNER_KEY, REAL_IDS_PARAM, FarEnd, Plan, plan_query, resolve_query
+from torua_node.router.client import ShardClient, token
 from torua_node.router.fanout import Status, gather
+from torua_node.router.traverse import run_chain
+from torua_node.settings import QueryLimits
+from torua_node.shard.protocol import QUERY, ShardQuery
 from torua_node.shard.query import execute_on_shard
 from torua_node.storage.schema import init_schema
 from torua_node.storage.store import Conn, all_rows, memory_database
 
-__all__ = ["QueryResult", "RunOnShard", "run_query", "MAX_GATHERED_BINDINGS"]
+__all__ = ["QueryResult", "RunOnShard", "run_query", "MAX_GATHERED_BINDINGS", "Queries", "QueryGate",
+           "MAX_REPLY_BYTES", "SHARD_MARGIN_S"]
 
 
 class QueryResult(msgspec.Struct):
@@ -56,6 +69,100 @@ RunOnShard = Callable[[int, str, dict[str, Any]], Awaitable[ShardRows]]
 
 MAX_GATHERED_BINDINGS = 1_000_000
 _MIB = 1024 * 1024
+# What a reply may take of NATS's max_payload (headers and framing need the rest).
+MAX_REPLY_BYTES = MAX_PAYLOAD - 64 * 1024
+# How much longer than the query's own limit the router waits for a shard: each shard answers 408
+# itself at the deadline (its worker killed a moment later if it does not stop).
+SHARD_MARGIN_S = 2.0
+
+
+class QueryGate:
+    """Bounded concurrency of `torua.graph.query` on one router: `concurrency` run at once, `queue`
+    more wait; beyond that a request is answered 503 (Overloaded, with `retry_after_ms`) at once."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inside = 0
+        self.limit = concurrency + queue
+        self.concurrency = concurrency
+
+    @contextlib.asynccontextmanager
+    async def enter(self, wait_s: float) -> AsyncIterator[None]:
+        if self._inside >= self.limit:
+            retry_ms = 100 * max(1, self._inside // max(self.concurrency, 1))
+            raise Overloaded(
+                f"this node is running or queueing {self._inside} queries (limit {self.limit}: "
+                f"TORUA_QUERY_CONCURRENCY + TORUA_QUERY_QUEUE); retry after {retry_ms} ms", retry_after_ms=retry_ms)
+        self._inside += 1
+        try:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), max(wait_s, 0.001))
+            except TimeoutError:
+                raise QueryTimeout(f"the query waited its whole time limit ({wait_s:g}s) for a free slot on this "
+                                   "node (TORUA_QUERY_TIMEOUT, TORUA_QUERY_CONCURRENCY)", timeout_s=wait_s) from None
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            self._inside -= 1
+
+
+class Queries:
+    """`torua.graph.query` on a router: the guardrails around `run_query` (docs/queries.md, "Limits").
+    The time limit is TORUA_QUERY_TIMEOUT, lowered by the request's `timeout_ms`, for the whole
+    request; every shard gets what is left of it and enforces it itself (408)."""
+
+    def __init__(self, client: ShardClient, limits: QueryLimits | None = None) -> None:
+        self.client = client
+        self.limits = limits or QueryLimits()
+        self.gate = QueryGate(self.limits.concurrency, self.limits.queue)
+
+    async def answer(self, req: QueryRequest) -> QueryReply:
+        limits = self.limits
+        timeout_s = limits.timeout_s if req.timeout_ms is None else min(limits.timeout_s, req.timeout_ms / 1000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        seen: dict[int, int] = {}
+        overloaded: list[Overloaded] = []
+
+        def timed_out() -> QueryTimeout:
+            return QueryTimeout(f"the query ran past its time limit of {timeout_s:g}s and was cancelled on every "
+                                "shard (TORUA_QUERY_TIMEOUT, or the request's timeout_ms)", timeout_s=timeout_s)
+
+        async def run_on_shard(shard: int, query: str, params: dict[str, Any]) -> ShardRows:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise timed_out()
+            ask = ShardQuery(query=query, params=params, after=token(req.after, shard), consistency=req.consistency,
+                             timeout_ms=max(1, int(left * 1000)))
+            try:
+                reply = await self.client.call(shard, QUERY, ask, timeout=left + SHARD_MARGIN_S)
+            except Overloaded as exc:
+                overloaded.append(exc)
+                raise
+            seen[shard] = min(seen.get(shard, reply.applied_seq), reply.applied_seq)
+            return reply.result
+
+        async with self.gate.enter(deadline - loop.time()):
+            try:
+                result = await asyncio.wait_for(
+                    run_query(req.cypher, req.params, self.client.num_shards, run_on_shard, limits=limits,
+                              timeout_s=max(deadline - loop.time(), 0.001)),
+                    max(deadline - loop.time(), 0.001) + SHARD_MARGIN_S,
+                )
+            except (TimeoutError, QueryTimeout):
+                # A shard's 408 names what was left of the time when it was asked: name the limit.
+                raise timed_out() from None
+        if overloaded:
+            # A shard's queue was full: the caller should back off, not read a partial answer.
+            wait = max(e.retry_after_ms or 0 for e in overloaded)
+            raise Overloaded(f"{overloaded[0].description} (and {len(overloaded) - 1} more shards)"
+                             if len(overloaded) > 1 else overloaded[0].description, retry_after_ms=wait)
+        for s, st in result.shards.items():
+            if st.ok and int(s) in seen:
+                st.applied_seq = seen[int(s)]
+        return QueryReply(columns=result.columns, rows=result.rows, partial=result.partial, shards=result.shards)
 
 
 class _Run:
@@ -94,22 +201,34 @@ async def run_query(
     params: dict[str, Any] | None,
     num_shards: int,
     run_on_shard: RunOnShard,
+    *,
+    limits: QueryLimits | None = None,
+    timeout_s: float | None = None,
 ) -> QueryResult:
     """Plan `cypher`, run it on every shard and merge: the answer one database holding all the data
     would give, or BadRequest for what is refused. Shards that do not answer make it partial.
-    Far ends of relationships are fetched with `run_on_shard` from their owning shards."""
+    Far ends of relationships are fetched with `run_on_shard` from their owning shards. With
+    `limits`: values built from constants over `max_value` and merged rows over `max_result_bytes`
+    (or over what a NATS message carries) are refused (413)."""
     if num_shards < 1:
         raise ValueError("num_shards must be >= 1")
-    plan = plan_query(cypher, dict(params or {}))
+    params = dict(params or {})
+    if limits is not None:
+        check_value_sizes(tokenize(cypher), params, limits.max_value)
+    plan = plan_query(cypher, params)
     run = _Run(num_shards, run_on_shard)
     if plan.kind == "node":
         parts = await run.fan_out(lambda _s: (plan.query, plan.params))
     elif plan.kind == "rel":
         parts = await _run_rel(plan, run)
+    elif plan.kind == "chain":  # multi-hop patterns: frontier exchanges (router/traverse.py)
+        parts = await run_chain(plan, run, limits, timeout_s)
     else:
-        parts = await _run_far_end(plan, run)
+        parts = await _run_far_end(plan, run, limits, timeout_s)
     ordered = [permute(plan.merge, parts[s]) for s in sorted(parts)]
     rows = merge_rows(plan.merge, ordered)
+    if limits is not None:
+        _check_size(rows, limits)
     columns = ordered[0].columns[:plan.merge.width] if ordered else list(plan.merge.names)
     partial = not all(st.ok for st in run.status.values())
     return QueryResult(columns=columns, rows=rows, partial=partial, shards=run.status)
@@ -126,7 +245,19 @@ async def _run_rel(plan: Plan, run: _Run) -> dict[int, ShardRows]:
                              stubs)
 
 
-async def _run_far_end(plan: Plan, run: _Run) -> dict[int, ShardRows]:
+def _check_size(rows: list[list[Any]], limits: QueryLimits) -> None:
+    """ResourceLimit (413) if the merged rows are larger than the limit or than a reply can carry."""
+    size = len(encode(rows))
+    limit = min(limits.max_result_bytes, MAX_REPLY_BYTES)
+    if size > limit:
+        setting = "TORUA_QUERY_MAX_RESULT_MB" if limit == limits.max_result_bytes else "max_payload"
+        raise ResourceLimit(
+            f"the query's rows take {size} bytes; the limit is {limit} bytes ({setting}): add LIMIT, return fewer "
+            "columns, or aggregate", limit=limit, setting=setting)
+
+
+async def _run_far_end(plan: Plan, run: _Run, limits: QueryLimits | None = None,
+                       timeout_s: float | None = None) -> dict[int, ShardRows]:
     far = plan.far_end
     assert far is not None
     parts = await run.fan_out(lambda _s: (far.gather, plan.params))
@@ -135,7 +266,7 @@ async def _run_far_end(plan: Plan, run: _Run) -> dict[int, ShardRows]:
     gathered = _Gathered(far, list(parts.values()))
     gathered.found = await run.resolve(far.far_table, gathered.stub_owners(), far.far_cols)
     params = {**plan.params, REAL_IDS_PARAM: []}
-    return {0: await asyncio.to_thread(gathered.run, plan.query, params)}
+    return {0: await asyncio.to_thread(gathered.run, plan.query, params, limits, timeout_s)}
 
 
 
@@ -185,7 +316,8 @@ class _Gathered:
             edges.setdefault((src, rel.get("type"), dst), rel)
         return nodes, list(edges.values())
 
-    def run(self, query: str, params: dict[str, Any]) -> ShardRows:
+    def run(self, query: str, params: dict[str, Any], limits: QueryLimits | None = None,
+            timeout_s: float | None = None) -> ShardRows:
         nodes, edges = self.tables()
         size = sum(len(str(r)) for t in nodes.values() for r in t.values()) + 200 * len(edges)
         pool = min(max(256 * _MIB, 16 * size), 8192 * _MIB)
@@ -194,7 +326,12 @@ class _Gathered:
             for table, rows in nodes.items():
                 _copy(conn, table, list(rows.values()), ())
             _copy(conn, self.far.rel_table, edges, ("from", "to"))
-            return execute_on_shard(conn, query, params)
+            if timeout_s is not None:  # Kuzu's own timeout: the statement is the router's, on its thread
+                conn.set_query_timeout(max(int(timeout_s * 1000), 1))
+            if limits is None:
+                return execute_on_shard(conn, query, params)
+            return execute_on_shard(conn, query, params, max_rows=limits.max_rows, max_value=limits.max_value,
+                                    timeout_s=timeout_s)
 
 
 def _dim(part: ShardRows) -> int:

@@ -2,7 +2,11 @@
 
 Placement (DESIGN §3): an entity lives on shard(id); a chunk on shard(document_id); a relation on
 shard(source) and, as the incoming copy, on shard(target); a mention on the chunk's shard and on
-the entity's shard. Deletes go to every shard, since copies and stubs may be anywhere.
+the entity's shard. Deletes of entities and documents go to every shard, since copies and stubs may
+be anywhere; a relation's delete goes to its two ends' shards.
+
+Every entry of one write carries the write's `version` (torua.hlc, given by the router): the copies
+apply last-writer-wins by it (shard/apply.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from torua.errors import BadRequest, PayloadTooLarge
 from torua.hashing import shard_for
 from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, UpsertRequest
 from torua.text import entity_embedding_text
-from torua_node.shard.wal import WalChunk, WalDocument, WalEntity, WalEntry, WalKV, WalMention, WalRelation
+from torua_node.shard.wal import (
+    WalChunk,
+    WalDocument,
+    WalEntity,
+    WalEntry,
+    WalKV,
+    WalMention,
+    WalRelation,
+    WalRelationKey,
+)
 
 __all__ = ["split_upsert", "split_delete", "split_kv", "kv_shard", "validate_upsert"]
 
@@ -86,14 +99,14 @@ def _vectors(texts: list[str], given: list[bytes | None], embedder: Embedder) ->
 
 
 def split_upsert(
-    req: UpsertRequest, num_shards: int, embedder: Embedder, request_id: str, ts: float
+    req: UpsertRequest, num_shards: int, embedder: Embedder, request_id: str, ts: float, version: int = 0
 ) -> dict[int, WalEntry]:
     given_ent, given_chunk = validate_upsert(req, embedder.dim)
     entries: dict[int, WalEntry] = {}
 
     def entry(shard: int) -> WalEntry:
         if shard not in entries:
-            entries[shard] = WalEntry(request_id=request_id, ts=ts)
+            entries[shard] = WalEntry(request_id=request_id, ts=ts, version=version)
         return entries[shard]
 
     placed: dict[str, int] = {}  # relations name the same ids again and again
@@ -128,14 +141,26 @@ def _add_mentions(c: Chunk, home: int, shard: Callable[[str], int], entry: Calla
             entry(s).mentions.append(mention)
 
 
-def split_delete(req: DeleteRequest, num_shards: int, request_id: str, ts: float) -> dict[int, WalEntry]:
-    if not (req.entities or req.documents):
-        raise BadRequest("nothing to delete: give entities or documents (lists of ids)")
+def split_delete(
+    req: DeleteRequest, num_shards: int, request_id: str, ts: float, version: int = 0
+) -> dict[int, WalEntry]:
+    if not (req.entities or req.documents or req.relations):
+        raise BadRequest("nothing to delete: give entities or documents (lists of ids), or relations"
+                         " ({source, target, type} each)")
     ents, docs = list(dict.fromkeys(req.entities)), list(dict.fromkeys(req.documents))
-    return {
-        s: WalEntry(request_id=request_id, ts=ts, delete_entities=ents, delete_documents=docs)
-        for s in range(num_shards)
-    }
+    entries: dict[int, WalEntry] = {}
+    if ents or docs:
+        entries = {
+            s: WalEntry(request_id=request_id, ts=ts, version=version, delete_entities=ents, delete_documents=docs)
+            for s in range(num_shards)
+        }
+    for source, target, type_ in dict.fromkeys((r.source, r.target, r.type) for r in req.relations):
+        key = WalRelationKey(source, target, type_)
+        for s in {shard_for(source, num_shards), shard_for(target, num_shards)}:
+            if s not in entries:
+                entries[s] = WalEntry(request_id=request_id, ts=ts, version=version)
+            entries[s].delete_relations.append(key)
+    return entries
 
 
 def kv_shard(key: str, num_shards: int) -> int:
@@ -143,7 +168,10 @@ def kv_shard(key: str, num_shards: int) -> int:
     return shard_for(f"kv:{key}", num_shards)
 
 
-def split_kv(key: str, value: str | None, num_shards: int, request_id: str, ts: float) -> dict[int, WalEntry]:
+def split_kv(
+    key: str, value: str | None, num_shards: int, request_id: str, ts: float, version: int = 0
+) -> dict[int, WalEntry]:
     if value is not None and len(value.encode("utf-8")) > MAX_KV_VALUE_BYTES:
         raise PayloadTooLarge(f"value is {len(value.encode('utf-8'))} bytes; the limit is {MAX_KV_VALUE_BYTES} (1 MiB)")
-    return {kv_shard(key, num_shards): WalEntry(request_id=request_id, ts=ts, kv=[WalKV(key, value)])}
+    entry = WalEntry(request_id=request_id, ts=ts, version=version, kv=[WalKV(key, value)])
+    return {kv_shard(key, num_shards): entry}

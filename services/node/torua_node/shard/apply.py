@@ -14,9 +14,23 @@ state (checkpoint, transaction manager, storage exceptions), or an error never s
 nothing about the entry: another replica would apply it, so skipping it here would make the replicas
 differ. The batch stops there (`ApplyResult.error`) and the replica retries the rest from the log.
 
-Consecutive entries without deletes are coalesced into one bulk step per table (last write wins per
-key, mentions are a set): the result equals applying them one by one because upserts replace whole
-rows and stubs are only ever created for absent ids.
+Consecutive entries without deletes are coalesced into one bulk step per table (the newest write
+wins per key, mentions are a set): the result equals applying them one by one because upserts
+replace whole rows and stubs are only ever created for absent ids.
+
+Entities and relations apply last-writer-wins by the entry's `version` (torua.hlc, one per write,
+the same on every shard; 0 for entries written before versions existed, which then take their log
+position), so a relation's two copies (its source's and its target's shard) and an entity's delete
+fanned out to every shard end equal whatever order each shard's log holds the writes in. Per key,
+`Version` holds the version of the stored write and `Tombstone` the newest delete (an entity's delete
+also deletes its relations, so it counts as a delete of each). A write is stored only if its version
+is at least both, and one that is older than a delete is dropped: a late, older upsert never
+resurrects what a newer delete removed. Invariant: a Version row exists exactly for each stored
+(live) entity and relation. The result is a function of the set of writes, not of their order, so
+the digest of any permutation is the same (tests/unit/test_convergence.py). Tombstones older than
+TOMBSTONE_RETENTION_MS (by entry versions, never the clock, so every replica purges at the same log
+position) are purged; a write delayed longer than that could resurrect what it deleted. Mentions,
+documents, chunks and kv are single-copy or sets and stay last-in-log.
 
 kuzu 0.11.3 storage bugs this module works around (each reproduced here; all fixed in the fork
 ladybug 0.22): COPY mixed with CREATE/SET in one transaction (crash or misplaced values), DETACH
@@ -31,7 +45,6 @@ import math
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torua.hlc import version_of, version_wall_ms
 from torua.text import entity_text
 from torua_node.shard.wal import (
     WalChunk,
@@ -48,11 +62,18 @@ from torua_node.shard.wal import (
     WalEntity,
     WalEntry,
     WalRelation,
+    WalRelationKey,
     decode_entry,
     fingerprint,
 )
 from torua_node.storage.keyspace import known_keys, table_size
-from torua_node.storage.schema import APPLIED_FP_KEY, APPLIED_SEQ_KEY, read_applied_seq
+from torua_node.storage.schema import (
+    APPLIED_FP_KEY,
+    APPLIED_SEQ_KEY,
+    TOMBSTONES_PURGED_KEY,
+    read_applied_seq,
+    read_tombstones_purged,
+)
 from torua_node.storage.statements import id_rows, run
 from torua_node.storage.store import is_transient
 from torua_node.storage.tables import (
@@ -65,15 +86,27 @@ from torua_node.storage.tables import (
     RELATES,
     STUB,
     TABLES,
+    TOMBSTONE,
+    VERSION,
     NodeTable,
     RelTable,
+    entity_version_key,
+    relation_version_key,
 )
 
 if TYPE_CHECKING:
     from torua_node.storage.textindex import TextIndex
     from torua_node.storage.vectors import VectorIndex
 
-__all__ = ["ApplyResult", "apply_batch", "is_entry_fault", "ENTRY_FAULTS"]
+__all__ = ["ApplyResult", "apply_batch", "is_entry_fault", "ENTRY_FAULTS", "TOMBSTONE_RETENTION_MS",
+           "PURGE_EVERY_MS"]
+
+# How long a delete keeps out older writes of what it deleted. A constant, not a per-node setting:
+# every replica must purge the same tombstones at the same log position, or they would differ. Far
+# longer than a write can take between its version and its log (the router's publish timeout, 10 s).
+TOMBSTONE_RETENTION_MS = 60 * 60 * 1000
+# Purged when an entry's version enters a new period of this length: one scan of Tombstone per period.
+PURGE_EVERY_MS = 10 * 60 * 1000
 
 # Inserts use `LOAD FROM $arrow CREATE`, never `COPY`: in kuzu 0.11.3 a COPY into a table that the
 # same transaction also writes with CREATE/SET crashed the process or misplaced values at checkpoint
@@ -157,6 +190,8 @@ class _Memory:
     # Ids of the nodes that got an edge since this module's last checkpoint; None until the first
     # one (after a restart anything may still be in memory).
     new_edge_ends: set[str] | None = None
+    # The stored TOMBSTONES_PURGED_KEY, as of the last commit; None until read.
+    purged: int | None = None
 
 
 _MEMORY: weakref.WeakKeyDictionary[kuzu.Database, _Memory] = weakref.WeakKeyDictionary()
@@ -186,22 +221,23 @@ class _Delta:
 
 @dataclass(slots=True)
 class _Upserts:
-    """The upserts of consecutive delete-free entries, coalesced with last-write-wins per key."""
+    """The upserts of consecutive delete-free entries, coalesced: per key the newest version wins
+    (entities, relations; a tie goes to the later entry), else the later entry."""
 
     documents: dict[str, WalDocument] = field(default_factory=dict)
-    entities: dict[str, WalEntity] = field(default_factory=dict)
+    entities: dict[str, tuple[int, WalEntity]] = field(default_factory=dict)
     chunks: dict[str, WalChunk] = field(default_factory=dict)
-    relations: dict[tuple[str, str, str], WalRelation] = field(default_factory=dict)
+    relations: dict[tuple[str, str, str], tuple[int, WalRelation]] = field(default_factory=dict)
     mentions: dict[tuple[str, str], None] = field(default_factory=dict)
     # A stub chunk takes the document id of the first mention that creates it.
     mention_docs: dict[str, str] = field(default_factory=dict)
     kv: dict[str, str | None] = field(default_factory=dict)
 
-    def add(self, e: WalEntry) -> None:
+    def add(self, e: WalEntry, version: int) -> None:
         _put_last(self.documents, ((d.id, d) for d in e.documents))
-        _put_last(self.entities, ((x.id, x) for x in e.entities))
+        _put_newest(self.entities, version, ((x.id, x) for x in e.entities))
         _put_last(self.chunks, ((c.id, c) for c in e.chunks))
-        _put_last(self.relations, (((r.source, r.type, r.target), r) for r in e.relations))
+        _put_newest(self.relations, version, (((r.source, r.type, r.target), r) for r in e.relations))
         for m in e.mentions:
             self.mentions[(m.chunk_id, m.entity_id)] = None
             self.mention_docs.setdefault(m.chunk_id, m.document_id)
@@ -212,6 +248,20 @@ def _put_last(d: dict[_K, _V], items: Iterable[tuple[_K, _V]]) -> None:
     for k, v in items:
         d.pop(k, None)
         d[k] = v
+
+
+def _put_newest(d: dict[_K, tuple[int, _V]], version: int, items: Iterable[tuple[_K, _V]]) -> None:
+    for k, v in items:
+        old = d.get(k)
+        if old is None or old[0] <= version:
+            d.pop(k, None)  # keep "last change last" so the order stays deterministic
+            d[k] = (version, v)
+
+
+def _version(seq: int, entry: WalEntry) -> int:
+    """An entry's version; one written before versions existed is ordered by its log position (it
+    then orders writes on one shard only, as before)."""
+    return entry.version or seq
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,7 +309,8 @@ def _groups(todo: list[_Item]) -> list[list[_Item]]:
 
 
 def _has_deletes(item: WalEntry | _Poison) -> bool:
-    return isinstance(item, WalEntry) and bool(item.delete_entities or item.delete_documents)
+    return isinstance(item, WalEntry) and bool(item.delete_entities or item.delete_documents
+                                               or item.delete_relations)
 
 
 def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: ApplyResult) -> bool:
@@ -271,6 +322,7 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     recent = mem.new_edge_ends
     if recent is not None:
         reached = set(entry.delete_entities)
+        reached.update(i for k in entry.delete_relations for i in (k.source, k.target))
         if entry.delete_documents:
             reached.update(_chunks_of(conn, id_rows(entry.delete_documents)))
         if recent.isdisjoint(reached):
@@ -289,8 +341,9 @@ def _apply_group(
 ) -> bool:
     """Apply a group in one transaction, or entry by entry if that fails; False if stopped early."""
     one = _Delta()
+    purged: list[int] = []
     try:
-        _in_tx(conn, lambda: _apply_items(conn, group, one, fps))
+        _in_tx(conn, lambda: purged.append(_apply_items(conn, group, one, fps)))
     except Exception as exc:  # noqa: BLE001 - rolled back; retried entry by entry if an entry's fault
         if not is_entry_fault(exc):
             # Not the entries' fault, and kuzu 0.11.3 may crash (SIGSEGV) when a database whose
@@ -298,6 +351,7 @@ def _apply_group(
             result.error = _error_text(group[0][0], exc)
             return False
         return _apply_one_by_one(conn, group, result, delta, fps)
+    _memory(conn).purged = purged[-1]  # committed
     _count(result, group)
     delta.merge(one)
     result.applied_seq = group[-1][0]
@@ -310,12 +364,14 @@ def _apply_one_by_one(
     """Each entry in its own transaction; stops (result.error) at a failure that is not the entry's."""
     for seq, item in group:
         one = _Delta()
+        purged: list[int] = []
         try:
-            _in_tx(conn, partial(_apply_items, conn, [(seq, item)], one, fps))
+            _in_tx(conn, lambda: purged.append(_apply_items(conn, [(seq, item)], one, fps)))  # noqa: B023 - run at once
         except Exception as exc:  # noqa: BLE001 - recorded if the entry's fault, else retried later
             if not _record_poison(conn, seq, exc, result, fps[seq]):
                 return False
         else:
+            _memory(conn).purged = purged[-1]  # committed
             _count(result, [(seq, item)])
             delta.merge(one)
         result.applied_seq = seq
@@ -408,21 +464,33 @@ def _decode(raw: bytes, dim: int) -> WalEntry:
 # One transaction's worth of entries
 
 
-def _apply_items(conn: kuzu.Connection, items: list[_Item], delta: _Delta, fps: dict[int, int]) -> None:
+def _apply_items(conn: kuzu.Connection, items: list[_Item], delta: _Delta, fps: dict[int, int]) -> int:
+    """Apply in the open transaction; returns the period whose tombstones are purged now."""
     seg = _Upserts()
+    known = _memory(conn).purged
+    purged = read_tombstones_purged(conn) if known is None else known
     for seq, item in items:
         if isinstance(item, _Poison):
             _record_failure(conn, seq, str(item), None)
             continue  # a poison entry changes nothing, so coalescing may continue across it
-        if item.delete_entities or item.delete_documents:
+        version = _version(seq, item)
+        period = version_wall_ms(version) // PURGE_EVERY_MS
+        if period > purged:  # at this entry on every replica, however the log is batched
             _apply_upserts(conn, seg, delta)
             seg = _Upserts()
-            _delete_entities(conn, item.delete_entities, delta)
+            _purge_tombstones(conn, period)
+            purged = period
+        if _has_deletes(item):
+            _apply_upserts(conn, seg, delta)
+            seg = _Upserts()
+            _delete_relations(conn, item.delete_relations, version)
+            _delete_entities(conn, item.delete_entities, version, delta)
             _delete_documents(conn, item.delete_documents, delta)
-        seg.add(item)
+        seg.add(item, version)
     _apply_upserts(conn, seg, delta)
     last = items[-1][0]
     _set_applied_seq(conn, last, fps[last])
+    return purged
 
 
 def _set_applied_seq(conn: kuzu.Connection, seq: int, fp: int) -> None:
@@ -441,25 +509,70 @@ def _record_failure(conn: kuzu.Connection, seq: int, error: str, fp: int | None)
 # Deletes
 
 
-def _delete_entities(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> None:
+def _delete_relations(conn: kuzu.Connection, keys: list[WalRelationKey], version: int) -> None:
+    if not keys:
+        return
+    named = {relation_version_key(k.source, k.type, k.target): (k.source, k.type, k.target) for k in keys}
+    _raise_tombstones(conn, list(named), version)
+    _drop_relations(conn, named, version, stored=False)
+
+
+def _drop_relations(
+    conn: kuzu.Connection, named: dict[str, tuple[str, str, str]], version: int, *, stored: bool
+) -> None:
+    """Delete the relations among `named` (version key -> (source, type, target)) older than
+    `version`, with their Version rows; `stored`: all of them are known to be stored."""
+    live = _stored(conn, VERSION, list(named))
+    # A stored relation has a Version row; without one, a key only names what is not there.
+    gone = [k for k in named if (stored or k in live) and live.get(k, 0) < version]
+    if not gone:
+        return
+    rels = [named[k] for k in gone]
+    rows = pa.table({"u_from": [r[0] for r in rels], "u_type": [r[1] for r in rels], "u_to": [r[2] for r in rels]},
+                    schema=_EDGE_KEY_SCHEMA)
+    run(conn, f"{_edge_match(RELATES)} WHERE r.type = u_type DELETE r", rows,
+        table_size(conn, ENTITY.name, RELATES.name))
+    _drop_versions(conn, gone)
+    _drop_orphan_stubs(conn, ENTITY, list(dict.fromkeys(i for r in rels for i in (r[0], r[2]))))
+
+
+def _delete_entities(conn: kuzu.Connection, ids: list[str], version: int, delta: _Delta) -> None:
+    """Delete entities as of `version`: each one's relations older than it (on every shard: the
+    delete counts as a delete of each), its mentions, and the entity itself unless a newer write
+    stored it. One still linked by a newer relation stays as a stub."""
     if not ids:
         return
-    t = id_rows(ids)
+    _raise_tombstones(conn, [entity_version_key(i) for i in ids], version)
     keys = table_size(conn, ENTITY.name)
-    found = run(conn, "MATCH (e:Entity {id: u_id}) RETURN e.id", t, keys)[0]
+    found = run(conn, "MATCH (e:Entity {id: u_id}) RETURN e.id", id_rows(ids), keys)[0]
     if not found:
         return
     t = id_rows(found)
-    near = run(conn, "MATCH (e:Entity {id: u_id})-[:RELATES]-(n:Entity) WHERE n.stub"
-                     " RETURN DISTINCT n.id", t, keys)[0]
+    out = run(conn, "MATCH (e:Entity {id: u_id})-[r:RELATES]->(n:Entity) RETURN e.id, r.type, n.id", t, keys)
+    inc = run(conn, "MATCH (e:Entity {id: u_id})<-[r:RELATES]-(n:Entity) RETURN n.id, r.type, e.id", t, keys)
+    edges = dict.fromkeys([*zip(*out), *zip(*inc)])
+    _drop_relations(conn, {relation_version_key(a, ty, b): (a, ty, b) for a, ty, b in edges}, version, stored=True)
+    # Mentions carry no version: an entity's delete removes them, as it always did.
     near_chunks = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
                             " WHERE c.stub RETURN DISTINCT c.id", t, keys)[0]
-    _delete_nodes(conn, ENTITY, t)
-    for i in found:
+    run(conn, "MATCH (c:Chunk)-[m:MENTIONS]->(e:Entity {id: u_id}) DELETE m", t, keys)
+    named = {entity_version_key(i): i for i in found}
+    live = _stored(conn, VERSION, list(named))
+    # Stubs have no Version row; a stored entity newer than the delete stays as it is.
+    older = [k for k in named if live.get(k, 0) < version]
+    _drop_versions(conn, [k for k in older if k in live])
+    dead = [named[k] for k in older]
+    for i in dead:
         delta.entities.pop(i, None)
         delta.entities[i] = None
-    gone = set(found)
-    _drop_orphan_stubs(conn, ENTITY, [i for i in near if i not in gone])
+    if not dead:
+        return
+    linked = set(run(conn, "MATCH (n:Entity {id: u_id}) WHERE EXISTS { MATCH (n)-[:RELATES]-() } RETURN n.id",
+                     id_rows(dead), keys)[0])
+    _make_stubs(conn, ENTITY, [named[k] for k in older if k in live and named[k] in linked])
+    unlinked = [i for i in dead if i not in linked]
+    if unlinked:
+        _delete_nodes(conn, ENTITY, id_rows(unlinked))
     _drop_orphan_stubs(conn, CHUNK, near_chunks)
 
 
@@ -521,14 +634,110 @@ def _drop_orphan_stubs(conn: kuzu.Connection, table: NodeTable, ids: list[str]) 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Versions and tombstones (last-writer-wins)
+
+
+_EDGE_KEY_SCHEMA = pa.schema([("u_from", pa.string()), ("u_type", pa.string()), ("u_to", pa.string())])
+
+
+def _stored(conn: kuzu.Connection, table: NodeTable, keys: list[str]) -> dict[str, int]:
+    """The version stored in `table` (VERSION or TOMBSTONE) for each of these keys that has one."""
+    if not keys:
+        return {}
+    maybe = [k for k, m in zip(keys, known_keys(conn)[table.name].maybe(keys)) if m]
+    if not maybe:
+        return {}
+    found = run(conn, f"MATCH (v:{table.name} {{key: u_id}}) RETURN v.key, v.version", id_rows(maybe),
+                table_size(conn, table.name))
+    return dict(zip(found[0], found[1]))
+
+
+def _write_versions(conn: kuzu.Connection, table: NodeTable, versions: dict[str, int], existing: Iterable[str]) -> None:
+    """Store `versions` (key -> version) in `table`: overwrite the keys among `existing`, insert the others."""
+    if not versions:
+        return
+    have = set(existing)
+    old = [k for k in versions if k in have]
+    if old:
+        rows = pa.table({"u_key": pa.array(old, pa.string()), "u_version": pa.array([versions[k] for k in old], pa.int64())})
+        run(conn, f"MATCH (v:{table.name} {{key: u_key}}) SET v.version = u_version", rows, table_size(conn, table.name))
+    new = [k for k in versions if k not in have]
+    if new:
+        _insert_nodes(conn, table, pa.table({"key": new, "version": [versions[k] for k in new]},
+                                            schema=_SCHEMAS[table.name]))
+
+
+def _drop_versions(conn: kuzu.Connection, keys: list[str]) -> None:
+    if keys:
+        run(conn, f"MATCH (v:{VERSION.name} {{key: u_id}}) DELETE v", id_rows(keys), table_size(conn, VERSION.name))
+
+
+def _raise_tombstones(conn: kuzu.Connection, keys: list[str], version: int) -> None:
+    """Record a delete at `version` of these keys (a tombstone keeps the newest delete)."""
+    stored = _stored(conn, TOMBSTONE, keys)
+    _write_versions(conn, TOMBSTONE, {k: version for k in keys if stored.get(k, 0) < version}, stored)
+
+
+def _purge_tombstones(conn: kuzu.Connection, period: int) -> None:
+    """Forget deletes older than the retention, as of the start of this period (entry versions)."""
+    cut = version_of((period * PURGE_EVERY_MS - TOMBSTONE_RETENTION_MS) * 1000)
+    conn.execute(f"MATCH (t:{TOMBSTONE.name}) WHERE t.version < $cut DELETE t", {"cut": cut})
+    conn.execute("MERGE (m:Meta {key: $k}) SET m.value = $v", {"k": TOMBSTONES_PURGED_KEY, "v": period})
+
+
+def _claim(conn: kuzu.Connection, versions: dict[str, int]) -> set[str]:
+    """Store each key's version (key -> version) unless the stored one is newer; the keys that won."""
+    if not versions:
+        return set()
+    keys = list(versions)
+    maybe = [k for k, m in zip(keys, known_keys(conn)[VERSION.name].maybe(keys)) if m]
+    present: set[str] = set()
+    won: set[str] = set()
+    if maybe:
+        # One statement compares and sets (the newer stays), and says which got the given version.
+        rows = pa.table({"u_key": pa.array(maybe, pa.string()),
+                         "u_version": pa.array([versions[k] for k in maybe], pa.int64())})
+        found = run(conn, f"MATCH (v:{VERSION.name} {{key: u_key}}) SET v.version = CASE WHEN v.version > u_version"
+                          " THEN v.version ELSE u_version END RETURN v.key, v.version = u_version",
+                    rows, table_size(conn, VERSION.name))
+        present = set(found[0])
+        won = {k for k, ok in zip(found[0], found[1]) if ok}
+    new = [k for k in keys if k not in present]
+    if new:
+        _insert_nodes(conn, VERSION, pa.table({"key": new, "version": [versions[k] for k in new]},
+                                              schema=_SCHEMAS[VERSION.name]))
+        won.update(new)
+    return won
+
+
+def _newest(
+    conn: kuzu.Connection, seg: _Upserts
+) -> tuple[list[WalEntity], dict[tuple[str, str, str], WalRelation]]:
+    """The entity and relation upserts of a segment that win: not older than the stored write of the
+    key, nor than its newest delete (for a relation, nor than either end's: an entity's delete
+    deletes its relations). Their versions are stored; one lookup and one write for both kinds."""
+    ekeys = [entity_version_key(i) for i in seg.entities]
+    rkeys = [relation_version_key(s, ty, t) for s, ty, t in seg.relations]
+    ends = dict.fromkeys(entity_version_key(i) for s, _, t in seg.relations for i in (s, t))
+    dead = _stored(conn, TOMBSTONE, list(dict.fromkeys([*ekeys, *rkeys, *ends])))
+    todo = {k: v for k, (v, _) in zip(ekeys, seg.entities.values()) if v >= dead.get(k, 0)}
+    for k, ((s, _, t), (v, _)) in zip(rkeys, seg.relations.items()):
+        if not dead or v >= max(dead.get(k, 0), dead.get(entity_version_key(s), 0), dead.get(entity_version_key(t), 0)):
+            todo[k] = v
+    won = _claim(conn, todo)
+    return ([e for k, (_, e) in zip(ekeys, seg.entities.values()) if k in won],
+            {rk: r for k, (rk, (_, r)) in zip(rkeys, seg.relations.items()) if k in won})
+
+
+# ---------------------------------------------------------------------------------------------------
 # Upserts
 
 
 def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
     if seg.documents:
         _upsert_nodes(conn, DOCUMENT, _node_rows(DOCUMENT, list(seg.documents.values())))
-    if seg.entities:
-        ents = list(seg.entities.values())
+    ents, relations = _newest(conn, seg) if seg.entities or seg.relations else ([], {})
+    if ents:
         _upsert_nodes(conn, ENTITY, _node_rows(ENTITY, ents))
         for e in ents:
             delta.entities.pop(e.id, None)
@@ -539,12 +748,13 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         for c in chunks:
             delta.chunks.pop(c.id, None)
             delta.chunks[c.id] = (c.embedding, c.text)
-    if seg.relations or seg.mentions:
-        ends = dict.fromkeys(i for s, _, t in seg.relations for i in (s, t))
+    if relations or seg.mentions:
+        ends = dict.fromkeys(i for s, _, t in relations for i in (s, t))
         ends.update(dict.fromkeys(e for _, e in seg.mentions))
-        _ensure_stubs(conn, ENTITY, [i for i in ends if i not in seg.entities])
-    if seg.relations:
-        _upsert_edges(conn, RELATES, list(seg.relations), _relation_rows(list(seg.relations.values())))
+        stored = {e.id for e in ents}
+        _ensure_stubs(conn, ENTITY, [i for i in ends if i not in stored])
+    if relations:
+        _upsert_edges(conn, RELATES, list(relations), _relation_rows(list(relations.values())))
     if seg.mentions:
         absent = {c: d for c, d in seg.mention_docs.items() if c not in seg.chunks}
         _ensure_stubs(conn, CHUNK, list(absent), absent)
@@ -573,24 +783,37 @@ def _ensure_stubs(
     query = f"MATCH (n:{table.name} {{{table.key}: u_id}}) RETURN n.{table.key}"
     present = set(run(conn, query, id_rows(maybe), table_size(conn, table.name))[0]) if maybe else set()
     missing = [i for i in ids if i not in present]
-    if not missing:
-        return
+    if missing:
+        _insert_nodes(conn, table, _stub_rows(table, missing, owners))
+
+
+def _stub_rows(table: NodeTable, ids: list[str], owners: dict[str, str] | None) -> pa.Table:
     # Empty values, not NULL: in kuzu 0.11.3 NULLs in a column that also has deleted rows get other
     # rows' values after an update and a checkpoint (found by fuzzing; without NULLs it holds).
-    n = len(missing)
+    n = len(ids)
     cols: dict[str, Any] = {}
     for c in table.columns:
         if c.name == table.key:
-            cols[c.name] = missing
+            cols[c.name] = ids
         elif c.name == STUB:
             cols[c.name] = pa.repeat(True, n)
         elif c.name == table.owner:
             if owners is None:
                 raise ValueError(f"stubs of {table.name} need their {c.name}")
-            cols[c.name] = [owners[i] for i in missing]
+            cols[c.name] = [owners[i] for i in ids]
         else:
             cols[c.name] = [c.empty] * n
-    _insert_nodes(conn, table, pa.table(cols, schema=_SCHEMAS[table.name]))
+    return pa.table(cols, schema=_SCHEMAS[table.name])
+
+
+def _make_stubs(conn: kuzu.Connection, table: NodeTable, ids: list[str]) -> None:
+    """Turn these (existing, real) rows into stubs: content emptied, key kept. Entities only: a
+    chunk's stub keeps its document_id."""
+    if ids:
+        rows = _stub_rows(table, ids, None)
+        sets = ", ".join(f"n.{c} = u_{c}" for c in rows.column_names if c != table.key)
+        run(conn, f"MATCH (n:{table.name} {{{table.key}: u_{table.key}}}) SET {sets}", _prefixed(rows),
+            table_size(conn, table.name))
 
 
 def _upsert_nodes(conn: kuzu.Connection, table: NodeTable, rows: pa.Table) -> None:

@@ -13,6 +13,14 @@ somewhere this replica cannot follow when
 Any of these and the replica stops serving and applying (state `diverged`): its content and the
 log no longer describe the same history, and reading or applying on would silently lose or mix up
 acknowledged writes. A replica that applied nothing yet simply adopts the stream it finds.
+
+Entries *purged* on purpose are not a lost log (torua.retention): the purge removes a shard's
+entries below a floor recorded in KV beforehand, never the entry at or above the position any known
+replica or kept snapshot stands at. The checks above still hold after a purge — the stream keeps
+its identity and its last sequence, and an entry purged from under `applied_seq` is simply not
+compared (`entry` None), while one still there must match. A replica whose position is below the
+floor (`behind_purge`) lacks entries it needs: it restores a snapshot (shard/replica.py) rather
+than diverging, and never skips them.
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from torua.retention import log_id_of
 from torua.subjects import WAL_STREAM, wal_subject
 from torua_node.shard.wal import fingerprint
 from torua_node.storage.schema import LogPosition
 
-__all__ = ["LogView", "log_id_of", "log_problem"]
+__all__ = ["LogView", "log_id_of", "log_problem", "behind_purge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +43,6 @@ class LogView:
     log_id: int  # creation time, microseconds since the epoch
     first_seq: int
     last_seq: int
-
-
-def log_id_of(created: dt.datetime) -> int:
-    """A stream's identity from its creation time (JetStream gives nanoseconds; nats-py keeps
-    microseconds, which is the precision stored)."""
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)
-    delta = created - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _when(log_id: int) -> str:
@@ -67,3 +67,9 @@ def log_problem(shard: int, pos: LogPosition, view: LogView, entry: tuple[str, b
                     f" shard {shard} entry this replica applied there: the log lost entries and reused"
                     " their sequence numbers")
     return None
+
+
+def behind_purge(applied_seq: int, purged_below: int) -> bool:
+    """Whether a replica at `applied_seq` needs entries the purge removed: the shard's entries below
+    `purged_below` are gone, and it still needs every one after `applied_seq`."""
+    return purged_below > applied_seq + 1

@@ -37,6 +37,7 @@ __all__ = [
     "ShardMentions",
     "ShardChunks",
     "ShardQuery",
+    "ShardPage",
     "HitsReply",
     "TextStatsReply",
     "MentionsReply",
@@ -57,6 +58,8 @@ __all__ = [
     "MENTIONS",
     "CHUNKS",
     "QUERY",
+    "PAGED_HEADER",
+    "page_subject",
 ]
 
 Direction = Literal["out", "in", "both"]
@@ -74,6 +77,7 @@ class ShardRequest(Request):
 
 class ShardGet(ShardRequest, kw_only=True):
     id: str
+    embedding: bool = False
 
 
 class ShardEntities(ShardRequest, kw_only=True):
@@ -121,6 +125,9 @@ class ShardChunks(ShardRequest, kw_only=True):
 class ShardQuery(ShardRequest, kw_only=True):
     query: str
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Lowers the replica's TORUA_QUERY_TIMEOUT for this query (the router sends what is left of the
+    # request's time); never raises it.
+    timeout_ms: Annotated[int, Meta(ge=1)] | None = None
 
 
 # --- replies --------------------------------------------------------------------------------------
@@ -146,6 +153,14 @@ class MentionsReply(Reply):
 class ChunksReply(Reply):
     chunks: list[ChunkOut]
     applied_seq: int
+
+
+class ShardPage(Request, kw_only=True):
+    """One more part of a reply too large for one message, from the replica that holds it: see
+    PAGED_HEADER."""
+
+    cursor: Annotated[str, Meta(min_length=1, max_length=64)]
+    part: Annotated[int, Meta(ge=1)]
 
 
 class QueryRowsReply(Reply):
@@ -200,3 +215,15 @@ TEXT = Op("text", ShardText, HitsReply, "BM25 top-k with global statistics")
 MENTIONS = Op("mentions", ShardMentions, MentionsReply, "Chunks mentioning entities")
 CHUNKS = Op("chunks", ShardChunks, ChunksReply, "Chunks by ids")
 QUERY = Op("query", ShardQuery, QueryRowsReply, "A planned read-only query")
+
+
+# A reply larger than one NATS message is sent in parts: the first answers the request, with this
+# header set to "<cursor> <node> <parts>"; parts 1 .. parts-1 are asked of the replica that holds
+# them, `page_subject(shard, node)`, with ShardPage; the concatenated bytes are the reply's JSON.
+PAGED_HEADER = "Torua-Paged"
+PAGE_OP = "page"
+
+
+def page_subject(shard: int, node: str) -> str:
+    """`torua.shard.<n>.page.<node>`: parts of large replies, on the one replica that holds them."""
+    return f"torua.shard.{shard}.{PAGE_OP}.{node}"

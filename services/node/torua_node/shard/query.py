@@ -1,8 +1,11 @@
-"""The shard side of `torua.graph.query`: a planned query run on one replica's Kuzu thread.
+"""The shard side of `torua.graph.query`: a planned query run on a connection of its own (in the
+shard's query worker process, `shard/worker.py`, or the router's temporary database).
 
 Read-only twice over: the statement passes the guard again (behind the planner's check on the
-router) and runs in a read-only transaction. Kuzu's errors become BadRequest (the user's query) or
-Unavailable (the shard is unwell); values become JSON-able Python, deterministically.
+router) and runs in a read-only transaction. Kuzu's errors become BadRequest (the user's query),
+QueryTimeout (interrupted at its time limit), ResourceLimit (out of memory: the query's fault, since
+the database it runs on serves only queries) or Unavailable (the shard is unwell); values become
+JSON-able Python, deterministically.
 """
 
 from __future__ import annotations
@@ -16,25 +19,45 @@ from typing import Any
 
 import kuzu
 
-from torua.errors import BadRequest, ToruaError, Unavailable
-from torua_node.cypher.guard import check_read_only
+from torua.errors import BadRequest, QueryTimeout, ResourceLimit, ToruaError, Unavailable
+from torua_node.cypher.guard import check_read_only, check_value_sizes
 from torua_node.cypher.merge import ShardRows
-from torua_node.storage.store import TRANSIENT_ERRORS
+from torua_node.storage.store import OUT_OF_MEMORY, TRANSIENT_ERRORS
 
 __all__ = ["execute_on_shard", "to_json_value"]
 
 _MAX_ERROR_LEN = 1000
 
 
-def execute_on_shard(conn: kuzu.Connection, query: str, params: dict[str, Any]) -> ShardRows:
+# Kuzu's errors that mean the query ran out of memory (buffer pool, or an allocation refused by the
+# worker's address-space limit).
+_MEMORY_ERRORS = (OUT_OF_MEMORY, "std::bad_alloc", "Mmap for size")
+
+
+def execute_on_shard(
+    conn: kuzu.Connection,
+    query: str,
+    params: dict[str, Any],
+    *,
+    max_rows: int | None = None,
+    max_value: int | None = None,
+    timeout_s: float | None = None,
+) -> ShardRows:
     """Run a planned query on one shard replica, in a read-only transaction (a second guard behind
-    the planner's check). Kuzu's errors become BadRequest (the user's query) or Unavailable."""
+    the planner's check). Over `max_rows` rows, or building a value over `max_value`: ResourceLimit.
+    Kuzu's errors become BadRequest, QueryTimeout, ResourceLimit or Unavailable (see above)."""
     toks = check_read_only(query, params)
+    if max_value is not None:
+        check_value_sizes(toks, params, max_value)
     used = {t.text[1:] for t in toks if t.kind == "param"}
-    return _read_only(conn, lambda: _to_rows(conn.execute(query, {k: v for k, v in params.items() if k in used})))
+    return _read_only(
+        conn,
+        lambda: _to_rows(conn.execute(query, {k: v for k, v in params.items() if k in used}), max_rows),
+        timeout_s,
+    )
 
 
-def _read_only(conn: kuzu.Connection, fn: Callable[[], ShardRows]) -> ShardRows:
+def _read_only(conn: kuzu.Connection, fn: Callable[[], ShardRows], timeout_s: float | None = None) -> ShardRows:
     conn.execute("BEGIN TRANSACTION READ ONLY")
     try:
         out = fn()
@@ -42,7 +65,10 @@ def _read_only(conn: kuzu.Connection, fn: Callable[[], ShardRows]) -> ShardRows:
         return out
     except RuntimeError as exc:
         _rollback(conn)
-        raise _kuzu_error(exc) from None
+        raise _kuzu_error(exc, timeout_s) from None
+    except MemoryError:
+        _rollback(conn)
+        raise ResourceLimit("the query ran out of memory (TORUA_QUERY_MEMORY_MB)", setting="TORUA_QUERY_MEMORY_MB") from None
     except BaseException:
         _rollback(conn)
         raise
@@ -55,20 +81,31 @@ def _rollback(conn: kuzu.Connection) -> None:
         pass  # Kuzu already ended the transaction when the statement failed
 
 
-def _kuzu_error(exc: RuntimeError) -> ToruaError:
+def _kuzu_error(exc: RuntimeError, timeout_s: float | None = None) -> ToruaError:
     text = str(exc)[:_MAX_ERROR_LEN]
+    if text.startswith("Interrupted"):
+        limit = f" (limit {timeout_s:g}s)" if timeout_s is not None else ""
+        return QueryTimeout(f"the query ran past its time limit{limit} and was cancelled", timeout_s=timeout_s)
+    if any(m in text for m in _MEMORY_ERRORS):
+        return ResourceLimit(
+            "the query needs more memory than a query may use (TORUA_QUERY_MEMORY_MB, and the query buffer pool "
+            f"TORUA_QUERY_BUFFER_POOL_MB): {text}", setting="TORUA_QUERY_MEMORY_MB")
     if text.startswith(TRANSIENT_ERRORS):  # the shard is unwell, not the query
         return Unavailable(f"the shard could not run the query: {text}")
     return BadRequest(f"query failed: {text}")
 
 
-def _to_rows(result: kuzu.QueryResult | list[kuzu.QueryResult]) -> ShardRows:
+def _to_rows(result: kuzu.QueryResult | list[kuzu.QueryResult], max_rows: int | None = None) -> ShardRows:
     if isinstance(result, list):  # several statements: refused before, never expected here
         raise BadRequest("multiple statements are not allowed")
     types = [str(t) for t in result.get_column_data_types()]
     for t in types:
         if "INTERNAL_ID" in t or t.startswith(("REL", "RECURSIVE_REL")):
             raise BadRequest(f"values of type {t} cannot be returned: they are shard-local")
+    if max_rows is not None and result.get_num_tuples() > max_rows:
+        raise ResourceLimit(
+            f"the query gives {result.get_num_tuples()} rows on one shard; the limit is {max_rows} "
+            "(TORUA_QUERY_MAX_ROWS): add LIMIT or aggregate", limit=max_rows, setting="TORUA_QUERY_MAX_ROWS")
     rows = [[to_json_value(v) for v in row] for row in result.get_all()]
     return ShardRows(columns=list(result.get_column_names()), types=types, rows=rows)
 

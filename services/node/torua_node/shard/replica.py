@@ -8,6 +8,12 @@ consuming and every LOG_CHECK_S: a log that is not the one it applied stops it (
 
 Apply stops and retries on anything but a verdict on an entry (`apply.is_entry_fault`): memory,
 I/O and storage errors never skip an entry.
+
+Log retention (snapshot.py, torua.retention): every `SnapshotPolicy.every` applied entries the
+replica snapshots its shard into the object store; a replica with no database restores the latest
+snapshot of its shard and replays only the tail. The log below the oldest snapshot kept may be
+purged: a replica that finds entries it still needs purged (its position below the purge floor in
+KV) restores a snapshot instead (`BehindLog`), never skips them.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import os
+import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -24,14 +34,24 @@ from nats.js.errors import NotFoundError
 
 from torua.endpoints import ServiceHandle
 from torua.errors import Unavailable
+from torua.retention import read_floor
 from torua.subjects import WAL_STREAM, shard_applied, wal_subject
 from torua.tasks import end_task
-from torua.wire import DigestCheck, ReplicaStatus
+from torua.wire import DigestCheck, ReplicaStatus, SnapshotTaken
+from torua_node.settings import QueryLimits, SnapshotPolicy
 from torua_node.shard.api import start_shard_service
 from torua_node.shard.apply import apply_batch
-from torua_node.shard.logcheck import LogView, log_id_of, log_problem
+from torua_node.shard.logcheck import LogView, behind_purge, log_id_of, log_problem
 from torua_node.shard.readindex import LogEnd
+from torua_node.shard.snapshot import (
+    SnapshotCorrupt,
+    Snapshots,
+    checkpoint_and_copy,
+    meta_for,
+    restore_candidates,
+)
 from torua_node.shard.wal import fingerprint
+from torua_node.shard.worker import ShardQueries, copy_database
 from torua_node.storage.digest import content_digest
 from torua_node.storage.schema import (
     LogPosition,
@@ -44,11 +64,15 @@ from torua_node.storage.store import Conn, ShardStore
 from torua_node.storage.textindex import TextIndex, load_text_indexes
 from torua_node.storage.vectors import VectorIndex, load_indexes
 
-__all__ = ["ShardReplica", "LogDiverged"]
+__all__ = ["ShardReplica", "LogDiverged", "BehindLog", "RestoreNeeded", "SnapshotMissing"]
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 512
+# Bytes one fetch should bring at most. nats-py's fetch takes no max_bytes, so the next fetch's
+# count is bounded by the last batch's entry sizes instead (a catching-up replica would otherwise
+# pull FETCH_BATCH bulk entries, up to the max payload each, at once).
+FETCH_MAX_BYTES = 64 * 1024 * 1024
 # How long a read carrying a write token waits for this replica to apply that far.
 READ_WAIT_S = 2.0
 # Pause before the log consumer restarts after a failure, doubling while it fails at the same place.
@@ -65,7 +89,8 @@ STOP_TIMEOUT_S = 5.0
 
 
 class ShardReplica:
-    def __init__(self, shard: int, store: ShardStore, nc: NATS, node_id: str, dim: int) -> None:
+    def __init__(self, shard: int, store: ShardStore, nc: NATS, node_id: str, dim: int,
+                 limits: QueryLimits | None = None, snapshots: SnapshotPolicy | None = None) -> None:
         self.shard = shard
         self.store = store
         self.nc = nc
@@ -101,6 +126,19 @@ class ShardReplica:
         self._unheld.set()
         self._digest_lock = asyncio.Lock()
         self._last_digest: tuple[int, str] | None = None
+        # graph.query runs in a worker process on a copy of the database, never on the apply thread.
+        self.queries = ShardQueries(shard, store.path, self._snapshot, limits or QueryLimits())
+        # Snapshots (snapshot.py): when to take them, entries applied since the newest known one.
+        self.snapshot_policy = snapshots or SnapshotPolicy()
+        self._snapshots = Snapshots(nc)
+        self._snapshot_lock = asyncio.Lock()
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._since_snapshot = 0
+        self._snapshot_base = 0  # position of the newest snapshot of the shard this replica knows of
+        self.restored_from: int | None = None  # the snapshot position this database was restored from
+        # Called (with the shard) when the log was purged past this replica's position: its owner
+        # discards the database and opens the replica again, which restores a snapshot.
+        self.on_behind: Callable[[int], None] | None = None
 
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(
@@ -109,8 +147,14 @@ class ShardReplica:
         )
 
     async def start(self) -> None:
+        self.queries.start()
+        if not self.store.path.exists():
+            await self._restore_snapshot()
         await self.store.open(lambda conn: init_schema(conn, self.dim))
         self.applied_seq, self.log_id, self.applied_fp = await self.store.call(read_log_position)
+        self._snapshot_base = self.restored_from or 0
+        if self.applied_seq and await self._purged_past_start():
+            raise RestoreNeeded(f"shard {self.shard}: the log was purged past this replica's position {self.applied_seq}")
         self.entity_index, self.chunk_index = await self.store.call(load_indexes, self.dim)
         self.entity_text, self.chunk_text = await self.store.call(load_text_indexes)
         self.state = "recovering"
@@ -128,6 +172,9 @@ class ShardReplica:
             await end_task(self._task, STOP_TIMEOUT_S)
         if self._service is not None:  # after the task, which may have started it while ending
             await self._stop_service(self._service)
+        if self._snapshot_task is not None:
+            await end_task(self._snapshot_task, STOP_TIMEOUT_S)
+        await self.queries.close()
         await self.log_end.close()
         await self.store.close()
 
@@ -181,6 +228,10 @@ class ShardReplica:
     def _check_serving(self) -> None:
         if self.state == "diverged":
             raise Unavailable(f"shard {self.shard} replica on {self.node_id} stopped serving: {self.error}")
+
+    async def _snapshot(self, dest: Path) -> int:
+        """Copy the database for the query worker, on the replica's thread between two applies."""
+        return await self.store.call(_copy_database_at, self.store.path, dest)
 
     # --- digests compared at one log position (node/audit.py) ---------------------------------
 
@@ -245,6 +296,9 @@ class ShardReplica:
                 raise
             except LogDiverged as exc:
                 await self._diverge(str(exc))
+            except BehindLog as exc:
+                if await self._behind(str(exc)):
+                    return
             except Exception as exc:  # noqa: BLE001 - consumer lost (NATS restart, gap): resume from Kuzu's position
                 self._reopen_needed = self._reopen_needed or not self.store.is_open
                 failures = failures + 1 if self.applied_seq == failed_at else 1
@@ -289,10 +343,15 @@ class ShardReplica:
                         raise RuntimeError("gap in consumer sequence")
                     last_consumer_seq = meta.sequence.consumer
                     batch.append((meta.sequence.stream, m.data))
+                if batch and batch[0][0] > self.applied_seq + 1 and await self._purged_past(self.applied_seq):
+                    # Entries between applied_seq and this batch may be gone: restore, never skip them.
+                    raise BehindLog(f"shard {self.shard}: the log was purged past this replica's position "
+                                    f"{self.applied_seq}; restoring a snapshot")
                 if batch:
                     await self._apply_held(batch)
                     self.lag = msgs[-1].metadata.num_pending
-                    self._batch_limit = min(FETCH_BATCH, self._batch_limit * 2)
+                    fitting = FETCH_MAX_BYTES * len(batch) // max(sum(len(d) for _, d in batch), 1)
+                    self._batch_limit = max(1, min(FETCH_BATCH, self._batch_limit * 2, fitting))
         finally:
             self._next_log_check = 0.0  # a new consumer checks the log first
             await self._drop_consumer(sub, config.name)
@@ -344,6 +403,8 @@ class ShardReplica:
             self.applied_seq = result.applied_seq
             self._applied.notify_all()
         await self.nc.publish(shard_applied(self.shard), str(self.applied_seq).encode())
+        self._since_snapshot += len(batch)
+        self._maybe_snapshot()
         log.debug("shard %d applied %d entries in %.1f ms", self.shard, len(batch), (time.perf_counter() - started) * 1e3)
         if result.error is not None:
             # Transient (memory, disk): the rest of the batch was not applied; re-read it from the log
@@ -355,6 +416,136 @@ class ShardReplica:
             self.reopens += 1
             log.warning("shard %d: %s", self.shard, self.error, extra={"shard": self.shard})
             raise RuntimeError(f"apply stopped early: {result.error}")
+
+    # --- snapshots and the purged log (snapshot.py, torua.retention) -------------------------
+
+    async def _stream_log_id(self) -> int:
+        info = await self.nc.jetstream().stream_info(WAL_STREAM)
+        if info.created is None:
+            raise RuntimeError(f"stream {WAL_STREAM} info has no creation time")
+        return log_id_of(info.created)
+
+    async def _restore_snapshot(self) -> None:
+        """A replica without a database: download the newest usable snapshot of the shard into
+        place (then only the log's tail is replayed). Without one, replay from the start, which is
+        only possible while nothing of the shard's log was purged (SnapshotMissing otherwise)."""
+        try:
+            log_id = await self._stream_log_id()
+            floor = await read_floor(self.nc, self.shard, log_id)
+            metas = restore_candidates(await self._snapshots.list(self.shard), self.shard, log_id)
+        except Exception as exc:  # noqa: BLE001 - NATS away or no stream yet: replay; the consumer checks the floor
+            log.warning("shard %d: could not look for a snapshot (%s: %s); replaying the log", self.shard,
+                        type(exc).__name__, exc, extra={"shard": self.shard})
+            return
+        path = self.store.path
+        tmp = path.with_name(path.name + ".restore")
+        tmp.unlink(missing_ok=True)  # a download a crash interrupted
+        for meta in metas:
+            if behind_purge(meta.seq, floor):
+                break  # this and every older one lack entries the log no longer has
+            started = time.perf_counter()
+            try:
+                await self._snapshots.download(meta, tmp)
+            except Exception as exc:  # noqa: BLE001 - damaged, pruned meanwhile, or NATS trouble: the next one
+                level = logging.ERROR if isinstance(exc, SnapshotCorrupt) else logging.WARNING
+                log.log(level, "shard %d: snapshot %s unusable (%s: %s); trying an older one", self.shard, meta.name,
+                        type(exc).__name__, exc, extra={"shard": self.shard})
+                continue
+            for stale in (path.with_name(path.name + ".wal"), path.with_name(path.name + ".shadow")):
+                stale.unlink(missing_ok=True)
+            os.replace(tmp, path)
+            self.restored_from = meta.seq
+            log.info("shard %d restored from snapshot at log position %d (%d bytes) in %.2fs", self.shard, meta.seq,
+                     meta.size, time.perf_counter() - started, extra={"shard": self.shard})
+            return
+        if floor > 1:
+            raise SnapshotMissing(f"shard {self.shard}: the log is purged below {floor} and no usable snapshot "
+                                  "holds what was purged (see docs/operations.md, \"Log retention\")")
+
+    async def _purged_past_start(self) -> bool:
+        """At start, with a database on disk: was the log purged past it? Unknown (NATS away) is no:
+        the consumer checks again before applying anything that skips sequences."""
+        try:
+            log_id = await self._stream_log_id()
+            if self.log_id is not None and self.log_id != log_id:
+                return False  # another log altogether: logcheck's business (diverged), not a purge
+            return behind_purge(self.applied_seq, await read_floor(self.nc, self.shard, log_id))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("shard %d: could not read the purge floor (%s)", self.shard, type(exc).__name__,
+                        extra={"shard": self.shard})
+            return False
+
+    async def _purged_past(self, applied_seq: int) -> bool:
+        if self.log_id is None:
+            return False  # nothing applied and no log adopted yet: checked after _verify_log adopts one
+        return behind_purge(applied_seq, await read_floor(self.nc, self.shard, self.log_id))
+
+    async def _behind(self, why: str) -> bool:
+        """Stop serving and hand the replica to its owner to restore; returns whether it was handed."""
+        log.warning("%s", why, extra={"shard": self.shard})
+        service, self._service = self._service, None
+        if service is not None:
+            await self._stop_service(service)
+        if self.on_behind is None:
+            await self._diverge(why)  # no owner to restore it (a bare replica): stop, loudly
+            return False
+        self.state, self.error = "recovering", why
+        self.on_behind(self.shard)
+        return True
+
+    def _maybe_snapshot(self) -> None:
+        every = self.snapshot_policy.every
+        if not every or self._since_snapshot < every or self.state not in ("active", "recovering"):
+            return
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = asyncio.create_task(self._auto_snapshot(), name=f"snapshot-{self.shard}")
+
+    async def _auto_snapshot(self) -> None:
+        try:
+            # Another replica of the shard may have taken one meanwhile: then count from it.
+            newest = max((m.seq for m in await self._snapshots.list(self.shard)), default=0)
+            if newest > self._snapshot_base:
+                self._snapshot_base, self._since_snapshot = newest, 0
+                return
+            await self.snapshot()
+        except Exception as exc:  # noqa: BLE001 - retried later; the log is kept until a snapshot exists
+            self._since_snapshot = self.snapshot_policy.every // 2  # not again at the very next batch
+            log.warning("shard %d: snapshot failed (%s: %s)", self.shard, type(exc).__name__, exc,
+                        extra={"shard": self.shard})
+
+    async def snapshot(self) -> SnapshotTaken:
+        """Snapshot the shard at this replica's position into the object store (unless one at or
+        past it exists), prune old ones, and say which."""
+        async with self._snapshot_lock:
+            if self.state not in ("active", "recovering") or not self.store.is_open:
+                raise Unavailable(f"shard {self.shard} replica on {self.node_id} is {self.state}; retry")
+            if self.applied_seq == 0 or self.log_id is None:
+                raise Unavailable(f"shard {self.shard} replica on {self.node_id} has applied nothing yet")
+            existing = [m for m in await self._snapshots.list(self.shard)
+                        if m.log_id == self.log_id and m.seq >= self.applied_seq]
+            if existing:
+                meta = max(existing, key=lambda m: m.seq)
+                return SnapshotTaken(shard=self.shard, seq=meta.seq, bytes=meta.size, node=self.node_id)
+            dest = self.store.path.parent / "snapshot"
+            shutil.rmtree(dest, ignore_errors=True)
+            try:
+                started = time.perf_counter()
+                pos = await self.store.call(checkpoint_and_copy, self.store.path, dest)
+                copied = time.perf_counter()
+                wal = dest / (self.store.path.name + ".wal")
+                if wal.exists() and wal.stat().st_size:
+                    raise RuntimeError(f"shard {self.shard}: the WAL is not empty after CHECKPOINT")
+                file = dest / self.store.path.name
+                meta = await asyncio.to_thread(meta_for, self.shard, pos, file)
+                await self._snapshots.upload(file, meta)
+                self._snapshot_base, self._since_snapshot = max(self._snapshot_base, meta.seq), 0
+                await self._snapshots.prune(self.shard, self.snapshot_policy.keep)
+                log.info("shard %d snapshot at %d: %d bytes, copied in %.0f ms, stored in %.0f ms", self.shard,
+                         meta.seq, meta.size, (copied - started) * 1e3, (time.perf_counter() - copied) * 1e3,
+                         extra={"shard": self.shard})
+                return SnapshotTaken(shard=self.shard, seq=meta.seq, bytes=meta.size, node=self.node_id)
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
 
     # --- the log's identity (logcheck.py) ----------------------------------------------------
 
@@ -424,6 +615,27 @@ class LogDiverged(Exception):
     """The log is not the one this replica applied (logcheck.log_problem says why)."""
 
 
+class BehindLog(Exception):
+    """The log was purged past this replica's position (logcheck.behind_purge): it restores a snapshot."""
+
+
+class RestoreNeeded(Exception):
+    """Raised by start(): the database on disk is behind the purged log; discard it and start again
+    (the new replica restores a snapshot)."""
+
+
+class SnapshotMissing(Exception):
+    """The shard's log was purged and no usable snapshot holds what was purged."""
+
+
 def _seq_and_digest(conn: Conn) -> tuple[int, str]:
     # One call on the shard thread: the position and the content are read at the same point.
     return read_applied_seq(conn), content_digest(conn)
+
+
+def _copy_database_at(conn: Conn, src: Path, dest: Path) -> int:
+    # On the shard thread: no transaction is writing, so the file and its WAL are consistent, and
+    # the position read here is the copy's.
+    seq = read_applied_seq(conn)
+    copy_database(src, dest)
+    return seq

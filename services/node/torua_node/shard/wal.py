@@ -17,6 +17,7 @@ __all__ = [
     "WalRelation",
     "WalMention",
     "WalKV",
+    "WalRelationKey",
     "WalEntry",
     "encode_entry",
     "decode_entry",
@@ -70,13 +71,25 @@ class WalKV(msgspec.Struct, array_like=True, gc=False):
     value: str | None  # None deletes
 
 
+class WalRelationKey(msgspec.Struct, array_like=True, gc=False):
+    """What names one relation: both ends and its type."""
+
+    source: str
+    target: str
+    type: str
+
+
 class WalEntry(msgspec.Struct, kw_only=True):
     """What one request does to one shard. Applied in this order: deletes, then upserts."""
 
     request_id: str
     ts: float  # writer's clock, stored as-is: apply never reads the clock
+    # The write's version (torua.hlc), the same in every shard's entry of one request: copies apply
+    # last-writer-wins by it. 0 (entries written before versions existed): the entry's log position.
+    version: int = 0
     delete_entities: list[str] = []
     delete_documents: list[str] = []
+    delete_relations: list[WalRelationKey] = []
     documents: list[WalDocument] = []
     entities: list[WalEntity] = []
     chunks: list[WalChunk] = []

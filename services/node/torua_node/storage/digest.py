@@ -3,6 +3,9 @@
 Every table is dumped in a canonical order (sorted in Python, never relying on the engine's
 collation), each row msgpack-encoded with floats as their exact IEEE bytes (embeddings are stored as
 float32 bytes already), and fed to SHA-256.
+
+v2 (schema 3): the Version and Tombstone tables are dumped too: they decide what later writes do, so
+replicas that differ there differ in content.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ _enc = msgspec.msgpack.Encoder()
 
 
 def content_digest(conn: kuzu.Connection) -> str:
-    h = hashlib.sha256(b"torua-shard-digest-v1")
+    h = hashlib.sha256(b"torua-shard-digest-v2")
     for name, rows in _dump(conn):
         h.update(_enc.encode(["table", name, len(rows)]))
         for row in rows:

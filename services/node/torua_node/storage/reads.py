@@ -20,11 +20,10 @@ _ENTITY_COLS = "e.id, e.name, e.type, e.description, e.properties"
 _EDGE_COLS = "a.id, r.type, b.id, r.weight, r.properties, r.chunks"
 
 
-def get_entity(conn: kuzu.Connection, id: str) -> EntityOut | None:
-    rows = all_rows(
-        conn, f"MATCH (e:Entity {{id: $id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}, e.embedding", {"id": id}
-    )
-    return _entity(rows[0][:5], rows[0][5]) if rows else None
+def get_entity(conn: kuzu.Connection, id: str, embedding: bool = False) -> EntityOut | None:
+    extra = ", e.embedding" if embedding else ""
+    rows = all_rows(conn, f"MATCH (e:Entity {{id: $id}}) WHERE NOT e.stub RETURN {_ENTITY_COLS}{extra}", {"id": id})
+    return _entity(rows[0][:5], rows[0][5] if embedding else None) if rows else None
 
 
 def entities_by_ids(conn: kuzu.Connection, ids: list[str], *, embeddings: bool = False) -> list[EntityOut]:

@@ -11,6 +11,11 @@ checkpoint write the updated row's old vector into the inserted rows (silent cor
 both COPY and CREATE). BLOB and STRING columns are not affected, and a BLOB is bit-exact (Kuzu's
 float compression turns -0.0 and NaN into 0.0 at checkpoint). The dimension is kept in Meta.
 
+Version and Tombstone hold, per entity and relation, the version of the stored write and of the
+newest delete (last-writer-wins, apply.py). A database of schema version 2 has neither and cannot get
+them right after the fact (which versions its rows were written by is gone): it is refused, and the
+replica rebuilt from the log.
+
 RELATES.chunks (the ids of the chunks stating a relation) is a JSON array in a STRING, not STRING[]:
 every checkpoint rewrites a node group's whole adjacency data, and with a STRING[] column of
 distinct values that costs ~35x more (100k edges in batches of 5k: 171 s against 5 s).
@@ -38,6 +43,8 @@ __all__ = [
     "LOG_KEYS",
     "DIM_KEY",
     "SCHEMA_VERSION",
+    "TOMBSTONES_PURGED_KEY",
+    "read_tombstones_purged",
 ]
 
 APPLIED_SEQ_KEY = "applied_seq"
@@ -49,11 +56,14 @@ LOG_ID_KEY = "log_id"
 # Where the replica is in which log: bookkeeping, not content (the digest leaves them out).
 LOG_KEYS = (APPLIED_FP_KEY, LOG_ID_KEY)
 DIM_KEY = "dim"
+# The last period (of apply.PURGE_EVERY_MS, counted by entry versions) whose old tombstones were purged.
+TOMBSTONES_PURGED_KEY = "tombstones_purged"
 SCHEMA_KEY = "schema_version"
 # Raised whenever a table changes. A database of another version is refused at open, and the
 # replica is then rebuilt by replaying the write-ahead log (which holds no storage layout).
 # 2: RELATES.chunks became a JSON STRING (was STRING[]).
-SCHEMA_VERSION = 2
+# 3: the Version and Tombstone tables (last-writer-wins by write version, apply.py).
+SCHEMA_VERSION = 3
 
 
 def init_schema(conn: kuzu.Connection, dim: int) -> None:
@@ -75,6 +85,10 @@ def init_schema(conn: kuzu.Connection, dim: int) -> None:
 
 def read_dim(conn: kuzu.Connection) -> int | None:
     return _meta(conn, DIM_KEY)
+
+
+def read_tombstones_purged(conn: kuzu.Connection) -> int:
+    return _meta(conn, TOMBSTONES_PURGED_KEY) or 0
 
 
 def read_applied_seq(conn: kuzu.Connection) -> int:

@@ -27,11 +27,15 @@ __all__ = [
     "KV",
     "META",
     "FAILURE",
+    "VERSION",
+    "TOMBSTONE",
     "TABLES",
     "NODE_TABLES",
     "REL_TABLES",
     "STUB",
     "ddl",
+    "entity_version_key",
+    "relation_version_key",
 ]
 
 KuzuType = Literal["STRING", "BLOB", "BOOLEAN", "INT64", "DOUBLE"]
@@ -160,11 +164,28 @@ KV = NodeTable("KV", "key", (_s("key"), _s("value")), internal=True)
 META = NodeTable("Meta", "key", (_s("key"), Column("value", "INT64")), internal=True, replica_local=True)
 FAILURE = NodeTable("Failure", "seq", (Column("seq", "INT64"), _s("error")), internal=True,
                     replica_local=True)
+# Last-writer-wins bookkeeping (shard/apply.py, docs/consistency.md "Convergence"), keyed by
+# `entity_version_key` / `relation_version_key`: VERSION holds the version of each stored entity and
+# relation (the write whose content is stored), TOMBSTONE the newest delete of each deleted one.
+# Content, not replica-local: the same on every replica, so in the digest. Kept apart from the live
+# tables, so those and every read path stay as they were; internal, so graph.query cannot name them.
+VERSION = NodeTable("Version", "key", (_s("key"), Column("version", "INT64")), internal=True)
+TOMBSTONE = NodeTable("Tombstone", "key", (_s("key"), Column("version", "INT64")), internal=True)
 
 # In creation order (a rel table after its ends); digests dump them in this order too.
-TABLES: tuple[Table, ...] = (ENTITY, DOCUMENT, CHUNK, RELATES, MENTIONS, KV, META, FAILURE)
+TABLES: tuple[Table, ...] = (ENTITY, DOCUMENT, CHUNK, RELATES, MENTIONS, KV, META, FAILURE, VERSION, TOMBSTONE)
 NODE_TABLES: tuple[NodeTable, ...] = tuple(t for t in TABLES if isinstance(t, NodeTable))
 REL_TABLES: tuple[RelTable, ...] = tuple(t for t in TABLES if isinstance(t, RelTable))
+
+
+def entity_version_key(entity_id: str) -> str:
+    """The key of an entity in VERSION and TOMBSTONE."""
+    return "e" + entity_id
+
+
+def relation_version_key(source: str, type_: str, target: str) -> str:
+    """The key of a relation in VERSION and TOMBSTONE (lengths make it unambiguous)."""
+    return f"r{len(source)}:{source}{len(type_)}:{type_}{target}"
 
 
 def ddl() -> list[str]:

@@ -1,0 +1,142 @@
+"""Helpers shared by the benches that drive a local cluster (bench.ingest, bench.consistency, bench.query).
+
+- `timed` / `p50_p95_ms`: sequential request latencies and their percentiles;
+- `echo_round_trips`: the floor of any read, a bare nats-py request-reply, to a subscriber in this
+  process or in another one (`python -m bench._cluster echo URL` is that other process);
+- `cluster_ingest`, `AppliedWatch`, `all_applied`: write batches with some requests in flight, then
+  wait until every replica applied them (strong reads would otherwise wait for it while timed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from torua import Client
+from torua.model import Tokens
+
+__all__ = ["timed", "p50_p95_ms", "echo_round_trips", "cluster_ingest", "AppliedWatch", "all_applied"]
+
+ECHO_SUBJECT = "bench.echo"
+
+
+def p50_p95_ms(samples: list[float]) -> tuple[float, float]:
+    """Median and 95th percentile of durations in seconds, in milliseconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
+
+
+async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> list[float]:
+    """Seconds taken by each of `n` sequential calls `call(0)`, ..., `call(n - 1)`."""
+    out = []
+    for i in range(n):
+        started = time.perf_counter()
+        await call(i)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def echo_round_trips(url: str, n: int, *, payload: bytes = b"{}", other_process: bool = False) -> list[float]:
+    """`n` sequential nats-py request-replies to an echo subscriber, in this process or another."""
+    nc = await nats.connect(url)
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        if other_process:
+            child = subprocess.Popen([sys.executable, "-m", "bench._cluster", "echo", url], stdout=subprocess.PIPE)
+            assert child.stdout is not None
+            # The child prints a line once its subscription has reached the server.
+            await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline)
+            sub = None
+        else:
+
+            async def echo(msg: Msg) -> None:
+                await msg.respond(msg.data)
+
+            sub = await nc.subscribe(ECHO_SUBJECT, cb=echo)
+        samples = await timed(n, lambda _: nc.request(ECHO_SUBJECT, payload, timeout=5))
+        if sub is not None:
+            await sub.unsubscribe()
+        return samples
+    finally:
+        await nc.close()
+        if child is not None:
+            child.terminate()
+            child.wait(10)
+
+
+async def _serve_echo(url: str) -> None:
+    nc = await nats.connect(url)
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe(ECHO_SUBJECT, cb=echo)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()  # until terminated
+
+
+async def cluster_ingest(client: Client, work: list[dict[str, Any]], concurrency: int) -> tuple[float, Tokens]:
+    """Upsert every batch of `work` (keyword arguments of Client.upsert), `concurrency` in flight;
+    returns the seconds until all were acknowledged and the highest token per shard."""
+    tokens: Tokens = {}
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for w in work:
+        queue.put_nowait(w)
+
+    async def worker() -> None:
+        while not queue.empty():
+            reply = await client.upsert(**queue.get_nowait())
+            for k, v in reply.tokens.items():
+                tokens[k] = max(tokens.get(k, 0), v)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - t0, tokens
+
+
+async def all_applied(client: Client, tokens: Tokens) -> bool:
+    for node in (await client.cluster_nodes()).nodes:
+        for r in (await client.node_info(node.id)).replicas:
+            if r["applied_seq"] < tokens.get(str(r["shard"]), 0):
+                return False
+    return True
+
+
+class AppliedWatch:
+    """Follows the replicas' `torua.shard.<n>.applied` notices. Polling node info instead would run
+    count queries on every shard thread many times a second, slowing the apply being measured."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.changed = asyncio.Event()
+
+    async def start(self, client: Client) -> None:
+        await client.nc.subscribe("torua.shard.*.applied", cb=self._on_notice)
+
+    async def _on_notice(self, msg: Msg) -> None:
+        shard = msg.subject.split(".")[2]
+        self.seen[shard] = max(self.seen.get(shard, 0), int(msg.data))
+        self.changed.set()
+
+    async def wait(self, client: Client, tokens: Tokens) -> None:
+        while any(self.seen.get(s, 0) < seq for s, seq in tokens.items()):
+            self.changed.clear()
+            await self.changed.wait()
+        # With replicas > 1 a notice speaks for one replica: confirm that every replica is there.
+        while not await all_applied(client, tokens):
+            await asyncio.sleep(0.1)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["echo"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m bench._cluster echo NATS_URL")
+    asyncio.run(_serve_echo(sys.argv[2]))
