@@ -63,6 +63,20 @@ class ReplicaManager:
         self._restoring.add(task)
         task.add_done_callback(self._restoring.discard)
 
+    async def _start_empty(self, shard: int, nc: NATS, dim: int, old: ShardReplica, what: str) -> bool:
+        """Remove a stopped replica's files and start its shard again from nothing (a snapshot, then
+        the log); False if even that fails (the replica is left `failed`, saying why)."""
+        old.store.remove_files()
+        replica = self._replica(shard, nc, dim)
+        self.replicas[shard] = replica
+        try:
+            await replica.start()
+        except Exception as exc:
+            log.exception("shard %d: %s failed on an empty database", shard, what)
+            replica.state, replica.error = "failed", f"{what} failed: {type(exc).__name__}: {exc}"
+            return False
+        return True
+
     async def _open(self, shard: int, nc: NATS, dim: int) -> None:
         replica = self._replica(shard, nc, dim)
         self.replicas[shard] = replica
@@ -73,31 +87,17 @@ class ReplicaManager:
             # The log no longer holds what this database lacks: start again from a snapshot.
             log.warning("%s; discarding it and restoring a snapshot", exc)
             await replica.stop()
-            replica.store.remove_files()
-            replica = self._replica(shard, nc, dim)
-            self.replicas[shard] = replica
-            try:
-                await replica.start()
-            except Exception as exc2:
-                log.exception("shard %d failed to restore", shard)
-                replica.state, replica.error = "failed", f"restore failed: {type(exc2).__name__}: {exc2}"
+            if not await self._start_empty(shard, nc, dim, replica, "restore"):
                 return
         except Exception:
             # Kuzu 0.11.3 can fail to recover its own WAL after a SIGKILL ("duplicated primary key").
             # Everything it held is in the write-ahead log, so start over and replay.
             log.exception("shard %d failed to open; rebuilding it from the write-ahead log", shard)
             await replica.store.close()
-            replica.store.remove_files()
-            replica = self._replica(shard, nc, dim)
-            self.replicas[shard] = replica
-            try:
-                await replica.start()
-            except Exception as exc:
-                log.exception("shard %d failed to open an empty database", shard)
-                replica.state, replica.error = "failed", f"open failed: {type(exc).__name__}: {exc}"
+            if not await self._start_empty(shard, nc, dim, replica, "open"):
                 return
         # start() read the position from the database and has not applied anything yet.
-        self.opened_at[shard] = replica.applied_seq
+        self.opened_at[shard] = self.replicas[shard].applied_seq
         log.info("shard %d replica open at applied_seq %d", shard, replica.applied_seq)
 
     async def _drop(self, shard: int) -> None:
