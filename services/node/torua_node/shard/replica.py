@@ -147,7 +147,8 @@ class ShardReplica:
         )
 
     async def start(self) -> None:
-        self.queries.start()
+        # The query worker (and the node's warm spare) start with the first graph.query, not here: a
+        # node that is never asked Cypher runs no extra processes.
         if not self.store.path.exists():
             await self._restore_snapshot()
         await self.store.open(lambda conn: init_schema(conn, self.dim))
