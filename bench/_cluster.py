@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -22,10 +26,31 @@ from nats.aio.msg import Msg
 
 from torua import Client
 from torua.model import Tokens
+from torua.up import LocalCluster, UpOptions
 
 __all__ = ["timed", "p50_p95_ms", "echo_round_trips", "cluster_ingest", "AppliedWatch", "all_applied"]
 
 ECHO_SUBJECT = "bench.echo"
+
+
+@contextlib.contextmanager
+def local_cluster(args: argparse.Namespace, dim: int, prefix: str, stop_timeout: float = 15.0) -> Iterator[LocalCluster]:
+    """A local cluster of `args.nodes` nodes and `args.shards` shards at R=`args.replicas`, embedding
+    width `dim`, in a temporary directory; stopped on leaving."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=-1, data_dir=Path(tmp),
+                         extra_env={"TORUA_EMBEDDING_DIM": str(dim)})
+        cluster = LocalCluster(opts)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop(timeout=stop_timeout)
+
+
+def ready_state(args: argparse.Namespace) -> str:
+    """The state a cluster of `args` reaches: green, or yellow when there are fewer nodes than replicas."""
+    return "green" if args.nodes >= args.replicas else "yellow"
 
 
 def p50_p95_ms(samples: list[float]) -> tuple[float, float]:

@@ -32,10 +32,9 @@ import kuzu
 import numpy as np
 import pyarrow as pa
 
-from bench._cluster import AppliedWatch, cluster_ingest, p50_p95_ms
+from bench._cluster import AppliedWatch, cluster_ingest, local_cluster, p50_p95_ms, ready_state
 from bench.query import _REL_TYPES, Data, graph_batches, make_data
 from torua import Client
-from torua.up import LocalCluster, UpOptions
 
 SEED = 11
 WHOLE = {
@@ -91,32 +90,25 @@ def kuzu_side(d: Data, cases: list[tuple[str, str, list[dict[str, Any]]]]) -> di
 async def cluster_side(d: Data, cases: list[tuple[str, str, list[dict[str, Any]]]],
                        args: argparse.Namespace) -> tuple[dict[str, tuple[list[float], list[Any]]], float]:
     out: dict[str, tuple[list[float], list[Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="torua-bench-cypher-") as tmp:
-        opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=-1, data_dir=Path(tmp),
-                         extra_env={"TORUA_EMBEDDING_DIM": str(d.vecs.shape[1])})
-        cluster = LocalCluster(opts)
-        cluster.start()
-        try:
-            async with await Client.connect(cluster.url, request_timeout=300) as client:
-                await client.wait_for_state("green" if args.nodes >= args.replicas else "yellow", 90)
-                watch = AppliedWatch()
-                await watch.start(client)
-                t0 = time.perf_counter()
-                _, tokens = await cluster_ingest(client, graph_batches(d, 1000, 5000), 4)
-                await watch.wait(client, tokens)
-                load_s = time.perf_counter() - t0
-                for name, cypher, params in cases:
-                    await client.query(cypher, params[0], timeout_ms=120_000)  # warm up
-                    samples, rows = [], []
-                    for p in params:
-                        t = time.perf_counter()
-                        reply = await client.query(cypher, p, timeout_ms=120_000)
-                        samples.append(time.perf_counter() - t)
-                        assert not reply.partial, name
-                        rows.append(canon(reply.rows))
-                    out[name] = (samples, rows)
-        finally:
-            cluster.stop(timeout=20)
+    with local_cluster(args, d.vecs.shape[1], "torua-bench-cypher-", stop_timeout=20) as cluster:
+        async with await Client.connect(cluster.url, request_timeout=300) as client:
+            await client.wait_for_state(ready_state(args), 90)
+            watch = AppliedWatch()
+            await watch.start(client)
+            t0 = time.perf_counter()
+            _, tokens = await cluster_ingest(client, graph_batches(d, 1000, 5000), 4)
+            await watch.wait(client, tokens)
+            load_s = time.perf_counter() - t0
+            for name, cypher, params in cases:
+                await client.query(cypher, params[0], timeout_ms=120_000)  # warm up
+                samples, rows = [], []
+                for p in params:
+                    t = time.perf_counter()
+                    reply = await client.query(cypher, p, timeout_ms=120_000)
+                    samples.append(time.perf_counter() - t)
+                    assert not reply.partial, name
+                    rows.append(canon(reply.rows))
+                out[name] = (samples, rows)
     return out, load_s
 
 

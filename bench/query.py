@@ -68,10 +68,17 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from bench._cluster import AppliedWatch, cluster_ingest, echo_round_trips, p50_p95_ms, timed
+from bench._cluster import (
+    AppliedWatch,
+    cluster_ingest,
+    echo_round_trips,
+    local_cluster,
+    p50_p95_ms,
+    ready_state,
+    timed,
+)
 from torua import Client
 from torua.model import Chunk, Document, Entity, NeighborsReply, Relation
-from torua.up import LocalCluster, UpOptions
 
 if _BLAS_THREADS is None:
     del os.environ["OPENBLAS_NUM_THREADS"]
@@ -339,36 +346,29 @@ async def _throughput(url: str, clients: int, per_client: int, call: Callable[[C
 async def cluster_figures(d: Data, asks: Asks, ref: References, args: argparse.Namespace) -> ClusterFigures:
     out = ClusterFigures()
     n = args.requests
-    with tempfile.TemporaryDirectory(prefix="torua-bench-query-") as tmp:
-        opts = UpOptions(nodes=args.nodes, shards=args.shards, replicas=args.replicas, port=-1, data_dir=Path(tmp),
-                         extra_env={"TORUA_EMBEDDING_DIM": str(d.vecs.shape[1])})
-        cluster = LocalCluster(opts)
-        cluster.start()
-        try:
-            async with await Client.connect(cluster.url, request_timeout=120) as client:
-                info = await client.wait_for_state("green" if args.nodes >= args.replicas else "yellow", 90)
-                assert info.embedding_dim == d.vecs.shape[1], info.embedding_dim
-                watch = AppliedWatch()
-                await watch.start(client)
-                t0 = time.perf_counter()
-                acked_s, tokens = await cluster_ingest(client, graph_batches(d, args.entity_batch, args.relation_batch), 4)
-                await watch.wait(client, tokens)
-                out.load["graph acked s"], out.load["graph applied s"] = acked_s, time.perf_counter() - t0
-                t0 = time.perf_counter()
-                _, chunk_tokens = await cluster_ingest(client, chunk_batches(d), 4)
-                await watch.wait(client, chunk_tokens)
-                out.load["chunks applied s"] = time.perf_counter() - t0
-                await _cluster_latencies(client, d, asks, ref, n, args.direction, out)
-                # A payload the size of a graph.get request; the first replies warm the connection.
-                payload = msgspec.json.encode({"id": d.ids[0], "after": {}, "consistency": "strong"})
-                out.floor = (await echo_round_trips(cluster.url, n + WARM_UP, payload=payload, other_process=True))[WARM_UP:]
-                ids = d.ids
-                out.throughput["graph.get"] = await _throughput(
-                    cluster.url, args.clients, n, lambda c, i: c.get(ids[i % len(ids)]))
-                out.throughput["neighbors 1"] = await _throughput(
-                    cluster.url, args.clients, n, lambda c, i: c.neighbors([ids[(7 * i) % len(ids)]], hops=1, direction=args.direction))
-        finally:
-            cluster.stop()
+    with local_cluster(args, d.vecs.shape[1], "torua-bench-query-") as cluster:
+        async with await Client.connect(cluster.url, request_timeout=120) as client:
+            info = await client.wait_for_state(ready_state(args), 90)
+            assert info.embedding_dim == d.vecs.shape[1], info.embedding_dim
+            watch = AppliedWatch()
+            await watch.start(client)
+            t0 = time.perf_counter()
+            acked_s, tokens = await cluster_ingest(client, graph_batches(d, args.entity_batch, args.relation_batch), 4)
+            await watch.wait(client, tokens)
+            out.load["graph acked s"], out.load["graph applied s"] = acked_s, time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, chunk_tokens = await cluster_ingest(client, chunk_batches(d), 4)
+            await watch.wait(client, chunk_tokens)
+            out.load["chunks applied s"] = time.perf_counter() - t0
+            await _cluster_latencies(client, d, asks, ref, n, args.direction, out)
+            # A payload the size of a graph.get request; the first replies warm the connection.
+            payload = msgspec.json.encode({"id": d.ids[0], "after": {}, "consistency": "strong"})
+            out.floor = (await echo_round_trips(cluster.url, n + WARM_UP, payload=payload, other_process=True))[WARM_UP:]
+            ids = d.ids
+            out.throughput["graph.get"] = await _throughput(
+                cluster.url, args.clients, n, lambda c, i: c.get(ids[i % len(ids)]))
+            out.throughput["neighbors 1"] = await _throughput(
+                cluster.url, args.clients, n, lambda c, i: c.neighbors([ids[(7 * i) % len(ids)]], hops=1, direction=args.direction))
     return out
 
 
