@@ -10,7 +10,8 @@ loads it through `torua.graph.upsert`, waits until every replica applied it, the
 
 - whole-graph pattern counts: 2 and 3 hops (`(a)-[:RELATES]->(b)-[:RELATES]->(c)`, ...), `--runs`
   times each — every relation is gathered, hop by hop, from every shard;
-- anchored pattern counts: 2 and 3 hops from one entity (`{id: $id}`), `--requests` distinct ids;
+- anchored pattern counts: 2 and 3 hops from one entity (`{id: $id}`), `--requests` distinct ids,
+  and a pipeline from one entity (`MATCH ... WITH b, count(*) AS k OPTIONAL MATCH (b)-->(c) ...`);
 - shortest paths: `-[:RELATES* SHORTEST 1..4]-` between two random entities, `--requests` pairs.
 
 Prints p50 (p95) milliseconds of both sides and the ratio Torua / Kuzu, and checks every answer of
@@ -48,6 +49,9 @@ ANCHORED = {
                                "-[:RELATES]->(d:Entity) RETURN count(*)",
     "2-hop rows from one id": "MATCH (a:Entity {id: $id})-[r:RELATES]->(b:Entity)<-[s:RELATES]-(c:Entity)"
                               " RETURN b.name, c.name, r.type, s.type",
+    "WITH + OPTIONAL MATCH from one id": "MATCH (a:Entity {id: $id})-[:RELATES]->(b:Entity) WITH b, count(*) AS k"
+                                         " OPTIONAL MATCH (b)-[:RELATES]->(c:Entity) WHERE c.type = b.type"
+                                         " RETURN b.id, k, count(c)",
 }
 SHORTEST = ("shortest path (undirected, <= 4 hops)",
             "MATCH p = (a:Entity {id: $id})-[:RELATES* SHORTEST 1..4]-(b:Entity {id: $to}) RETURN length(p)")

@@ -16,7 +16,10 @@ Loads it through `torua.graph.upsert` (batches, 4 in flight; the load rate is pr
 acknowledged and when applied by every replica), then times `--requests` sequential requests of
 each kind from one client, each on a distinct id or vector, strong reads (the default):
 
-- `graph.get` by id; `graph.neighbors` 1, 2 and 3 hops (`--direction`, default `out`; no limit
+- `graph.get` by id, twice: through the Python client, which asks the owning shard directly
+  (docs/api.md, "Direct point reads"), and as a plain request to `torua.graph.get` (what `nats req`
+  sends), which a router answers (from its own replica of the shard where it hosts one);
+  `graph.neighbors` 1, 2 and 3 hops (`--direction`, default `out`; no limit
   reached, so the answer is the whole k-hop neighbourhood); `search.vector` top 10 over the
   entities; `rag.retrieve` k=5 of a question naming the two ends of a relation a passage states.
 
@@ -77,8 +80,8 @@ from bench._cluster import (
     ready_state,
     timed,
 )
-from torua import Client
-from torua.model import Chunk, Document, Entity, NeighborsReply, Relation
+from torua import Client, subjects
+from torua.model import Chunk, Document, Entity, GetReply, NeighborsReply, Relation
 
 if _BLAS_THREADS is None:
     del os.environ["OPENBLAS_NUM_THREADS"]
@@ -379,6 +382,17 @@ async def _cluster_latencies(
     out.latency["graph.get"] = samples
     ok = sum(r.entity.id == d.ids[asks.get[i]] and r.entity.name == d.names[asks.get[i]] for i, r in enumerate(replies))
     out.checks["graph.get returns the entity"] = f"{ok}/{n}"
+
+    async def via_router(i: int) -> GetReply:
+        # What `nats req torua.graph.get '{"id": ...}'` sends: the routers' queue group answers.
+        payload = msgspec.json.encode({"id": d.ids[asks.get[i]], "after": {}, "consistency": "strong"})
+        msg = await client.nc.request(subjects.GRAPH_GET, payload, timeout=30)
+        return msgspec.json.decode(msg.data, type=GetReply)
+
+    samples, routed = await _measure(n, via_router)
+    out.latency["graph.get router"] = samples
+    same = sum(a == b for a, b in zip(replies, routed))
+    out.checks["graph.get through a router (nats request) answers the same as the client's direct read"] = f"{same}/{n}"
     for k, starts in asks.hops.items():
 
         async def hood(id_: str, k: int) -> NeighborsReply:
@@ -433,6 +447,7 @@ def report(d: Data, ref: References, c: ClusterFigures, args: argparse.Namespace
     print("|---|---|---|---|---|---|---|")
     table: list[tuple[str, str, list[float] | None, str, list[float] | None]] = [
         ("`graph.get` by id", "graph.get", ref.kuzu_get, "Kuzu", None),
+        ("`graph.get` by id via a router (`nats req`)", "graph.get router", ref.kuzu_get, "Kuzu", None),
         *((f"`neighbors` {k} hop{'s' if k > 1 else ''}", f"neighbors {k}", ref.kuzu_hops[k], "Kuzu", ref.nx_hops[k]) for k in (1, 2, 3)),
         ("`search.vector` top-10", "search.vector", ref.numpy_top, "NumPy exact, 1 thread", None),
         ("`rag.retrieve` k=5", "rag.retrieve", None, "", None),
@@ -453,6 +468,7 @@ def report(d: Data, ref: References, c: ClusterFigures, args: argparse.Namespace
         cells.append(_ratio(t50, floor50))
         print("| " + " | ".join(cells) + " |")
     print(f"| bare nats-py request-reply, two processes | {_t(floor50)} ({_t(floor95)}) | | | | | x1.0 |")
+    print("\n(every row but the router's is the Python client's; its `graph.get` asks the owning shard directly)")
     print()
     for op, rate in c.throughput.items():
         seq = len(c.latency[op]) / sum(c.latency[op])

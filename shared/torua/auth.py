@@ -6,15 +6,19 @@ Three roles:
 
 - `service`: coordinators and nodes; everything (the WAL, JetStream's API, KV, heartbeats).
 - `client`: requests to the data API (`torua.graph.*`, `torua.search.*`, `torua.rag.*`,
-  `torua.kv.*`) and `torua.cluster.health|info`; replies come back on its `_INBOX.>`.
+  `torua.kv.*`), `torua.cluster.health|info`, and the shards' two point reads
+  (`torua.shard.*.get`, `torua.shard.*.kv_get`: the client's direct reads, docs/api.md); replies
+  come back on its `_INBOX.>`.
 - `admin`: the client's subjects, the cluster admin API (`torua.cluster.*`), the nodes' endpoints
   (`torua.node.<id>.<name>`) and service discovery (`$SRV.>`).
 
-Neither client nor admin may publish to the log (`torua.wal.>`), the shards (`torua.shard.>`),
-JetStream's API and acks (`$JS.>`), KV (`$KV.>`), the object store (`$O.>`), heartbeats or
-announcements; they subscribe only to `_INBOX.>`. Publish and subscribe are allow-lists, so
-anything not listed is refused too; the deny lists repeat the dangerous subjects explicitly (and
-take precedence over `torua.node.*.*`, which would otherwise match `torua.node.heartbeat.<id>`).
+Neither client nor admin may publish to the log (`torua.wal.>`), the shards' other subjects
+(any `torua.shard.<n>.<op>` but those two reads; replicas' applied positions), JetStream's API and
+acks (`$JS.>`), KV (`$KV.>`), the object store (`$O.>`), heartbeats or announcements; they subscribe
+only to `_INBOX.>` (never to `torua.shard.>`: no one but a replica may answer a shard's requests).
+Publish and subscribe are allow-lists, so anything not listed is refused too; the deny lists repeat
+the dangerous subjects explicitly (and take precedence over `torua.node.*.*`, which would otherwise
+match `torua.node.heartbeat.<id>`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from torua import subjects
 from torua.connect import NatsAuth
+from torua.shardwire import GET, KV_GET
 
 __all__ = [
     "ROLES",
@@ -58,6 +63,19 @@ SERVICE_ONLY = (
     subjects.ANNOUNCE,
 )
 
+# The shards' point reads, which the client sends straight to the owning shard (docs/api.md,
+# "Direct point reads"): read-only, and answered under the same rules as through a router.
+SHARD_POINT_READS = tuple(f"torua.shard.*.{op.name}" for op in (GET, KV_GET))  # as subjects.shard_endpoint
+
+# What clients and operators may not publish: everything only services may, except the point reads
+# (publish deny takes precedence over allow, so `torua.shard.>` itself cannot be denied). Every other
+# shard subject is refused by the allow-lists anyway; the dangerous ones are repeated here.
+CLIENT_PUBLISH_DENY = (
+    *(s for s in SERVICE_ONLY if s != "torua.shard.>"),
+    subjects.SHARD_APPLIED_ALL,  # torua.shard.*.applied: forged positions would mislead routers' caches
+    "torua.shard.*.*.>",  # the parts of large replies, on one replica's own subject
+)
+
 CLIENT_REQUESTS = (
     _family(subjects.GRAPH_UPSERT),
     _family(subjects.SEARCH_VECTOR),
@@ -65,6 +83,7 @@ CLIENT_REQUESTS = (
     _family(subjects.KV_PUT),
     subjects.CLUSTER_HEALTH,
     subjects.CLUSTER_INFO,
+    *SHARD_POINT_READS,
 )
 
 ADMIN_REQUESTS = (
@@ -100,11 +119,11 @@ PERMISSIONS: dict[str, Permissions] = {
     # JetStream's API, KV, heartbeats, micro endpoints' replies to any inbox.
     "service": Permissions(publish_allow=(">",), subscribe_allow=(">",)),
     "admin": Permissions(
-        publish_allow=ADMIN_REQUESTS, publish_deny=SERVICE_ONLY,
+        publish_allow=ADMIN_REQUESTS, publish_deny=CLIENT_PUBLISH_DENY,
         subscribe_allow=(INBOXES,), subscribe_deny=SERVICE_ONLY,
     ),
     "client": Permissions(
-        publish_allow=CLIENT_REQUESTS, publish_deny=SERVICE_ONLY,
+        publish_allow=CLIENT_REQUESTS, publish_deny=CLIENT_PUBLISH_DENY,
         subscribe_allow=(INBOXES,), subscribe_deny=SERVICE_ONLY,
     ),
 }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -18,7 +20,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from torua import subjects
 from torua.connect import NatsAuth, PermissionDenied, connect
 from torua.endpoints import error_of
-from torua.errors import Conflict, Unavailable, error_for_code
+from torua.errors import Conflict, NotFound, Unavailable, error_for_code
+from torua.hashing import shard_for
 from torua.model import (
     AnswerReply,
     Chunk,
@@ -27,6 +30,8 @@ from torua.model import (
     Document,
     Entity,
     GetReply,
+    GetRequest,
+    KVGetRequest,
     KVReply,
     NeighborsReply,
     QueryReply,
@@ -38,6 +43,7 @@ from torua.model import (
     UpsertReply,
 )
 from torua.settings import DEFAULT_NATS_URL
+from torua.shardwire import GET, KV_GET, PAGED_HEADER, Op, ShardGet, ShardKVGet, ShardRequest, kv_shard
 from torua.subjects import WAL_STREAM, wal_subject
 from torua.wire import (
     BroadcastReply,
@@ -48,13 +54,18 @@ from torua.wire import (
     NodeHealthReply,
     NodeInfoReply,
     NodesReply,
+    Reply,
     ShardMap,
     SnapshotReply,
 )
 
 __all__ = ["Client"]
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+Q = TypeVar("Q", bound=ShardRequest)
+R = TypeVar("R", bound=Reply)
 _encoder = msgspec.json.Encoder()
 
 
@@ -70,14 +81,80 @@ def _backoff(state: RetryCallState) -> float:
 # The server's default TORUA_QUERY_TIMEOUT (seconds): how long a query reply is awaited at least.
 QUERY_TIMEOUT_S = 30.0
 
+# Direct point reads (docs/api.md, "Direct point reads"): the shard count is re-read this often
+# (in the background: reads go on with the known one), and at most this often after a direct 404
+# (a 404 from a shard placed by a stale count would be wrong; checking every 404 would load the
+# coordinator). After a failed attempt to learn it, it is not asked again for PLACEMENT_RETRY_S.
+PLACEMENT_TTL_S = 30.0
+PLACEMENT_RECHECK_S = 1.0
+PLACEMENT_RETRY_S = 5.0
+PLACEMENT_TIMEOUT_S = 2.0
+
+
+class _ShardCount:
+    """How many shards the cluster has: fixed when it is created, so learned once from
+    `torua.cluster.info` (which the `client` role may ask, unlike `cluster.shards`), and re-read
+    now and then in case the cluster was created again with another count."""
+
+    def __init__(self, ask: Callable[[], Awaitable[ClusterInfo]]) -> None:
+        self._ask = ask
+        self.value: int | None = None
+        self._learned_at = -float("inf")
+        self._retry_at = -float("inf")
+        self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[int | None] | None = None
+
+    async def get(self) -> int | None:
+        """The count (None: unknown, read through the router); learned now if never known."""
+        age = time.monotonic() - self._learned_at
+        if self.value is None:
+            return await self.learn(PLACEMENT_TTL_S)
+        if age > PLACEMENT_TTL_S and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.ensure_future(self.learn(PLACEMENT_TTL_S))
+        return self.value
+
+    def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+
+    async def learn(self, max_age: float) -> int | None:
+        """Ask the cluster unless the count was learned within `max_age` seconds (or asking failed
+        within PLACEMENT_RETRY_S): concurrent callers share one question."""
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._learned_at <= max_age or now < self._retry_at:
+                return self.value
+            try:
+                info = await self._ask()
+            except Exception as exc:  # noqa: BLE001 - no coordinator, not permitted, an odd reply: the router places reads
+                log.debug("direct reads: cannot learn the shard count (%s); reading through the router", exc)
+                self._retry_at = time.monotonic() + PLACEMENT_RETRY_S
+                return self.value
+            if info.shards.total < 1:  # the cluster has no shard map yet
+                self._retry_at = time.monotonic() + PLACEMENT_RETRY_S
+                return self.value
+            if self.value not in (None, info.shards.total):
+                log.info("direct reads: the cluster now has %d shards (was %s)", info.shards.total, self.value)
+            self.value, self._learned_at = info.shards.total, time.monotonic()
+            return self.value
+
+
+class _NotDirect(Exception):
+    """The owning shard did not answer a direct read usably: ask the router instead."""
+
 
 class Client:
     """`async with await Client.connect(url) as c: info = await c.cluster_info()`."""
 
-    def __init__(self, nc: NATS, *, timeout: float = 10.0, retries: int = 3) -> None:
+    def __init__(
+        self, nc: NATS, *, timeout: float = 10.0, retries: int = 3, direct_reads: bool = True
+    ) -> None:
         self.nc = nc
         self.timeout = timeout
         self.retries = retries
+        # `get` and `kv_get` straight to the owning shard (docs/api.md, "Direct point reads").
+        self.direct_reads = direct_reads
+        self._shards = _ShardCount(self._placement_info)
 
     @classmethod
     async def connect(
@@ -88,13 +165,17 @@ class Client:
         request_timeout: float = 10.0,
         retries: int = 3,
         auth: NatsAuth | None = None,
+        direct_reads: bool = True,
     ) -> Client:
         """`auth`: NATS credentials and TLS, e.g. `NatsAuth(user="client", password=...)` or
-        `torua.settings.nats_auth_from_env()` (the TORUA_NATS_* variables); docs/security.md."""
+        `torua.settings.nats_auth_from_env()` (the TORUA_NATS_* variables); docs/security.md.
+        `direct_reads`: `get` and `kv_get` ask the owning shard without the router's hop, falling
+        back to the router whenever the shard cannot answer (docs/api.md, "Direct point reads")."""
         nc = await connect(url, name="torua-client", timeout=timeout, auth=auth)
-        return cls(nc, timeout=request_timeout, retries=retries)
+        return cls(nc, timeout=request_timeout, retries=retries, direct_reads=direct_reads)
 
     async def close(self) -> None:
+        self._shards.close()
         if not self.nc.is_closed:
             await self.nc.drain()
 
@@ -137,6 +218,72 @@ class Client:
 
     async def _typed(self, subject: str, reply_type: type[T], payload: Any = None) -> T:
         return msgspec.convert(await self.request(subject, payload), reply_type)
+
+    # --- direct point reads -------------------------------------------------------------------
+
+    async def _placement_info(self) -> ClusterInfo:
+        data = await self._request_once(subjects.CLUSTER_INFO, b"{}", min(self.timeout, PLACEMENT_TIMEOUT_S))
+        return msgspec.convert(data, ClusterInfo)
+
+    async def _direct(
+        self, op: Op[Q, R], place: Callable[[int], int], request: Callable[[int], Q]
+    ) -> tuple[int, R] | None:
+        """One point read from the owning shard's queue group, as the router would send it: the
+        shard and its reply, or None where the router must answer instead (direct reads off or
+        refused, shard count unknown, no replica answering or caught up, any error but a 404).
+        A 404 stands only once the shard count it was placed by is known to be current."""
+        if not self.direct_reads:
+            return None
+        num_shards = await self._shards.get()
+        if num_shards is None:
+            return None
+        try:
+            shard = place(num_shards)
+            return shard, await self._direct_once(op, shard, request(shard))
+        except NotFound:
+            now = await self._shards.learn(PLACEMENT_RECHECK_S)
+            if now is None or now == num_shards:
+                raise
+            shard = place(now)  # placed by a stale count: ask the shard that owns it now
+            try:
+                return shard, await self._direct_once(op, shard, request(shard))
+            except _NotDirect:
+                return None
+        except _NotDirect:
+            return None
+
+    async def _direct_once(self, op: Op[Q, R], shard: int, request: Q) -> R:
+        subject = subjects.shard_endpoint(shard, op.name)
+        try:
+            msg = await self.nc.request(subject, _encoder.encode(request), timeout=self.timeout)
+        except PermissionDenied:
+            # This user's role may not ask the shards (an older server configuration): not again.
+            log.info("direct reads: not permitted to request %s; reading through the router", subject)
+            self.direct_reads = False
+            raise _NotDirect from None
+        except (NoRespondersError, NatsTimeout):
+            raise _NotDirect from None  # no replica serving: the router waits and retries
+        error = error_of(msg.headers, msg.data)
+        if error is not None:
+            if error.code == NotFound.code:
+                raise NotFound(error.description)
+            raise _NotDirect  # 503 not caught up, a refused request, ...: the router's answer stands
+        if (msg.headers or {}).get(PAGED_HEADER) is not None:
+            raise _NotDirect  # larger than one message: the router fetches the parts
+        try:
+            return msgspec.json.decode(msg.data, type=op.reply)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise _NotDirect from None  # a replica of another version: the router speaks to it
+
+    @staticmethod
+    def _valid(payload: dict[str, Any], request_type: type[Any]) -> bool:
+        """The public request's own checks: a request the router would refuse (400) goes to the
+        router, so its error is the router's."""
+        try:
+            msgspec.convert(payload, request_type)
+        except msgspec.ValidationError:
+            return False
+        return True
 
     # --- cluster admin ------------------------------------------------------------------------
 
@@ -272,7 +419,19 @@ class Client:
     async def get(
         self, entity_id: str, *, embedding: bool = False, after: Tokens | None = None, consistency: Consistency = "strong"
     ) -> GetReply:
-        payload = {"id": entity_id, "embedding": embedding, "after": after or {}, "consistency": consistency}
+        """One entity by id: from its shard directly (unless `direct_reads` is off), or the router."""
+        tokens = after or {}
+        payload = {"id": entity_id, "embedding": embedding, "after": tokens, "consistency": consistency}
+        if self.direct_reads and self._valid(payload, GetRequest):
+            direct = await self._direct(
+                GET,
+                lambda n: shard_for(entity_id, n),
+                lambda s: ShardGet(
+                    id=entity_id, embedding=embedding, after=int(tokens.get(str(s), 0)), consistency=consistency
+                ),
+            )
+            if direct is not None:
+                return GetReply(entity=direct[1].entity, shard=direct[0])
         return await self._typed(subjects.GRAPH_GET, GetReply, payload)
 
     async def neighbors(
@@ -363,7 +522,18 @@ class Client:
         return await self._typed(subjects.KV_PUT, KVReply, payload)
 
     async def kv_get(self, key: str, *, after: Tokens | None = None, consistency: Consistency = "strong") -> str:
-        reply = await self._typed(subjects.KV_GET, KVReply, {"key": key, "after": after or {}, "consistency": consistency})
+        """A key's value: from its shard directly (unless `direct_reads` is off), or the router."""
+        tokens = after or {}
+        payload = {"key": key, "after": tokens, "consistency": consistency}
+        if self.direct_reads and self._valid(payload, KVGetRequest):
+            direct = await self._direct(
+                KV_GET,
+                lambda n: kv_shard(key, n),
+                lambda s: ShardKVGet(key=key, after=int(tokens.get(str(s), 0)), consistency=consistency),
+            )
+            if direct is not None:
+                return direct[1].value
+        reply = await self._typed(subjects.KV_GET, KVReply, payload)
         return reply.value or ""
 
     async def kv_delete(self, key: str, *, request_id: str | None = None) -> KVReply:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,43 @@ _SCRIPT = Path(sys.executable).with_name("torua")
 TORUA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "torua.cli"]
 
 
+def _group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process in process group `pgid` (Linux /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append((int(entry), Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return members
+
+
+def discard(cluster: LocalCluster) -> None:
+    """Teardown of a cluster whose data is thrown away: SIGKILL its processes, then stop NATS.
+
+    A graceful stop (LocalCluster.stop) costs 0.3-3 s per cluster and no teardown checks it
+    (test_restarts and test_membership test graceful stops). Each service leads its own process
+    group (start_new_session), so its query worker processes are killed with it; multiprocessing's
+    resource tracker is spared: it sees its parent gone and unlinks the pool's semaphores."""
+    procs = [p for p in (*cluster.nodes.values(), cluster.coordinator) if p is not None and p.poll() is None]
+    for p in procs:
+        for pid, cmdline in _group_members(p.pid):
+            if "multiprocessing.resource_tracker" in cmdline:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        p.wait()
+    if cluster.nats is not None:
+        cluster.nats.stop()
+
+
 @contextmanager
 def running_cluster(data_dir: Path, *, nodes: int, shards: int, replicas: int, **env: str) -> Iterator[LocalCluster]:
     """A whole local cluster (real nats-server, coordinator and node processes), stopped afterwards."""
@@ -29,7 +68,7 @@ def running_cluster(data_dir: Path, *, nodes: int, shards: int, replicas: int, *
     try:
         yield cluster
     finally:
-        cluster.stop(timeout=10)
+        discard(cluster)
 
 
 @pytest.fixture
@@ -47,7 +86,7 @@ def make_cluster(tmp_path: Path) -> Iterator:
 
     yield make
     for c in clusters:
-        c.stop(timeout=10)
+        discard(c)
 
 
 @pytest.fixture

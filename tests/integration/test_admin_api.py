@@ -1,19 +1,31 @@
-"""Every admin endpoint: shapes of DESIGN §4, micro discovery, and malformed input."""
+"""Every admin endpoint: shapes of DESIGN §4, micro discovery, and malformed input.
+
+One 3-node cluster for the module: every test here only reads, or sends requests that must be
+refused and change nothing (each checks the cluster still answers, or that nothing changed)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import wait_for
+from tests.integration.conftest import running_cluster
 from torua import subjects
 from torua.client import Client
 from torua.errors import BadRequest, NotFound
 from torua.up import LocalCluster
 
-from tests.conftest import wait_for
-
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The conftest's `cluster` shape (3 nodes, 8 shards, R=2), started once for this module."""
+    with running_cluster(tmp_path_factory.mktemp("admin"), nodes=3, shards=8, replicas=2) as c:
+        yield c
+
 
 CLUSTER = [
     subjects.CLUSTER_HEALTH,

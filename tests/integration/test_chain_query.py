@@ -1,5 +1,6 @@
-"""Multi-hop patterns through a real cluster (nats-server, coordinator, nodes with shard replicas and
-query workers): the answers equal one embedded Kuzu database holding the same data."""
+"""Multi-hop patterns and OPTIONAL MATCH / WITH pipelines through a real cluster (nats-server,
+coordinator, nodes with shard replicas and query workers): the answers equal one embedded Kuzu
+database holding the same data."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ QUERIES = [
     "MATCH (a:Entity)-[:RELATES*1..3]->(b:Entity) WHERE a.name < 'D' RETURN b.type, count(*) ORDER BY b.type",
     "MATCH p = (a:Entity {id: 'e1'})-[:RELATES* SHORTEST 1..5]-(b:Entity) RETURN b.id, length(p) ORDER BY b.id",
     "MATCH (a)-[]->(b) RETURN count(*)",
+    "MATCH (a:Entity) OPTIONAL MATCH (a)-[r:RELATES]->(b:Entity) WHERE r.weight > 1 RETURN a.id, count(b) ORDER BY a.id",
+    "MATCH (a:Entity)-[:RELATES]->(b) WITH a, count(*) AS k WHERE k > 1 OPTIONAL MATCH (a)<-[:MENTIONS]-(c)"
+    " RETURN a.id, k, count(c) ORDER BY a.id",
 ]
 
 

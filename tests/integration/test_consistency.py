@@ -1,15 +1,19 @@
 """Strong reads by default: a read reflects every write acknowledged before it was sent, from any
 connection, with no write tokens (DESIGN §3). Two clients on two connections: one writes, the other
-reads at once. R=2 across three nodes, so reads land on either replica of a shard."""
+reads at once. R=2 across three nodes, so reads land on either replica of a shard.
+
+One cluster for the module: each test writes keys and entities of its own (k*, p*/c*, ev) and
+connects two fresh clients."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import pytest
 
 from tests.conftest import wait_for
+from tests.integration.conftest import running_cluster
 from torua import Client
 from torua.model import Entity, Relation
 from torua.up import LocalCluster
@@ -19,10 +23,14 @@ pytestmark = pytest.mark.timeout(240)
 TRIES = 1000
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with running_cluster(tmp_path_factory.mktemp("consistency"), nodes=3, shards=4, replicas=2) as c:
+        yield c
+
+
 @pytest.fixture
-async def pair(make_cluster) -> AsyncIterator[tuple[Client, Client]]:
-    cluster: LocalCluster = make_cluster(nodes=3, shards=4, replicas=2)
-    cluster.start()
+async def pair(cluster: LocalCluster) -> AsyncIterator[tuple[Client, Client]]:
     writer = await Client.connect(cluster.url, request_timeout=10.0)
     reader = await Client.connect(cluster.url, request_timeout=10.0)
     await writer.wait_for_state("green", timeout=60)

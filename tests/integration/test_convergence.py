@@ -67,7 +67,7 @@ async def both_ends(client: Client, key: RelationKey) -> tuple[list[EdgeOut], li
             return None
         return [e for e in out.edges if e.target == key.target], [e for e in inc.edges if e.source == key.source]
 
-    return await wait_for(read, timeout=CATCH_UP_S, what=f"both ends of {key} to answer", interval=0.5)
+    return await wait_for(read, timeout=CATCH_UP_S, what=f"both ends of {key} to answer", interval=0.1)
 
 
 def view(edges: list[EdgeOut]) -> list[tuple[Any, ...]]:

@@ -1,8 +1,29 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tests.conftest import SCRATCH_DIR
 from torua_node.storage import statements
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """pytest's `tmp_path`, moved to /dev/shm when there (tests.conftest.SCRATCH_DIR): unit tests
+    build many small Kuzu databases whose checkpoint fsyncs cost more than the work on a busy disk.
+    Removed after the test; TORUA_TEST_TMPFS=0 keeps pytest's own (kept after failures)."""
+    if SCRATCH_DIR is None:
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="torua-unit-", dir=SCRATCH_DIR))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=["set-at-a-time", "row-by-row"])

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SCRATCH_DIR, examples
 from torua_node.shard import apply as apply_mod
 from torua_node.shard.apply import ApplyResult, apply_batch
 from torua_node.shard.wal import (
@@ -46,8 +47,13 @@ from torua_node.storage.schema import (
 from torua_node.storage.tables import CHUNK, DOCUMENT, ENTITY, STUB
 
 DIM = 4
-# Each example builds two databases; raise it for a deeper search: TORUA_FUZZ_EXAMPLES=500 pytest ...
-FUZZ_EXAMPLES = int(os.environ.get("TORUA_FUZZ_EXAMPLES", "30"))
+# Examples per run of the apply properties here and in test_convergence (each builds two databases):
+# 15 in `make test` (30 for the split property, which runs in both statement modes), 100 under
+# TORUA_HYPOTHESIS_PROFILE=long; TORUA_FUZZ_EXAMPLES=500 pytest ... sets both counts outright.
+_FUZZ = os.environ.get("TORUA_FUZZ_EXAMPLES")
+APPLY_EXAMPLES = int(_FUZZ or examples(default=15, long=100))
+# The base other modules scale their own counts from (test_graphview): 30 as before, 100 when long.
+FUZZ_EXAMPLES = int(_FUZZ or examples(default=30, long=100))
 
 
 # -- helpers (also used by test_reads / test_vectors) ------------------------------------------
@@ -67,7 +73,8 @@ def shard_db(path: Path, dim: int = DIM) -> Iterator[kuzu.Connection]:
 
 @contextmanager
 def temp_db(dim: int = DIM) -> Iterator[kuzu.Connection]:
-    with tempfile.TemporaryDirectory() as d, shard_db(Path(d) / "shard.kz", dim) as conn:
+    """A fresh database in a temporary directory (on /dev/shm when there: tests.conftest.SCRATCH_DIR)."""
+    with tempfile.TemporaryDirectory(dir=SCRATCH_DIR) as d, shard_db(Path(d) / "shard.kz", dim) as conn:
         yield conn
 
 
@@ -275,12 +282,14 @@ def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- properties --------------------------------------------------------------------------------------
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=APPLY_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=st.lists(s_entry(), min_size=1, max_size=12), cuts=st.lists(st.integers(0, 20), max_size=4),
        checkpoint=st.booleans())
 def test_any_batch_split_matches_the_model_and_one_by_one(
     no_fallback: None, statement_mode: str, entries: list[WalEntry | bytes], cuts: list[int], checkpoint: bool
 ) -> None:
+    """APPLY_EXAMPLES random logs per statement mode: 15 in `make test`, 100 under
+    TORUA_HYPOTHESIS_PROFILE=long (README, "Tests")."""
     log, decoded = decode_all(entries)
     expected = model_of(log, decoded).dump()
     with temp_db() as a, temp_db() as b:

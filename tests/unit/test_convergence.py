@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_apply import DIM, FUZZ_EXAMPLES, dump, ent, entry, q, rel, temp_db, vec, wal
+from tests.unit.test_apply import APPLY_EXAMPLES, DIM, dump, ent, entry, q, rel, temp_db, vec, wal
 from torua.embedding import HashEmbedder
 from torua.errors import BadRequest
 from torua.hashing import shard_for
@@ -92,12 +92,14 @@ def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(apply_mod, "_apply_one_by_one", boom)
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=APPLY_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(s_write(), min_size=1, max_size=10), seed=st.randoms(use_true_random=False),
        cuts=st.lists(st.integers(0, 12), max_size=3))
 def test_any_order_and_batching_of_the_same_writes_gives_the_same_digest(
     no_fallback: None, writes: list[dict[str, Any]], seed: random.Random, cuts: list[int]
 ) -> None:
+    """APPLY_EXAMPLES (test_apply) random sets of writes: 15 in `make test`, 100 under
+    TORUA_HYPOTHESIS_PROFILE=long (README, "Tests")."""
     versions = [v(n) for n in range(len(writes))]
     in_order = entries_of(writes, versions)
     shuffled = in_order[:]
@@ -109,11 +111,13 @@ def test_any_order_and_batching_of_the_same_writes_gives_the_same_digest(
         assert content_digest(a) == content_digest(b)
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=APPLY_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(s_write(), min_size=1, max_size=10), seed=st.randoms(use_true_random=False))
 def test_the_two_copies_of_every_relation_end_equal(
     no_fallback: None, writes: list[dict[str, Any]], seed: random.Random
 ) -> None:
+    """APPLY_EXAMPLES (test_apply) random sets of writes: 15 in `make test`, 100 under
+    TORUA_HYPOTHESIS_PROFILE=long (README, "Tests")."""
     # Shard A holds the entities and the relations; shard B only the relations' other copies and the
     # deletes (fanned out to every shard). Each gets the writes in its own order.
     versions = [v(n) for n in range(len(writes))]

@@ -329,8 +329,22 @@ def test_order_by_an_unreturned_expression_becomes_a_hidden_column() -> None:
     ("MATCH (a:Entity)-[r:RELATES]->(b:Entity)-[r:RELATES]->(c:Entity) RETURN a.id", "appears twice"),
     ("MATCH (n:Entity) RETURN length(n)", "needs a relationship pattern"),
     ("MATCH (a:Entity), (b:Entity) RETURN a.id", "several patterns"),
-    ("MATCH (a:Entity) OPTIONAL MATCH (a)-[:RELATES]->(b:Entity) RETURN a.id", "OPTIONAL"),
-    ("MATCH (a:Entity) WITH a RETURN a.id", "WITH is not supported"),
+    ("MATCH (a:Entity) OPTIONAL MATCH (b:Entity) RETURN a.id", "cartesian product"),
+    ("MATCH (a:Entity)-->(b) WITH a MATCH (c:Entity)-->(d) RETURN c.id", "cartesian product"),
+    ("MATCH (a:Entity)-[r:RELATES]->(b) WITH DISTINCT r LIMIT 2 RETURN r.weight", "(a relationship)"),
+    ("MATCH (a:Entity)-->(b) WITH a, collect(b.id) AS ids ORDER BY a.id LIMIT 1 RETURN ids", "list"),
+    ("MATCH (a:Entity) WITH a.name + 'x' RETURN 1", "needs an alias"),
+    ("MATCH (a:Entity)-->(b) WITH a ORDER BY a.name LIMIT 3 RETURN a.id", "needs DISTINCT or an aggregate"),
+    ("MATCH (a:Entity) WITH a.name AS n ORDER BY n LIMIT 3 RETURN n", "needs DISTINCT or an aggregate"),
+    ("MATCH (a:Entity) WITH * RETURN a.id", "WITH *"),
+    ("MATCH (a:Entity) WITH a.* RETURN 1", "name its properties"),
+    ("MATCH (a:Entity) WITH a.id AS x MATCH (a)-->(b) RETURN b.id", "dropped by a WITH"),
+    ("MATCH (a:Entity)-[r]->(b) WITH a, r MATCH (a)-[r]->(c) RETURN c.id", "bound by an earlier clause"),
+    ("MATCH (a:Entity) WITH a, a.id AS b MATCH (a)-->(b) RETURN b", "not a node"),
+    ("MATCH (a:Entity) WITH a.id AS x, a.name AS x RETURN x", "twice"),
+    ("MATCH (a)--(b) WITH b RETURN b.*", "one label"),
+    ("MATCH (a:Entity) WITH a RETURN a.id AS a", "hides"),
+    ("WITH 1 AS x MATCH (a:Entity) RETURN a.id", "must start with MATCH"),
     ("MATCH (a:Entity) UNWIND [1] AS x RETURN x", "UNWIND"),
     ("MATCH (a:Entity) RETURN a.id UNION ALL MATCH (b:Entity) RETURN b.id", "UNION"),
     ("MATCH p = shortestPath((a:Entity)-[:RELATES*]->(b:Entity)) RETURN p", "shortestPath"),
@@ -365,3 +379,29 @@ def test_kuzu_aggregates_and_rewrite_functions_are_all_classified(kz: kuzu.Conne
     assert aggregates >= AGGREGATES
     rewrites = {n.lower() for n, t in rows if t == "REWRITE FUNCTION"}
     assert rewrites <= {"id", "start_node", "end_node", "length", "cost", "label", "labels", "keys", "nullif"}
+
+
+def test_pipelines_walk_clause_by_clause_from_the_bound_nodes() -> None:
+    p = plan_query("MATCH (a:Entity {id: 'e1'}) OPTIONAL MATCH (x)-[:RELATES]->(a)-[:RELATES]->(y)"
+                   " RETURN x.id, y.id", {})
+    assert p.kind == "chain" and p.chain is not None
+    assert p.chain.hops == () and p.chain.start_ids == ("e1",)  # a node scan, on e1's shard only
+    (walks,) = p.chain.stages
+    assert [w.start_from for w in walks] == ["a", "a"]  # split at a, both halves walked from it
+    assert [(w.nodes[0].var, w.hops[0].direction, w.nodes[1].var) for w in walks] == [("a", "<-", "x"), ("a", "->", "y")]
+    assert p.query == ("MATCH (a:Entity {id: 'e1'}) OPTIONAL MATCH (x)-[:RELATES]->(a)-[:RELATES]->(y)"
+                       " RETURN x.id, y.id")
+
+
+def test_with_is_rewritten_only_where_kuzu_needs_it() -> None:
+    # DISTINCT aggregates last (kuzu 0.11.3); ties under LIMIT ordered by every projected item
+    q = plan_query("MATCH (a:Entity)-->(b) WITH a, count(DISTINCT b.id) AS n, count(*) AS k ORDER BY n LIMIT 2"
+                   " WHERE k > 1 RETURN a.id, n, k", {}).query
+    assert q.startswith("MATCH (a:Entity)-->(b) WITH a, count(*) AS k, count(DISTINCT b.id) AS n"
+                        " ORDER BY n, a.id, n, k LIMIT 2 WHERE k > 1 RETURN")
+    q = plan_query("MATCH (a)-[:MENTIONS]-(b) WITH DISTINCT a SKIP $s RETURN a.id", {"s": 1}).query
+    assert "WITH DISTINCT a ORDER BY a.id, label(a) SKIP $s RETURN" in q  # a: an Entity or a Chunk
+    p = plan_query("MATCH (a:Entity) WITH a AS z OPTIONAL MATCH (z)-->(y) RETURN z.*", {})
+    assert p.query.endswith("RETURN z.id, z.name, z.type, z.description, z.properties")
+    assert p.chain is not None and p.chain.stages[0][0].start_from == "a"  # z is a
+    assert p.chain.columns["Entity"] == ("id", "name", "type", "description", "properties")  # no embedding

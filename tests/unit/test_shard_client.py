@@ -86,7 +86,7 @@ async def test_a_call_goes_to_the_shard_endpoint_and_decodes_the_reply() -> None
     assert reply == p.HitsReply(hits=[("a", 0.5)], applied_seq=9)
     [(subject, data, timeout)] = nc.sent
     assert subject == "torua.shard.3.vector" and timeout == 5.0
-    assert msgspec.json.decode(data) == {"after": 5, "consistency": "strong", "vector": [1.0] * 8, "k": 3, "target": "chunks"}
+    assert msgspec.json.decode(data) == {"after": 5, "consistency": "strong", "log_id": None, "vector": [1.0] * 8, "k": 3, "target": "chunks"}
 
 
 @pytest.mark.parametrize("first", [NoRespondersError(), NatsTimeout(), error(503, "replica behind")])

@@ -5,8 +5,9 @@ place that wires the node's components together:
 - `ClusterEmbedder`: the node's embedder settings at the shard map's dimension;
 - `GraphReads` (router/graph.py) over the client;
 - `DataApi` (router/api.py: writes, get, kv, neighbors, query) over the client, graph reads and
-  embedder; `Search` and `Retriever` (rag/) over the same; `Answerer` over the retriever and the
-  LLM settings;
+  embedder, its point reads answered in-process by the node's own replicas where it hosts a serving
+  one (`LocalReads`, node/replicas.py, given by the Node); `Search` and `Retriever` (rag/) over the
+  same; `Answerer` over the retriever and the LLM settings;
 - their `torua-api` endpoints, and the result cache that follows the shards' applied positions.
 
 The Node process (node/process.py) connects to NATS, follows the shard map and hosts replicas; it
@@ -48,7 +49,7 @@ from torua_node.node.process import Node
 from torua_node.rag.answer import Answerer
 from torua_node.rag.retrieve import Retriever
 from torua_node.rag.search import Search
-from torua_node.router.api import DataApi, DataService, follow_applied, start_data_service
+from torua_node.router.api import DataApi, DataService, LocalShards, follow_applied, start_data_service
 from torua_node.router.backpressure import ApplyLag
 from torua_node.router.cache import ResultCache
 from torua_node.router.client import ClusterEmbedder, NatsShardClient
@@ -79,15 +80,19 @@ def data_endpoints(api: DataApi, search: Search, retriever: Retriever, answerer:
     ]
 
 
-async def start_data_api(settings: NodeSettings, nc: NATS, shardmap: Callable[[], ShardMap | None]) -> DataService:
-    """Wire the data path over the node's connection and start the `torua-api` service."""
+async def start_data_api(
+    settings: NodeSettings, nc: NATS, shardmap: Callable[[], ShardMap | None], local: LocalShards | None = None
+) -> DataService:
+    """Wire the data path over the node's connection and start the `torua-api` service; point reads
+    of shards the node hosts are answered by its replicas in-process (`local`)."""
     client = NatsShardClient(nc, shardmap)
     embedder = ClusterEmbedder(settings, lambda: client.shardmap().embedding_dim)
     graph = GraphReads(client)
     cache = ResultCache()
     lag = ApplyLag(max_lag=settings.max_apply_lag)
     api = DataApi(
-        nc.jetstream(), client, graph, embedder, cache, queries=Queries(client, QueryLimits.of(settings)), lag=lag
+        nc.jetstream(), client, graph, embedder, cache, queries=Queries(client, QueryLimits.of(settings)), lag=lag,
+        local=local,
     )
     search = Search(client, embedder)
     retriever = Retriever(client, graph, embedder)

@@ -41,6 +41,7 @@ __all__ = [
     "Expansion",
     "expansions",
     "expand_query",
+    "scan_query",
     "FRONTIER_PARAM",
     "FAR_VAR",
     "MAX_VAR_LENGTH",
@@ -70,6 +71,9 @@ class ChainNode:
     labels: tuple[str, ...]  # the tables it may bind to (from its label, or inferred from the schema)
     inline: str  # its inline map, rendered ("" if none); pushed only with exactly one label
     filters: tuple[str, ...]  # WHERE conjuncts on this node alone, rendered; pushed with one label
+    # The variable's identity across a WITH pipeline (an alias `WITH a AS z` is a's): walks record the
+    # nodes reached at it, and a later clause's walk from it starts there ("" for a generated one).
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +98,19 @@ class ChainPlan:
     # The MATCH's other comma-separated patterns, walked the same way into the same sub-graph (their
     # bindings join on shared variables in the final query; each walk holds all of its own).
     also: tuple[ChainPlan, ...] = ()
+    # The walk starts from the nodes an earlier clause's walk reached at this variable (a pipeline's
+    # OPTIONAL MATCH or MATCH from a bound variable); None: from start_ids, or a scan.
+    start_from: str | None = None
+    # OPTIONAL MATCH / WITH pipelines: walks in clause order, stage by stage (the walks of one stage at
+    # once), after this plan's own. A plan without hops is a node scan.
+    stages: tuple[tuple[ChainPlan, ...], ...] = ()
 
     @property
     def rounds(self) -> int:
         """Fan-out rounds: one per hop (per step of a search), and the node rows (patterns walk at once)."""
-        return max([sum(h.hi if h.variable else 1 for h in c.hops) for c in (self, *self.also)]) + 1
+        def walk(c: ChainPlan) -> int:
+            return max(sum(h.hi if h.variable else 1 for h in c.hops), 1)
+        return max(walk(c) for c in (self, *self.also)) + sum(max(map(walk, s)) for s in self.stages if s) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +163,16 @@ def expand_query(exp: Expansion, hop: ChainHop, near: ChainNode | None, by_ids: 
             *(f"{hv}.{c}" for c in REL_COLUMNS[exp.table])]
     ret = ", ".join(f"{c} AS __qc{k}" for k, c in enumerate(cols))  # an entity's owner key is its id
     return f"MATCH ({nv}:{exp.near}{inline}){arrow}({FAR_VAR}:{exp.far}){where} RETURN {ret}"
+
+
+def scan_query(node: ChainNode, label: str) -> str:
+    """The real nodes of `label` at this shard that pass `node`'s own filters (pushed when it has one
+    label), as (id, owner key): a pattern of one node in an OPTIONAL MATCH / WITH pipeline."""
+    pushed = len(node.labels) == 1
+    inline = f" {node.inline}" if pushed and node.inline else ""
+    conds = [f"{node.var}.stub = false"] if label in _STUBBED else []
+    if pushed:
+        conds += [f"({c})" for c in node.filters]
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    return (f"MATCH ({node.var}:{label}{inline}){where}"
+            f" RETURN {node.var}.id AS __qc0, {node.var}.{_OWNER[label]} AS __qc1")

@@ -4,7 +4,8 @@ Pure: no I/O.
 The text is first checked (`guard.check_read_only`, over `lexer` tokens). The planner then accepts
 one `MATCH` of one pattern — a node, one relationship, or a chain of them (multi-hop, variable-length,
 untyped, shortest paths, cycles: planned as frontier exchanges, `chain.py`) — then `WHERE`,
-`RETURN [DISTINCT]`, `ORDER BY`, `SKIP`, `LIMIT`, and turns it into shard queries plus a `MergeSpec`
+`RETURN [DISTINCT]`, `ORDER BY`, `SKIP`, `LIMIT` (or an OPTIONAL MATCH / WITH pipeline of them, planned
+as walks clause by clause: `_pipeline_plan`), and turns it into shard queries plus a `MergeSpec`
 whose merge gives what one database holding all the data would return. Anything it cannot prove
 exact is refused. Every query it builds
 is rendered from the checked tokens, never from the user's text.
@@ -112,6 +113,8 @@ class Plan:
     far_table: str | None = None  # table of the far end ("rel", "far_end")
     far_end: FarEnd | None = None
     chain: ChainPlan | None = None  # "chain": how to gather the sub-graph (cypher/chain.py)
+    # Whole nodes in the answer keep their embedding only when the query names it (`v.embedding`).
+    embeddings: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,8 +141,6 @@ _BLOCKED_FUNCTIONS: dict[str, str] = {
 _PATH_FUNCTIONS = frozenset({"start_node", "end_node", "nodes", "rels", "relationships", "properties", "length",
                              "cost", "is_trail", "is_acyclic"})
 _CLAUSES_REFUSED: dict[str, str] = {
-    "optional": "OPTIONAL MATCH is not supported",
-    "with": "WITH is not supported: write one MATCH ... RETURN",
     "unwind": "UNWIND is not supported",
     "union": "UNION is not supported: run the queries separately",
     "explain": "EXPLAIN is not supported",
@@ -201,6 +202,23 @@ class _Path:
 
 
 @dataclass(frozen=True, slots=True)
+class _Clause:
+    """One clause of an OPTIONAL MATCH / WITH pipeline: tokens [start, end) of the query."""
+
+    kind: Literal["match", "optional", "with"]
+    start: int
+    end: int
+    paths: tuple[_Path, ...] = ()  # MATCH, OPTIONAL MATCH
+    where: tuple[Tok, ...] = ()
+    distinct: bool = False  # WITH
+    items: tuple[_Item, ...] = ()
+    order: tuple[tuple[tuple[Tok, ...], bool], ...] = ()
+    order_text: str = ""
+    skip: Tok | None = None
+    limit: Tok | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Query:
     nodes: tuple[_Node, ...]
     rels: tuple[_Rel, ...]  # rels[i] joins nodes[i] and nodes[i + 1]
@@ -215,6 +233,7 @@ class _Query:
     limit: int | None
     more: tuple[_Path, ...] = ()  # the MATCH's other comma-separated patterns (chain plans only)
     clauses: tuple[Tok, ...] = ()  # several MATCH clauses: all of them with their WHEREs, as written
+    pipeline: tuple[_Clause, ...] = ()  # OPTIONAL MATCH / WITH: every clause before the RETURN
 
     @property
     def paths(self) -> tuple[_Path, ...]:
@@ -271,6 +290,7 @@ class _Parser:
         self.params = params
         self.i = 0
         self.generated = 0
+        self.defer_star = False
 
     # -- token helpers
 
@@ -308,12 +328,16 @@ class _Parser:
         rest = self.toks[self.i:]
         for j, t, depth in _walk(rest):
             if depth == 0 and t.is_word(*keys) and not (j > 0 and rest[j - 1].is_op(".")):
+                if t.is_word("with") and j > 0 and rest[j - 1].is_word("starts", "ends"):
+                    continue  # STARTS WITH / ENDS WITH: an operator, not the clause
                 return self.i + j
         return len(self.toks)
 
     # -- the query
 
     def query(self) -> _Query:
+        if _is_pipeline(self.toks):
+            return self.pipeline()
         first = self.i
         if not self.accept_word("match"):
             raise BadRequest(f"a query must start with MATCH, found {_found(self.peek())}")
@@ -333,9 +357,49 @@ class _Parser:
         where = _and_all([w for w in wheres if w])
         if not self.accept_word("return"):
             raise BadRequest("the query needs a RETURN")
+        distinct, items, order, order_text, skip, limit = self.return_tail((_Path(path, nodes, rels), *more))
+        return _Query(tuple(nodes), tuple(rels), path, pattern, where, distinct, items, order, order_text, skip,
+                      limit, tuple(more), clauses)
+
+    def pipeline(self) -> _Query:
+        """MATCH / OPTIONAL MATCH / WITH clauses in any order (starting with a MATCH), then RETURN."""
+        clauses: list[_Clause] = []
+        while True:
+            start = self.i
+            t = self.peek()
+            if self.accept_word("optional"):
+                if not self.accept_word("match"):
+                    raise BadRequest(f"expected MATCH after OPTIONAL, found {_found(self.peek())}")
+                kind: Literal["match", "optional", "with"] = "optional"
+            elif self.accept_word("match"):
+                kind = "match"
+            elif clauses and self.accept_word("with"):
+                clauses.append(self.with_clause(start))
+                continue
+            elif clauses and t is not None and t.is_word("return"):
+                break
+            elif not clauses:
+                raise BadRequest(f"a query must start with MATCH or OPTIONAL MATCH, found {_found(t)}")
+            else:
+                raise BadRequest(f"expected MATCH, OPTIONAL MATCH, WITH or RETURN, found {_found(t)}")
+            paths = [_Path(*self.pattern())]
+            while self.accept_op(","):
+                paths.append(_Path(*self.pattern()))
+            where = self.where()
+            clauses.append(_Clause(kind, start, self.i, tuple(paths), where))
+        self.expect_word("return")
+        self.defer_star = True
+        distinct, items, order, order_text, skip, limit = self.return_tail(tuple(p for c in clauses for p in c.paths))
+        first = clauses[0].paths[0]
+        return _Query(first.nodes, first.rels, first.path, (), (), distinct, items, order, order_text, skip, limit,
+                      pipeline=tuple(clauses))
+
+    def return_tail(
+        self, paths: tuple[_Path, ...]
+    ) -> tuple[bool, tuple[_Item, ...], tuple[tuple[tuple[Tok, ...], bool], ...], str, int, int | None]:
+        """What follows RETURN: [DISTINCT] items [ORDER BY ...] [SKIP n] [LIMIT n], then the end."""
         distinct = self.accept_word("distinct")
         end = self.clause_end("order", "skip", "limit")
-        paths = (_Path(path, nodes, rels), *more)
         items = tuple(it for t in _split(self.toks[self.i:end], _is_comma) for it in self.items(t, paths))
         self.i = end
         order, order_text = self.order_by()
@@ -343,19 +407,70 @@ class _Parser:
         limit = self.count_clause("limit")
         if self.peek() is not None:
             raise BadRequest(f"unexpected {_found(self.peek())} at the end of the query")
-        return _Query(tuple(nodes), tuple(rels), path, pattern, where, distinct, items, order, order_text, skip,
-                      limit, tuple(more), clauses)
+        return distinct, items, order, order_text, skip, limit
+
+    def expect_word(self, key: str) -> None:
+        if not self.accept_word(key):
+            raise BadRequest(f"expected {key.upper()}, found {_found(self.peek())}")
+
+    def with_clause(self, start: int) -> _Clause:
+        """WITH [DISTINCT] items [ORDER BY ...] [SKIP n] [LIMIT n] [WHERE ...]."""
+        ends = ("match", "optional", "with", "return", "unwind")
+        distinct = self.accept_word("distinct")
+        end = self.clause_end("order", "skip", "limit", "where", *ends)
+        items = tuple(self.with_item(t) for t in _split(self.toks[self.i:end], _is_comma))
+        self.i = end
+        order, order_text = self.order_by("where", *ends)
+        skip = self.with_count("skip")
+        limit = self.with_count("limit")
+        where: tuple[Tok, ...] = ()
+        if self.accept_word("where"):
+            end = self.clause_end(*ends)
+            where = tuple(self.toks[self.i:end])
+            if not where:
+                raise BadRequest("WHERE needs a condition")
+            self.i = end
+        t = self.peek()
+        if t is None or not t.is_word(*ends):
+            raise BadRequest(f"expected MATCH, OPTIONAL MATCH, WITH or RETURN after WITH ..., found {_found(t)}")
+        return _Clause("with", start, self.i, (), where, distinct, items, order, order_text, skip, limit)
+
+    def with_item(self, toks: tuple[Tok, ...]) -> _Item:
+        if not toks:
+            raise BadRequest("empty item in WITH")
+        if len(toks) == 1 and toks[0].is_op("*"):
+            raise BadRequest("WITH * is not supported: name the items")
+        if len(toks) == 3 and toks[1].is_op(".") and toks[2].is_op("*"):
+            raise BadRequest(f"{render(toks)} in WITH is not supported: pass {toks[0].text} on, or name its properties")
+        if len(toks) >= 3 and toks[-2].is_word("as") and toks[-1].kind in ("word", "ident"):
+            return _Item(toks[:-2], toks[-1], None)
+        if len(toks) == 1 and toks[0].kind in ("word", "ident") and toks[0].key not in _EXPR_KEYWORDS:
+            return _Item(toks, None, None)
+        raise BadRequest(f"WITH {render(toks)} needs an alias: WITH {render(toks)} AS name")
+
+    def with_count(self, word: str) -> Tok | None:
+        if not self.accept_word(word):
+            return None
+        t = self.take()
+        if not ((t.kind == "number" and t.text.isdigit()) or t.kind == "param"):
+            raise BadRequest(f"{word.upper()} takes a non-negative integer or a $parameter")
+        if t.kind == "param":
+            value = self.params[t.text[1:]]
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise BadRequest(f"{word.upper()} parameter {t.text} must be a non-negative integer")
+        return t
 
     def where(self) -> tuple[Tok, ...]:
-        """An optional WHERE after a MATCH's patterns, up to the next MATCH or the RETURN."""
-        end = self.clause_end("return", "match")
+        """An optional WHERE after a MATCH's patterns, up to the next clause."""
+        end = self.clause_end("return", "match", "optional", "with")
         where: tuple[Tok, ...] = ()
         if self.accept_word("where"):
             where = tuple(self.toks[self.i:end])
             if not where:
                 raise BadRequest("WHERE needs a condition")
         elif self.i != end:
-            raise BadRequest(f"expected WHERE, MATCH or RETURN after the pattern, found {_found(self.peek())}")
+            raise BadRequest(f"expected WHERE, MATCH, OPTIONAL MATCH, WITH or RETURN after the pattern, found"
+                             f" {_found(self.peek())}")
         self.i = end
         return where
 
@@ -519,6 +634,8 @@ class _Parser:
             return [self.item(toks)]
         if toks[0].kind not in ("word", "ident"):
             raise BadRequest(f"{render(toks)}: .* follows a variable")
+        if self.defer_star:  # a pipeline's: expanded by the planner, which knows what is in scope
+            return [_Item(toks, None, None)]
         key = toks[0].key
         try:
             labels, rel_tables = _infer_chain_tables(paths)
@@ -546,12 +663,12 @@ class _Parser:
             alias, toks = toks[-1], toks[:-2]
         return _Item(toks, alias, _aggregate_of(toks))
 
-    def order_by(self) -> tuple[tuple[tuple[tuple[Tok, ...], bool], ...], str]:
+    def order_by(self, *ends: str) -> tuple[tuple[tuple[tuple[Tok, ...], bool], ...], str]:
         if not self.accept_word("order"):
             return (), ""
         if not self.accept_word("by"):
             raise BadRequest("expected BY after ORDER")
-        end = self.clause_end("skip", "limit")
+        end = self.clause_end("skip", "limit", *ends)
         text = render(self.toks[self.i:end])
         keys = []
         for part in _split(self.toks[self.i:end], _is_comma):
@@ -593,6 +710,16 @@ def _and_all(conditions: list[tuple[Tok, ...]]) -> tuple[Tok, ...]:
             c = (Tok("op", "(", -1, True), replace(c[0], space=False), *c[1:], Tok("op", ")", -1, False))
         out.extend(c)
     return tuple(out)
+
+
+def _is_pipeline(toks: Sequence[Tok]) -> bool:
+    """Whether the query has OPTIONAL MATCH or WITH clauses (planned as a pipeline)."""
+    for i, t, depth in _walk(toks):
+        prev = toks[i - 1] if i else None
+        if depth == 0 and t.is_word("optional", "with") and not (prev is not None and (
+                prev.is_op(".") or prev.is_word("starts", "ends"))):
+            return True
+    return False
 
 
 def _found(t: Tok | None) -> str:
@@ -656,9 +783,10 @@ def _refuse_unsupported(toks: Sequence[Tok]) -> set[str]:
     # relationship's own `(r, n | WHERE ...)` is part of its pattern.)
     in_expr: list[bool] = []
     inside = False
-    for _i, t, depth in _walk(toks):
-        if depth == 0 and t.is_word("where", "return", "match"):
-            inside = not t.is_word("match")
+    for i, t, depth in _walk(toks):
+        if depth == 0 and t.is_word("where", "return", "match", "optional", "with") and not (
+                i and toks[i - 1].is_word("starts", "ends")):
+            inside = not t.is_word("match", "optional")
         in_expr.append(inside)
     for i, t in enumerate(toks):
         prev = toks[i - 1] if i else None
@@ -743,15 +871,18 @@ def plan_query(cypher: str, params: dict[str, Any]) -> Plan:
     q = _Parser(toks, params).query()
     used = {t.text[1:] for t in toks if t.kind == "param"}
     user_params = {k: v for k, v in params.items() if k in used}
-    if _is_chain(q, path_functions):
-        return _chain_plan(q, user_params)
-    if path_functions:
+    embeddings = any(t.key == "embedding" or (t.kind == "string" and "embedding" in t.text.lower()) for t in toks)
+    if q.pipeline:
+        plan = _pipeline_plan(q, toks, user_params)
+    elif _is_chain(q, path_functions):
+        plan = _chain_plan(q, user_params)
+    elif path_functions:
         name = sorted(path_functions)[0]
         raise BadRequest(f"function {name}() is not supported here: it needs a relationship pattern")
-    _check_names(q)
-    if q.rel is None:
-        return _node_plan(q, user_params)
-    return _rel_plan(q, user_params)
+    else:
+        _check_names(q)
+        plan = _node_plan(q, user_params) if q.rel is None else _rel_plan(q, user_params)
+    return replace(plan, embeddings=embeddings)
 
 
 def _is_chain(q: _Query, path_functions: set[str]) -> bool:
@@ -793,21 +924,27 @@ def _chain_plan(q: _Query, params: dict[str, Any]) -> Plan:
     return Plan("chain", query, params, merge, chain=chain)
 
 
-def _one_chain(p: _Path, node_labels: dict[str, tuple[str, ...]], rel_tables: list[tuple[str, ...]],
-               pushed: dict[str, list[str]], conjuncts: list[tuple[Tok, ...]], params: dict[str, Any]) -> ChainPlan:
-    nodes = [ChainNode(n.var, node_labels[n.key], render(n.props), tuple(pushed.get(n.key, ()))) for n in p.nodes]
+def _one_chain(p: _Path, node_labels: dict[str, tuple[str, ...]], rel_tables: Sequence[tuple[str, ...]],
+               pushed: dict[str, list[str]], conjuncts: list[tuple[Tok, ...]], params: dict[str, Any], *,
+               keys: dict[str, str] | None = None, reverse: bool | None = None,
+               start_from: str | None = None) -> ChainPlan:
+    """The walk of one pattern: from its more selective end, or (`reverse` given) from the end it says;
+    `start_from`: from the nodes an earlier clause reached at that variable."""
+    keys = keys or {}
+    nodes = [ChainNode(n.var, node_labels[n.key], render(n.props), tuple(pushed.get(n.key, ())),
+                       keys.get(n.key, n.key)) for n in p.nodes]
     hops = [ChainHop(r.var, rel_tables[i], r.direction, *(r.hops or (1, 1)), r.hops is not None,
                      render(r.props), tuple(pushed.get(r.key, ()) if r.hops is None else ()))
             for i, r in enumerate(p.rels)]
     ends = [_start_ids(p.nodes[k], node_labels[p.nodes[k].key], conjuncts, params) for k in (0, -1)]
     first, last = (_selectivity(nodes[k], ends[j]) for j, k in ((0, 0), (1, -1)))
     start_ids = ends[0]
-    if last > first:  # walk from the more selective end
+    if (last > first) if reverse is None else reverse:  # walk from the more selective end
         flip: dict[str, Literal["->", "<-", "-"]] = {"->": "<-", "<-": "->", "-": "-"}
         nodes.reverse()
         hops = [replace(h, direction=flip[h.direction]) for h in reversed(hops)]
         start_ids = ends[1]
-    return ChainPlan(tuple(nodes), tuple(hops), {}, start_ids)
+    return ChainPlan(tuple(nodes), tuple(hops), {}, start_ids, start_from=start_from)
 
 
 def _check_chain_names(q: _Query) -> None:
@@ -824,13 +961,15 @@ def _check_chain_names(q: _Query) -> None:
             raise BadRequest(f"alias {item.alias.text} hides the pattern variable of the same name")
 
 
-def _infer_chain_tables(paths: tuple[_Path, ...]) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[str, ...]]]]:
+def _infer_chain_tables(paths: tuple[_Path, ...], seed: dict[str, tuple[str, ...]] | None = None,
+                        ) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[str, ...]]]]:
     """Each node variable's possible tables and each hop's (per pattern), narrowed from the schema to
-    a fixpoint over all the MATCH's patterns."""
+    a fixpoint over all the MATCH's patterns (`seed`: tables of variables bound before)."""
     all_nodes = tuple(_NODE_TABLES.values())
     labels: dict[str, set[str]] = {}
     for n in (n for p in paths for n in p.nodes):
-        labels[n.key] = labels.get(n.key, set(all_nodes)) & ({n.table} if n.table else set(all_nodes))
+        start = set(seed[n.key]) if seed and n.key in seed else set(all_nodes)
+        labels[n.key] = labels.get(n.key, start) & ({n.table} if n.table else set(all_nodes))
     tables = [[set(r.tables or _REL) for r in p.rels] for p in paths]
     changed = True
     while changed:
@@ -940,14 +1079,20 @@ def _chain_columns(q: _Query, node_labels: dict[str, tuple[str, ...]],
                    rel_tables: list[tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
     """The columns of each node table the sub-graph needs: those the query reads, or all of them when
     it reads nodes whole (a node, a path, nodes(...)) or a name it cannot place."""
-    every = {x for ts in rel_tables for t in ts for x in (_REL[t].source.name, _REL[t].target.name)}
-    wanted: dict[str, set[str]] = {t: {"id", OWNER_KEY[t]} for t in every}
     aliases = {it.alias.key for it in q.items if it.alias is not None}
     rels = [r for p in q.paths for r in p.rels]
+    expressions = [q.where, *(it.expr for it in q.items), *(k for k, _d in q.order), *(r.props for r in rels)]
+    return _columns_read(expressions, rels, [n for p in q.paths for n in p.nodes], node_labels, rel_tables, aliases)
+
+
+def _columns_read(expressions: Sequence[Sequence[Tok]], rels: Sequence[_Rel], nodes: Sequence[_Node],
+                  node_labels: dict[str, tuple[str, ...]], rel_tables: Sequence[tuple[str, ...]],
+                  aliases: set[str]) -> dict[str, tuple[str, ...]]:
+    every = {x for ts in rel_tables for t in ts for x in (_REL[t].source.name, _REL[t].target.name)}
+    wanted: dict[str, set[str]] = {t: {"id", OWNER_KEY[t]} for t in every}
     fixed_rels = {r.key for r in rels if r.hops is None}
     whole = any(r.extra for r in rels)
     embedding = False
-    expressions = [q.where, *(it.expr for it in q.items), *(k for k, _d in q.order), *(r.props for r in rels)]
     for toks in expressions:
         embedding |= any(t.key == "embedding" for t in toks if t.kind in ("word", "ident"))
         for i, var, prop in _refs(toks):
@@ -958,7 +1103,7 @@ def _chain_columns(q: _Query, node_labels: dict[str, tuple[str, ...]],
                     wanted.setdefault(t, {"id", OWNER_KEY[t]}).add(prop)
             elif var not in fixed_rels and var not in aliases:
                 whole = True
-    for n in (n for p in q.paths for n in p.nodes):
+    for n in nodes:
         for part in _split(n.props[1:-1], _is_comma) if n.props else []:
             if part:
                 for t in node_labels[n.key]:
@@ -1268,3 +1413,290 @@ def resolve_query(table: str, columns: Sequence[str], ids: Sequence[str]) -> tup
         return query, dict(zip(names, ids))
     return (f"UNWIND ${IDS_PARAM} AS {RESERVED_PREFIX}i MATCH (n:{table} {{id: {RESERVED_PREFIX}i}}){ret}",
             {IDS_PARAM: list(ids)})
+
+
+# ---------------------------------------------------------------------------------------------------
+# OPTIONAL MATCH / WITH pipelines: every clause's patterns gathered, in clause order, into one
+# sub-graph; the whole query then runs on it (cypher/chain.py's argument, clause by clause)
+
+
+@dataclass(frozen=True, slots=True)
+class _Var:
+    """A name in scope at some clause of a pipeline."""
+
+    kind: Literal["node", "rel", "path", "value"]
+    key: str  # a node's identity: the variable its pattern bound (an alias `WITH a AS z` is a's)
+    labels: tuple[str, ...] = ()  # node: its possible tables; rel: its tables when of fixed length
+    whole: bool = False  # value: may hold whole nodes, relationships or paths (no total order)
+    collected: bool = False  # value: a collect() list, whose order Kuzu does not define
+
+
+def _pipeline_plan(q: _Query, toks: Sequence[Tok], params: dict[str, Any]) -> Plan:
+    """Why it is exact. Rows after each clause are those of the whole graph, by induction over the
+    clauses, if the sub-graph holds every binding of each MATCH / OPTIONAL MATCH pattern that is
+    compatible with an incoming row and satisfies the clause's WHERE (a sub-graph of real copies holds
+    no binding the whole graph lacks; OPTIONAL MATCH's null rows then agree too, since the bindings a
+    row has are the same). Each pattern is walked like a chain (cypher/chain.py), pruned only by its
+    own clause's single-variable WHERE conjuncts (true of every binding that counts, for OPTIONAL
+    MATCH too: those failing its WHERE give the null row either way), and a variable bound by an
+    earlier clause is walked from the nodes an earlier walk reached at it: a superset of the values
+    it can have in any incoming row (WITH only passes values on, filters, groups or slices them).
+    WITH ... SKIP/LIMIT keeps the same rows as one database would by ordering ties by every projected
+    value (rows equal in all of them cannot be told apart afterwards)."""
+    scope: dict[str, _Var] = {}
+    bound_ever: set[str] = set()
+    stages: list[tuple[ChainPlan, ...]] = []
+    body: list[str] = []
+    node_labels: dict[str, set[str]] = {}  # every name of a node (aliases too) -> its tables
+    plain_values: set[str] = set()  # WITH's names of values that hold no whole node
+    rels: list[_Rel] = []
+    nodes: list[_Node] = []
+    expressions: list[Sequence[Tok]] = []
+    # Names whose values tell the incoming rows apart (None: rows may repeat): see _with_clause
+    unique: set[str] | None = set()
+    for clause in q.pipeline:
+        expressions.append(clause.where)
+        if clause.kind == "with":
+            text, scope, unique = _with_clause(clause, scope, bound_ever, unique)
+            body.append(text)
+            bound_ever |= set(scope)
+            for name, var in scope.items():
+                if var.kind == "node":
+                    node_labels.setdefault(name, set()).update(var.labels)
+                elif var.kind == "value" and not var.whole:
+                    plain_values.add(name)
+            # A name passed on (`WITH a`, `WITH a AS z`) reads nothing of it
+            expressions += [it.expr for it in clause.items if len(it.expr) > 1 or it.expr[0].kind not in (
+                "word", "ident")] + [k for k, _d in clause.order]
+            continue
+        body.append(render(toks[clause.start:clause.end]))
+        walks, new = _clause_walks(clause, scope, bound_ever, params)
+        if any(p.rels for p in clause.paths):
+            unique = None  # parallel relationships, paths: bindings may agree on every name
+        elif unique is not None:
+            unique |= set(new)
+        stages.append(walks)
+        for name, var in new.items():
+            scope[name] = var
+            bound_ever.add(name)
+            if var.kind == "node":
+                node_labels.setdefault(name, set()).update(var.labels)
+        for p in clause.paths:
+            rels += p.rels
+            nodes += p.nodes
+            expressions += [r.props for r in p.rels]
+    items = _expand_stars(q.items, scope)
+    names = {it.alias.key for it in items if it.alias is not None}
+    for name in names & set(scope):
+        raise BadRequest(f"alias {name} hides the variable of the same name")
+    final = replace(q, items=items)
+    expressions += [it.expr for it in items] + [k for k, _d in q.order]
+    # No LIMIT on the sub-graph: the merge orders, breaks ties over all columns, then slices.
+    query, merge = _finish(replace(final, skip=0, limit=None), " ".join(body), [])
+    merge = replace(merge, skip=q.skip, limit=q.limit)
+    labels = {k: tuple(t for t in _NODE_TABLES.values() if t in v) for k, v in node_labels.items()}
+    # Hops may pass any table: every node table's id and owner key, the rest as read.
+    columns = _columns_read(expressions, rels, nodes, labels, [tuple(_REL)], plain_values | names)
+    first, *rest = stages
+    chain = replace(first[0], columns=columns, also=first[1:], stages=tuple(rest))
+    return Plan("chain", query, params, merge, chain=chain)
+
+
+def _clause_walks(clause: _Clause, scope: dict[str, _Var], bound_ever: set[str],
+                  params: dict[str, Any]) -> tuple[tuple[ChainPlan, ...], dict[str, _Var]]:
+    """The walks gathering one MATCH / OPTIONAL MATCH clause's bindings, and the names it binds."""
+    rel_keys = [r.key for p in clause.paths for r in p.rels]
+    path_keys = [p.path.key for p in clause.paths if p.path is not None]
+    node_keys = {n.key for p in clause.paths for n in p.nodes}
+    if len(set(rel_keys)) != len(rel_keys) or node_keys & set(rel_keys):
+        raise BadRequest("a relationship variable appears twice in the pattern, or also names a node")
+    if len(set(path_keys)) != len(path_keys) or set(path_keys) & (node_keys | set(rel_keys)):
+        raise BadRequest("a path variable appears twice, or also names a node or relationship")
+    for name in set(rel_keys) | set(path_keys):
+        if name in bound_ever:
+            raise BadRequest(f"{name} is bound by an earlier clause: a relationship or path variable may appear in"
+                             " one pattern only (compare properties in WHERE instead)")
+    bound: dict[str, str] = {}  # node names bound before -> their identity, when walks reached them
+    for name in node_keys:
+        var = scope.get(name)
+        if var is None and name in bound_ever:
+            raise BadRequest(f"{name} was dropped by a WITH and is bound again: give the new variable another name")
+        if var is not None and var.kind != "node":
+            what = {"rel": "a relationship", "path": "a path"}.get(var.kind, "a value computed by WITH")
+            raise BadRequest(f"{name} is {what}, not a node bound by a pattern: pass the node itself on (WITH v)")
+        if var is not None and var.kind == "node":
+            bound[name] = var.key
+    seed = {name: scope[name].labels for name in bound}
+    labels, rel_tables = _infer_chain_tables(clause.paths, seed)
+    pushed = _single_variable_conjuncts(_where_only(clause.where))
+    conjuncts = _conjuncts(clause.where)
+    _check_connected(clause, {n for n, v in scope.items() if v.kind == "node"})
+    keys = {name: bound.get(name, name) for name in node_keys}
+    walked = {n.key for p in clause.paths if p.rels for n in p.nodes}
+    walks: list[ChainPlan] = []
+    for k, p in enumerate(clause.paths):
+        if not p.rels:
+            n = p.nodes[0]
+            if n.key in bound or n.key in walked:
+                continue
+            start = _start_ids(n, labels[n.key], conjuncts, params)
+            walks.append(ChainPlan((ChainNode(n.var, labels[n.key], render(n.props), tuple(pushed.get(n.key, ())),
+                                              n.key),), (), {}, start))
+            continue
+        at = [i for i, n in enumerate(p.nodes) if n.key in bound]
+        if not at:
+            walks.append(_one_chain(p, labels, rel_tables[k], pushed, conjuncts, params, keys=keys))
+            continue
+        i = 0 if at[0] == 0 else len(p.nodes) - 1 if at[-1] == len(p.nodes) - 1 else at[0]
+        start_from = bound[p.nodes[i].key]
+        if i > 0:  # the part before the bound node, walked from it
+            left = _Path(None, p.nodes[:i + 1], p.rels[:i])
+            walks.append(_one_chain(left, labels, rel_tables[k][:i], pushed, conjuncts, params, keys=keys,
+                                    reverse=True, start_from=start_from))
+        if i < len(p.rels):
+            right = _Path(None, p.nodes[i:], p.rels[i:])
+            walks.append(_one_chain(right, labels, rel_tables[k][i:], pushed, conjuncts, params, keys=keys,
+                                    reverse=False, start_from=start_from))
+    new: dict[str, _Var] = {}
+    for name in node_keys - set(scope):
+        new[name] = _Var("node", name, labels[name])
+    for k, p in enumerate(clause.paths):
+        for i, r in enumerate(p.rels):
+            new[r.key] = _Var("rel", r.key, rel_tables[k][i] if r.hops is None else ())
+        if p.path is not None:
+            new[p.path.key] = _Var("path", p.path.key)
+    if not walks:  # every pattern is a node already bound: nothing more to gather
+        return (), new
+    return tuple(walks), new
+
+
+def _where_only(where: tuple[Tok, ...]) -> _Query:
+    """A query holding only `where`, for the helpers that read a query's WHERE."""
+    return _Query((), (), None, (), where, False, (), (), "", 0, None)
+
+
+def _check_connected(clause: _Clause, bound: set[str]) -> None:
+    """Refuse a pattern that shares no node with the clause's other patterns nor with the nodes in
+    scope, when there are any: a cartesian product, every binding paired with every other."""
+    groups = [{n.key for n in p.nodes} for p in clause.paths]
+    if bound:
+        groups.append(set(bound))
+    if len(groups) <= 1:
+        return
+    joined = groups[0]
+    pending = groups[1:]
+    while pending:
+        touching = [g for g in pending if g & joined]
+        if not touching:
+            example = next(iter(pending[0] - bound), "")
+            raise BadRequest(f"a pattern that shares no node variable with the others ({example}) is a cartesian"
+                             " product, pairing every binding with every other: not supported; join it on a"
+                             " variable")
+        for g in touching:
+            joined |= g
+            pending.remove(g)
+
+
+def _with_clause(clause: _Clause, scope: dict[str, _Var], bound_ever: set[str], unique: set[str] | None,
+                 ) -> tuple[str, dict[str, _Var], set[str] | None]:
+    """The WITH clause as the sub-graph's query runs it, the names in scope after it, and the names
+    that tell its rows apart (`unique` is that of the incoming rows)."""
+    new: dict[str, _Var] = {}
+    renamed: dict[str, str] = {}  # incoming name -> its name after the WITH
+    ranked: list[tuple[int, str]] = []
+    for item in clause.items:
+        name = item.alias.key if item.alias is not None else item.expr[0].key
+        if name in new:
+            raise BadRequest(f"WITH names {name} twice")
+        calls = [n for _i, n in _calls(item.expr)]
+        single = len(item.expr) == 1 and item.expr[0].kind in ("word", "ident")
+        if single and item.expr[0].key in scope:
+            var = scope[item.expr[0].key]
+            renamed[item.expr[0].key] = name
+        else:
+            var = _Var("value", name, whole=_holds_whole(item.expr, scope), collected="collect" in calls)
+        if name in bound_ever and not (single and item.expr[0].key == name):
+            raise BadRequest(f"WITH ... AS {name} reuses the name of another variable: choose a new name")
+        new[name] = var
+        aggs = [i for i, n in _calls(item.expr) if n in KUZU_AGGREGATES]
+        distinct = any(i + 2 < len(item.expr) and item.expr[i + 2].is_word("distinct") for i in aggs)
+        # kuzu 0.11.3 gives NULL for a plain aggregate after a DISTINCT one when grouped: those last
+        ranked.append((2 if distinct else 1 if aggs else 0, item.text))
+    text = "WITH " + ("DISTINCT " if clause.distinct else "") + ", ".join(
+        t for _r, t in sorted(ranked, key=lambda x: x[0]))
+    grouped = clause.distinct or any(r for r, _t in ranked)
+    if grouped:
+        unique = set(new)  # one row per distinct projected value
+    elif unique is not None:
+        unique = {renamed[n] for n in unique} if unique <= set(renamed) else None
+    keys = [clause.order_text] if clause.order_text else []
+    if clause.skip is not None or clause.limit is not None:
+        if unique is None:
+            # kuzu 0.11.3 sorts rows that tie on every ORDER BY key wrongly beyond ~10,000 rows (wrong rows
+            # kept, not only their order): the keys below must tell every row apart.
+            raise BadRequest("WITH ... SKIP/LIMIT here needs DISTINCT or an aggregate (e.g. WITH DISTINCT ... or"
+                             " count(*) AS n): its rows may repeat (bindings through relationships, or a WITH"
+                             " that dropped names), and kuzu 0.11.3 orders more than a few thousand rows tied on"
+                             " every key wrongly")
+        keys += _tie_keys(clause, new)
+    if keys:
+        text += " ORDER BY " + ", ".join(keys)
+    if clause.skip is not None:
+        text += f" SKIP {clause.skip.text}"
+    if clause.limit is not None:
+        text += f" LIMIT {clause.limit.text}"
+    if clause.where:
+        text += f" WHERE {render(clause.where)}"
+    return text, new, unique
+
+
+def _tie_keys(clause: _Clause, new: dict[str, _Var]) -> list[str]:
+    """ORDER BY keys after the user's that order every row apart from those equal in every projected
+    value, so WITH ... SKIP/LIMIT keeps the same rows however the sub-graph was loaded."""
+    out = []
+    for item in clause.items:
+        name = item.alias.text if item.alias is not None else item.expr[0].text
+        var = new[item.alias.key if item.alias is not None else item.expr[0].key]
+        if var.kind == "node":
+            out.append(f"{name}.id")
+            if len(var.labels) != 1:
+                out.append(f"label({name})")
+        elif var.kind in ("rel", "path") or var.whole or var.collected:
+            what = {"rel": "a relationship", "path": "a path"}.get(var.kind, "a list or whole node")
+            raise BadRequest(f"WITH ... SKIP/LIMIT with {name} ({what}) is not supported: which rows it keeps"
+                             " among ties cannot be made the same on every shard count; pass ids or properties on")
+        else:
+            out.append(name)
+    return out
+
+
+def _holds_whole(expr: Sequence[Tok], scope: dict[str, _Var]) -> bool:
+    """Whether a value may hold whole nodes, relationships or paths (over-approximated)."""
+    for i, var, prop in _refs(expr):
+        v = scope.get(var)
+        if v is None or prop is not None:
+            continue
+        if i >= 2 and expr[i - 1].is_op("(") and expr[i - 2].is_word("count", "length"):
+            continue
+        if v.kind != "value" or v.whole:
+            return True
+    return False
+
+
+def _expand_stars(items: tuple[_Item, ...], scope: dict[str, _Var]) -> tuple[_Item, ...]:
+    """`v.*` in a pipeline's RETURN: the columns of v's one table, as `items` expands them."""
+    out: list[_Item] = []
+    for item in items:
+        toks = item.expr
+        if not (len(toks) == 3 and toks[1].is_op(".") and toks[2].is_op("*")):
+            out.append(item)
+            continue
+        var = scope.get(toks[0].key)
+        if var is None or var.kind not in ("node", "rel") or len(var.labels) != 1:
+            raise BadRequest(f"{render(toks)} needs {toks[0].text} to be a node of one label (e.g."
+                             f" ({toks[0].text}:Entity)) or a relationship of one type: the columns depend on the table")
+        cols = [c for c in TABLE_COLUMNS[var.labels[0]] if c not in ("stub", "embedding")]
+        first = toks[0]
+        out += [_Item((replace(first, space=first.space if k == 0 else True), Tok("op", ".", -1, False),
+                       Tok("word", c, -1, False)), None, None) for k, c in enumerate(cols)]
+    return tuple(out)

@@ -101,7 +101,7 @@ class DigestAudit:
         active = sorted(entry.active) if entry is not None else []
         if not active or active[0] != self.node_id or len(active) < 2:
             return False
-        at = await replica.log_end.get()
+        at = (await replica.log_end.get()).end
         if at == 0:
             return False
         seq, digest = await replica.digest_at(at, DIGEST_WAIT_S)

@@ -35,8 +35,8 @@ from torua_node.node.admin import start_node_service
 from torua_node.node.audit import DigestAudit, answer_digest
 from torua_node.node.identity import load_identity
 from torua_node.node.mapfence import MapFence
-from torua_node.node.replicas import ReplicaManager
-from torua_node.router.api import DataService
+from torua_node.node.replicas import LocalReads, ReplicaManager
+from torua_node.router.api import DataService, LocalShards
 from torua_node.settings import NodeSettings, QueryLimits, SnapshotPolicy
 from torua_node.shard.replica import ShardReplica
 from torua_node.storage.digest import counts
@@ -54,9 +54,10 @@ NATS_STOP_S = 2.0
 # The file in the data dir that says the node is being decommissioned (it survives restarts).
 DRAINING_FILE = "draining"
 
-# Starts the data API (`torua-api`) on the node's connection, reading the node's current shard map;
-# wired by the composition root (torua_node.main).
-StartDataApi = Callable[[NATS, Callable[[], ShardMap | None]], Awaitable[DataService]]
+# Starts the data API (`torua-api`) on the node's connection, reading the node's current shard map
+# and answering point reads from the node's own replicas where it can; wired by the composition
+# root (torua_node.main).
+StartDataApi = Callable[[NATS, Callable[[], ShardMap | None], LocalShards], Awaitable[DataService]]
 
 
 class Node:
@@ -73,6 +74,8 @@ class Node:
             query_limits=QueryLimits.of(settings),
             snapshots=SnapshotPolicy.of(settings),
         )
+        # The router's in-process path to these replicas (point reads without a NATS round trip).
+        self.local_reads = LocalReads(self.replicas)
         self.started = time.monotonic()
         self._draining_file = settings.data_dir / DRAINING_FILE
         self.draining = self._draining_file.exists()
@@ -89,6 +92,7 @@ class Node:
         metrics.add_gauges(self._replica_gauge)
         metrics.add_gauges(self._lag_gauge)
         metrics.add_gauges(self._cache_gauge)
+        metrics.add_gauges(self.local_reads.gauge)
 
     def _replica_gauge(self) -> GaugeReading:
         return "torua_replicas", "Shard replicas hosted by this node", ["node"], [([self.node_id], len(self.replicas.replicas))]
@@ -112,7 +116,7 @@ class Node:
             s.nats_url, name=f"torua-node-{self.node_id}", timeout=s.connect_timeout, service=True, auth=s.nats_auth
         )
         self._services.append(await start_node_service(self))
-        self.data = await self._start_data_api(self.nc, lambda: self.shardmap)
+        self.data = await self._start_data_api(self.nc, lambda: self.shardmap, self.local_reads)
         self._services.append(self.data.service)
         await self._announce("leave" if self.draining else "join")
         self._tasks = [

@@ -1,20 +1,30 @@
-"""The shard replicas this node hosts: started and stopped to follow the shard map."""
+"""The shard replicas this node hosts: started and stopped to follow the shard map; and the router's
+in-process path to them for point reads (`LocalReads`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 
+from torua.errors import NotFound, Unavailable
+from torua.metrics import GaugeReading
 from torua.subjects import APPLIED_RESET, shard_applied
-from torua.wire import ReplicaStatus
+from torua.wire import ReplicaStatus, Reply
 from torua_node.settings import QueryLimits, SnapshotPolicy
+from torua_node.shard.api import ShardApi
+from torua_node.shard.protocol import EntityReply, KVValueReply, ShardGet, ShardKVGet
 from torua_node.shard.replica import RestoreNeeded, ShardReplica
 from torua_node.storage.store import ShardStore
 
-__all__ = ["ReplicaManager"]
+__all__ = ["ReplicaManager", "LocalReads"]
+
+R = TypeVar("R", bound=Reply)
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +149,59 @@ class ReplicaManager:
                 log.info("shard %d replica closed at applied_seq %d or later", shard, replica.applied_seq)
             self.replicas.clear()
             self.opened_at.clear()
+
+
+class LocalReads:
+    """This node's replicas as the router's `LocalShards` (router/api.py): a point read of a shard
+    whose replica here is serving ("active": caught up, in its shard's queue group) is answered by
+    the same handler as the shard's endpoint, in-process, so with the same readiness and
+    consistency rules. A replica that is not serving, or cannot get as fresh as the read asks in
+    time (503), leaves the read to the shard's queue group over NATS, where another may answer.
+
+    `counts[(op, outcome)]`: reads answered here ("local", 404s included) and reads of a hosted
+    shard left to NATS ("fallback"); reported as the `torua_local_point_reads` gauge."""
+
+    def __init__(self, replicas: ReplicaManager) -> None:
+        self._replicas = replicas
+        self._apis: dict[int, ShardApi] = {}
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    async def get(self, shard: int, req: ShardGet) -> EntityReply | None:
+        return await self._read("get", shard, lambda api: api.get(req))
+
+    async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None:
+        return await self._read("kv_get", shard, lambda api: api.kv_get(req))
+
+    def gauge(self) -> GaugeReading:
+        samples = [([op, outcome], float(n)) for (op, outcome), n in sorted(self.counts.items())]
+        return ("torua_local_point_reads", "Point reads the router answered from this node's replicas "
+                "(local) or left to NATS though it hosts the shard (fallback)", ["op", "outcome"], samples)
+
+    async def _read(self, op: str, shard: int, read: Callable[[ShardApi], Awaitable[R]]) -> R | None:
+        replica = self._replicas.replicas.get(shard)
+        if replica is None:
+            self._apis.pop(shard, None)
+            return None
+        if replica.state != "active":
+            self.counts[op, "fallback"] += 1
+            return None
+        api = self._apis.get(shard)
+        if api is None or api.replica is not replica:  # a replica rebuilt or reopened: a new one
+            api = self._apis[shard] = ShardApi(replica)
+        try:
+            reply = await read(api)
+        except NotFound:
+            self.counts[op, "local"] += 1
+            raise
+        except Unavailable:  # not caught up in time, or stopped serving: another replica may be
+            self.counts[op, "fallback"] += 1
+            return None
+        except Exception:
+            # Stopped meanwhile (its database closes under the read; over NATS, stopping the service
+            # would have waited for it): ask the queue group. Any other failure is the answer.
+            if replica.state == "active":
+                raise
+            self.counts[op, "fallback"] += 1
+            return None
+        self.counts[op, "local"] += 1
+        return reply

@@ -14,6 +14,7 @@ from torua.errors import BadRequest
 from torua.model import Consistency, Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
 from torua_node.rag.ranking import global_bm25, rrf, top_k
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
+from torua_node.router.readpoint import reading
 from torua_node.shard.protocol import (
     TEXT,
     TEXT_STATS,
@@ -109,17 +110,25 @@ class Search:
 
     async def text(self, req: TextSearchRequest) -> SearchReply:
         status: Status = {}
-        hits = await self.text_hits(req.text, req.k, req.target, req.after, status, consistency=req.consistency)
+        with reading(self.client.log_ends):  # two rounds: one log end per shard
+            hits = await self.text_hits(req.text, req.k, req.target, req.after, status, consistency=req.consistency)
         return SearchReply(hits=hits, partial=is_partial(status), shards=status)
 
     async def hybrid(self, req: TextSearchRequest) -> SearchReply:
         """Reciprocal rank fusion of BM25 and vector search over the same text."""
         status: Status = {}
         depth = max(req.k * 3, HYBRID_MIN_DEPTH)
-        bm25 = await self.text_hits(req.text, depth, req.target, req.after, status, consistency=req.consistency)
-        vec = await self.vector_hits(
-            await self.embed(req.text), depth, req.target, req.after, status, consistency=req.consistency
-        )
+
+        async def vector() -> list[Hit]:
+            vec = await self.embed(req.text)
+            return await self.vector_hits(vec, depth, req.target, req.after, status, consistency=req.consistency)
+
+        # BM25's two rounds and the embedding with its round are independent: concurrently, at one
+        # read point (one log end per shard for the three rounds).
+        with reading(self.client.log_ends):
+            bm25, vec = await asyncio.gather(
+                self.text_hits(req.text, depth, req.target, req.after, status, consistency=req.consistency), vector()
+            )
         return SearchReply(hits=rrf([bm25, vec], req.k), partial=is_partial(status), shards=status)
 
 

@@ -56,11 +56,12 @@ from torua_node.router.cache import ResultCache
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
 from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
+from torua_node.router.readpoint import reading
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
-from torua_node.shard.protocol import GET, KV_GET, ShardGet, ShardKVGet
+from torua_node.shard.protocol import GET, KV_GET, EntityReply, KVValueReply, ShardGet, ShardKVGet
 from torua_node.shard.wal import WalEntry, encode_entry
 
-__all__ = ["DataApi", "DataService", "follow_applied", "start_data_service", "MAX_ENTRY_BYTES"]
+__all__ = ["DataApi", "DataService", "LocalShards", "follow_applied", "start_data_service", "MAX_ENTRY_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,17 @@ class _FannedOut(Protocol):
 CachedReply = TypeVar("CachedReply", bound=_FannedOut)
 
 
+class LocalShards(Protocol):
+    """The shard replicas hosted in this process (wired by the node): a point read of a shard with a
+    serving replica here is answered in-process, without a NATS round trip, under the same rules as
+    the shard's endpoint (strong by default, `after`, 404). None: no replica here can answer it now
+    (none hosted, not serving, or not caught up in time), so ask the shard's queue group."""
+
+    async def get(self, shard: int, req: ShardGet) -> EntityReply | None: ...
+
+    async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None: ...
+
+
 class DataApi:
     def __init__(
         self,
@@ -95,6 +107,7 @@ class DataApi:
         clock: HybridClock | None = None,
         queries: Queries | None = None,
         lag: ApplyLag | None = None,
+        local: LocalShards | None = None,
     ) -> None:
         self.js = js
         self.client = client
@@ -106,6 +119,7 @@ class DataApi:
         # by it (docs/consistency.md, "Convergence").
         self.clock = clock or HybridClock()
         self.lag = lag or ApplyLag(max_lag=0)  # write backpressure; off unless the node sets a limit
+        self.local = local  # point reads from this node's own replicas (None: always over NATS)
 
     def cached(
         self, name: str, handler: Callable[[CachedRequest], Awaitable[CachedReply]]
@@ -208,20 +222,28 @@ class DataApi:
 
     async def get(self, req: GetRequest) -> GetReply:
         shard = self.client.owner(req.id)
-        reply = await self.client.call(shard, GET, ShardGet(id=req.id, embedding=req.embedding, after=token(req.after, shard), consistency=req.consistency))
+        sreq = ShardGet(id=req.id, embedding=req.embedding, after=token(req.after, shard), consistency=req.consistency)
+        local = await self.local.get(shard, sreq) if self.local is not None else None
+        reply = local if local is not None else await self.client.call(shard, GET, sreq)
         return GetReply(entity=reply.entity, shard=shard)
 
     async def kv_get(self, req: KVGetRequest) -> KVReply:
         shard = kv_shard(req.key, self.client.num_shards)
-        reply = await self.client.call(shard, KV_GET, ShardKVGet(key=req.key, after=token(req.after, shard), consistency=req.consistency))
+        sreq = ShardKVGet(key=req.key, after=token(req.after, shard), consistency=req.consistency)
+        local = await self.local.kv_get(shard, sreq) if self.local is not None else None
+        reply = local if local is not None else await self.client.call(shard, KV_GET, sreq)
         return KVReply(key=req.key, value=reply.value)
 
     async def neighbors(self, req: NeighborsRequest) -> NeighborsReply:
         status: Status = {}
-        found = await self.graph.traverse(
-            req.ids, req.hops, req.direction, req.types, req.limit, req.after, status, consistency=req.consistency
-        )
-        nodes = await self.graph.entities(list(found.reached), req.after, status, consistency=req.consistency)
+        # A round per hop, then the entities: one log end per shard, all learnt beside the first round
+        # (from the second round on, most shards are read).
+        every = range(self.client.num_shards) if req.consistency == "strong" and req.hops > 0 else ()
+        with reading(self.client.log_ends, prefetch=every):
+            found = await self.graph.traverse(
+                req.ids, req.hops, req.direction, req.types, req.limit, req.after, status, consistency=req.consistency
+            )
+            nodes = await self.graph.entities(list(found.reached), req.after, status, consistency=req.consistency)
         nodes.sort(key=lambda n: (found.reached[n.id], n.id))
         return NeighborsReply(nodes=nodes, edges=found.edges, partial=is_partial(status), shards=status)
 

@@ -14,8 +14,9 @@ The planner (`torua_node.cypher.planner`) gives one of four plans:
   that are stubs fetched from their owning shards, bindings to never-created ends dropped) into a
   temporary in-memory Kuzu database with the shard schema, and the query runs there: exact by
   construction, since every binding of the pattern is in that sub-graph.
-- "chain": a multi-hop pattern (several, variable-length or untyped relationships, a path, a cycle):
-  its sub-graph gathered hop by hop in frontier exchanges, then queried the same way
+- "chain": a multi-hop pattern (several, variable-length or untyped relationships, a path, a cycle),
+  or an OPTIONAL MATCH / WITH pipeline: its sub-graph gathered hop by hop in frontier exchanges
+  (a pipeline's clauses one after another), then queried the same way
   (`torua_node.router.traverse`, `torua_node.cypher.chain`).
 
 Far ends are resolved with `run_on_shard` on their owners (an entity's shard is shard(id), a chunk's
@@ -227,11 +228,36 @@ async def run_query(
         parts = await _run_far_end(plan, run, limits, timeout_s)
     ordered = [permute(plan.merge, parts[s]) for s in sorted(parts)]
     rows = merge_rows(plan.merge, ordered)
+    if ordered and not plan.embeddings:
+        rows = without_embeddings(rows, ordered[0].types[:plan.merge.width])
     if limits is not None:
         _check_size(rows, limits)
     columns = ordered[0].columns[:plan.merge.width] if ordered else list(plan.merge.names)
     partial = not all(st.ok for st in run.status.values())
     return QueryResult(columns=columns, rows=rows, partial=partial, shards=run.status)
+
+
+def without_embeddings(rows: list[list[Any]], types: list[str]) -> list[list[Any]]:
+    """Whole nodes (`RETURN v`, `collect(v)`, `nodes(p)`) without their embedding, which a query
+    gets only by naming it. Only in columns whose Kuzu type holds nodes (NODE, NODE[], STRUCT(x
+    NODE), ...), and not where a map of the user's could have a `_label` key of its own."""
+    cols = [i for i, t in enumerate(types) if "NODE" in t and "_label" not in t]
+    if not cols:
+        return rows
+    out = [list(r) for r in rows]
+    for r in out:
+        for i in cols:
+            r[i] = _strip_embedding(r[i])
+    return out
+
+
+def _strip_embedding(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_strip_embedding(x) for x in v]
+    if isinstance(v, dict):
+        node = "_label" in v
+        return {k: _strip_embedding(x) for k, x in v.items() if not (node and k == "embedding")}
+    return v
 
 
 async def _run_rel(plan: Plan, run: _Run) -> dict[int, ShardRows]:

@@ -21,6 +21,7 @@ from torua.embedding import Embedder
 from torua.errors import BadRequest, PayloadTooLarge
 from torua.hashing import shard_for
 from torua.model import MAX_KV_VALUE_BYTES, Chunk, DeleteRequest, UpsertRequest
+from torua.shardwire import kv_shard  # shared with the client, which places keys the same way
 from torua.text import entity_embedding_text
 from torua_node.shard.wal import (
     WalChunk,
@@ -161,11 +162,6 @@ def split_delete(
                 entries[s] = WalEntry(request_id=request_id, ts=ts, version=version)
             entries[s].delete_relations.append(key)
     return entries
-
-
-def kv_shard(key: str, num_shards: int) -> int:
-    # Prefixed so keys and graph ids that happen to be equal are placed independently.
-    return shard_for(f"kv:{key}", num_shards)
 
 
 def split_kv(

@@ -3,7 +3,9 @@
 Per hop one fan-out round: the first scans every shard for the start end's real nodes and their
 relationships; each later one sends the whole frontier, grouped by owning shard (one request per shard
 and way of leaving a node, never one per node), to the shards that own it. A variable-length hop is a
-breadth-first search of one round per step. A last round fetches the rows of every node touched. The
+breadth-first search of one round per step. A pipeline's later clauses walk after the earlier ones,
+from the nodes those reached at their bound variables. A last round fetches the rows of every node
+touched. The
 sub-graph so gathered — real nodes and the relationships between them, deduplicated (each is stored at
 both ends) and loaded in a fixed order — is queried in a temporary in-memory Kuzu database with the
 shard schema, and the result merged by `cypher.merge` (ORDER BY, ties, SKIP, LIMIT) like any other.
@@ -42,6 +44,7 @@ from torua_node.cypher.chain import (
     Expansion,
     expand_query,
     expansions,
+    scan_query,
 )
 from torua_node.cypher.merge import ShardRows
 from torua_node.cypher.planner import Plan
@@ -79,6 +82,9 @@ class SubGraph:
         self.edges: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.owners: dict[Node, Any] = {}  # every node touched -> its owner key
         self.rows: dict[str, dict[str, dict[str, Any]]] = {}  # table -> id -> row (real nodes)
+        # Per variable (ChainNode.key): the nodes a walk reached at it, a superset of its bindings;
+        # a later clause's walk from that variable starts there.
+        self.positions: dict[str, dict[Node, Any]] = {}
 
     def add(self, exp: Expansion, row: list[Any]) -> Node:
         """Record one relationship row of `expand_query`; return its far end."""
@@ -89,12 +95,23 @@ class SubGraph:
         self.edges.setdefault(key, edge)
         self.owners[(exp.far, far)] = far_owner
         self.owners[(exp.near, near)] = near_owner
+        self._check()
+        return (exp.far, far)
+
+    def add_node(self, node: Node, owner: Any) -> None:
+        self.owners[node] = owner
+        self._check()
+
+    def record(self, key: str, nodes: dict[Node, Any]) -> None:
+        if key and key not in self.positions:  # the first walk binding a variable: any is a superset
+            self.positions[key] = dict(nodes)
+
+    def _check(self) -> None:
         if len(self.edges) + len(self.owners) > self.max_rows:
             raise ResourceLimit(
                 f"the pattern's walk gathers more than {self.max_rows} relationships and nodes"
                 " (TORUA_QUERY_MAX_ROWS): filter its ends or shorten it", limit=self.max_rows,
                 setting="TORUA_QUERY_MAX_ROWS")
-        return (exp.far, far)
 
 
 async def gather_chain(plan: ChainPlan, params: dict[str, Any], run: Runner, max_rows: int) -> SubGraph:
@@ -102,12 +119,19 @@ async def gather_chain(plan: ChainPlan, params: dict[str, Any], run: Runner, max
     side by side (module docstring of cypher/chain.py)."""
     graph = SubGraph(max_rows)
     await asyncio.gather(*(_walk(c, graph, params, run) for c in (plan, *plan.also)))
+    for stage in plan.stages:  # a pipeline's clauses in order: later walks start where earlier ones reached
+        await asyncio.gather(*(_walk(c, graph, params, run) for c in stage))
     await _resolve(graph, plan, run)
     return graph
 
 
 async def _walk(plan: ChainPlan, graph: SubGraph, params: dict[str, Any], run: Runner) -> None:
-    frontier: dict[Node, Any] | None = None  # None: the first hop scans every shard
+    # None: the first hop scans every shard (or the shards of start_ids)
+    frontier = None if plan.start_from is None else graph.positions.get(plan.start_from)
+    if not plan.hops:
+        if frontier is None:
+            graph.record(plan.nodes[0].key, await _scan(graph, plan.nodes[0], params, run, plan.start_ids))
+        return
     for i, hop in enumerate(plan.hops):
         reached: dict[Node, Any] = {}
         # Nodes expanded without filters. Not the frontier: the first step expands it with the
@@ -115,8 +139,10 @@ async def _walk(plan: ChainPlan, graph: SubGraph, params: dict[str, Any], run: R
         seen: set[Node] = set()
         current = frontier
         for step in range(hop.hi if hop.variable else 1):
-            found = await _round(graph, hop, plan.nodes[i] if step == 0 else None, current, params, run,
-                                 plan.start_ids)
+            found, near = await _round(graph, hop, plan.nodes[i] if step == 0 else None, current, params, run,
+                                       plan.start_ids)
+            if i == 0 and step == 0:
+                graph.record(plan.nodes[0].key, near)
             reached.update(found)
             current = {n: o for n, o in found.items() if n not in seen}
             seen.update(current)
@@ -124,15 +150,35 @@ async def _walk(plan: ChainPlan, graph: SubGraph, params: dict[str, Any], run: R
                 break
         wanted = plan.nodes[i + 1].labels
         frontier = {n: o for n, o in reached.items() if n[0] in wanted}
+        graph.record(plan.nodes[i + 1].key, frontier)
         if not frontier:
+            for n in plan.nodes[i + 2:]:  # nothing beyond: no binding has a node there
+                graph.record(n.key, {})
             break
 
 
+async def _scan(graph: SubGraph, node: ChainNode, params: dict[str, Any], run: Runner,
+                start_ids: tuple[str, ...] | None) -> dict[Node, Any]:
+    """A pattern of one node: its real nodes on every shard (those of start_ids only, when pinned)."""
+    shards = None if start_ids is None else {shard_for(i, run.num_shards) for i in start_ids}
+    labels = list(node.labels)
+    answers = await asyncio.gather(*(run.fan_out(partial(_same, scan_query(node, t), params), shards)
+                                     for t in labels))
+    found: dict[Node, Any] = {}
+    for label, parts in zip(labels, answers):
+        for s in sorted(parts):
+            for node_id, owner in parts[s].rows:
+                graph.add_node((label, node_id), owner)
+                found[(label, node_id)] = owner
+    return found
+
+
 async def _round(graph: SubGraph, hop: ChainHop, near: ChainNode | None, frontier: dict[Node, Any] | None,
-                 params: dict[str, Any], run: Runner, start_ids: tuple[str, ...] | None) -> dict[Node, Any]:
+                 params: dict[str, Any], run: Runner,
+                 start_ids: tuple[str, ...] | None) -> tuple[dict[Node, Any], dict[Node, Any]]:
     """One fan-out round: the relationships of `hop` at the frontier (at every shard's real nodes of
     `near`'s tables when there is no frontier yet: only the shards of `start_ids` when the start is
-    pinned to ids); returns the far ends reached, with owner keys."""
+    pinned to ids); returns the far ends reached and the near nodes left, with owner keys."""
     asks = []
     if frontier is None:
         assert near is not None
@@ -158,12 +204,14 @@ async def _round(graph: SubGraph, hop: ChainHop, near: ChainNode | None, frontie
                 asks.append((exp, run.fan_out(partial(_with_frontier, query, params, by_shard), by_shard)))
     answers = await asyncio.gather(*(a for _e, a in asks))
     found: dict[Node, Any] = {}
+    left: dict[Node, Any] = {}
     for (exp, _a), parts in zip(asks, answers):
         for s in sorted(parts):
             for row in parts[s].rows:
                 far = graph.add(exp, row)
                 found[far] = row[3]
-    return found
+                left[(exp.near, row[0])] = row[1]
+    return found, left
 
 
 def _same(query: str, params: dict[str, Any], _shard: int) -> tuple[str, dict[str, Any]]:

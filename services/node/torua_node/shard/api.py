@@ -47,6 +47,7 @@ from torua_node.shard.protocol import (
 from torua_node.shard.worker import ShardQueries
 from torua_node.storage import reads
 from torua_node.storage.chunks import chunks_by_ids, mentions_of
+from torua_node.storage.graphview import GraphView
 from torua_node.storage.store import ShardStore
 from torua_node.storage.textindex import TextIndex
 from torua_node.storage.vectors import VectorIndex
@@ -70,6 +71,7 @@ class ServedReplica(Protocol):
     chunk_index: VectorIndex
     entity_text: TextIndex
     chunk_text: TextIndex
+    graph: GraphView
     queries: ShardQueries
 
     async def wait_applied(self, seq: int) -> None:
@@ -78,6 +80,10 @@ class ServedReplica(Protocol):
 
     async def wait_strong(self, after: int) -> None:
         """Return once every write acknowledged before the call (and `after`) is applied."""
+        ...
+
+    async def check_log_id(self, log_id: int) -> None:
+        """Unavailable if this replica applied another log than `log_id` (a router's read point)."""
         ...
 
 
@@ -140,13 +146,16 @@ class ShardApi:
         if req.consistency == "strong":
             await self.replica.wait_strong(req.after)
         else:
+            if req.log_id is not None:
+                await self.replica.check_log_id(req.log_id)
             await self.replica.wait_applied(req.after)
         return self.replica.applied_seq
 
     async def get(self, req: ShardGet) -> EntityReply:
         r = self.replica
         seq = await self._ready(req)
-        entity = await r.store.call(reads.get_entity, req.id, req.embedding)
+        # The in-memory view is as of `seq` exactly; only embeddings are read from Kuzu.
+        entity = await r.store.call(reads.get_entity, req.id, True) if req.embedding else r.graph.get(req.id)
         if entity is None:
             raise NotFound(f"entity {req.id!r} not found")
         return EntityReply(entity=entity, applied_seq=seq)
@@ -154,13 +163,12 @@ class ShardApi:
     async def entities(self, req: ShardEntities) -> EntitiesReply:
         r = self.replica
         seq = await self._ready(req)
-        return EntitiesReply(entities=await r.store.call(reads.entities_by_ids, req.ids), applied_seq=seq)
+        return EntitiesReply(entities=r.graph.entities_by_ids(req.ids), applied_seq=seq)
 
     async def edges(self, req: ShardEdges) -> EdgesReply:
         r = self.replica
         seq = await self._ready(req)
-        found = await r.store.call(reads.edges, req.ids, req.direction, req.types, req.limit)
-        return EdgesReply(edges=found, applied_seq=seq)
+        return EdgesReply(edges=r.graph.edges(req.ids, req.direction, req.types, req.limit), applied_seq=seq)
 
     async def kv_get(self, req: ShardKVGet) -> KVValueReply:
         r = self.replica

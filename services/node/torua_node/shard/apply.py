@@ -66,6 +66,7 @@ from torua_node.shard.wal import (
     decode_entry,
     fingerprint,
 )
+from torua_node.storage.graphview import EntityRow, RelKey, RelValue, entity_row, relation_item
 from torua_node.storage.keyspace import known_keys, table_size
 from torua_node.storage.schema import (
     APPLIED_FP_KEY,
@@ -95,6 +96,7 @@ from torua_node.storage.tables import (
 )
 
 if TYPE_CHECKING:
+    from torua_node.storage.graphview import GraphView
     from torua_node.storage.textindex import TextIndex
     from torua_node.storage.vectors import VectorIndex
 
@@ -130,8 +132,10 @@ _V = TypeVar("_V")
 
 @dataclass(slots=True)
 class ApplyResult:
-    """What a batch did. The vector and text fields are net changes for the in-memory indexes:
-    apply `*_removed` and `*_ids`/`*_vectors`/`*_texts` in either order (the id sets are disjoint).
+    """What a batch did. The vector, text and graph fields are net changes for the in-memory indexes:
+    apply `*_removed` and `*_ids`/`*_vectors`/`*_texts`/`*_rows`/`relations` in either order (the
+    key sets are disjoint). `entity_rows` go with `entity_ids`; `relations` are the RELATES edges
+    stored (inserted or overwritten), `relations_removed` those deleted, by an entity's delete too.
 
     `error` is set when a transient failure (memory, disk) stopped the batch early: entries after
     `applied_seq` were not applied and must be delivered again, to a reopened database."""
@@ -148,6 +152,9 @@ class ApplyResult:
     chunk_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     chunk_texts: list[str] = field(default_factory=list)
     chunks_removed: list[str] = field(default_factory=list)
+    entity_rows: list[EntityRow] = field(default_factory=list)
+    relations: list[tuple[RelKey, RelValue]] = field(default_factory=list)
+    relations_removed: list[RelKey] = field(default_factory=list)
     error: str | None = None
 
     def update_indexes(self, entities: VectorIndex, chunks: VectorIndex) -> None:
@@ -161,6 +168,10 @@ class ApplyResult:
         entities.upsert(zip(self.entity_ids, self.entity_texts))
         chunks.remove(self.chunks_removed)
         chunks.upsert(zip(self.chunk_ids, self.chunk_texts))
+
+    def update_graph(self, view: GraphView) -> None:
+        view.apply(zip(self.entity_ids, self.entity_rows), self.entities_removed, self.relations,
+                   self.relations_removed)
 
 
 class _Poison(Exception):
@@ -206,17 +217,18 @@ def _memory(conn: kuzu.Connection) -> _Memory:
 
 @dataclass(slots=True)
 class _Delta:
-    """Net index changes, id -> (float32 bytes, indexed text) (upsert) or None (removed); later
-    changes win."""
+    """Net changes for the in-memory indexes, key -> the row stored (upsert) or None (removed);
+    later changes win. Entities: vector, text and graph row; chunks: (float32 bytes, indexed text);
+    relations: (source, type, target) -> the relation (its graph edge)."""
 
-    entities: dict[str, tuple[bytes, str] | None] = field(default_factory=dict)
+    entities: dict[str, WalEntity | None] = field(default_factory=dict)
     chunks: dict[str, tuple[bytes, str] | None] = field(default_factory=dict)
+    relations: dict[tuple[str, str, str], WalRelation | None] = field(default_factory=dict)
 
     def merge(self, other: _Delta) -> None:
-        for mine, theirs in ((self.entities, other.entities), (self.chunks, other.chunks)):
-            for k, v in theirs.items():
-                mine.pop(k, None)  # keep "last change last" so the order stays deterministic
-                mine[k] = v
+        _put_last(self.entities, other.entities.items())  # "last change last": a deterministic order
+        _put_last(self.chunks, other.chunks.items())
+        self.relations.update(other.relations)  # a set of edges: their order does not matter
 
 
 @dataclass(slots=True)
@@ -320,17 +332,17 @@ def _checkpoint_before_deletes(conn: kuzu.Connection, entry: WalEntry, result: A
     # Only when needed: each checkpoint rewrites the whole adjacency data of the touched node groups.
     mem = _memory(conn)
     recent = mem.new_edge_ends
-    if recent is not None:
-        reached = set(entry.delete_entities)
-        reached.update(i for k in entry.delete_relations for i in (k.source, k.target))
-        if entry.delete_documents:
-            reached.update(_chunks_of(conn, id_rows(entry.delete_documents)))
-        if recent.isdisjoint(reached):
-            return True
     try:
+        if recent is not None:
+            reached = set(entry.delete_entities)
+            reached.update(i for k in entry.delete_relations for i in (k.source, k.target))
+            if entry.delete_documents:
+                reached.update(_chunks_of(conn, id_rows(entry.delete_documents)))
+            if recent.isdisjoint(reached):
+                return True
         conn.execute("CHECKPOINT")
-    except RuntimeError as exc:
-        result.error = f"checkpoint before delete: {exc}"[:MAX_ERROR_LEN]
+    except Exception as exc:  # noqa: BLE001 - raising would lose the committed groups' index changes
+        result.error = f"checkpoint before delete: {type(exc).__name__}: {exc}"[:MAX_ERROR_LEN]
         return False
     mem.new_edge_ends = set()
     return True
@@ -409,8 +421,16 @@ def _count(result: ApplyResult, items: list[_Item]) -> None:
 
 def _finish(result: ApplyResult, delta: _Delta, dim: int) -> ApplyResult:
     r = result
-    r.entity_ids, r.entity_vectors, r.entity_texts, r.entities_removed = _split(delta.entities, dim)
+    ents = [e for e in delta.entities.values() if e is not None]
+    r.entity_ids, r.entity_vectors, r.entity_texts, r.entities_removed = _split(
+        {k: None if e is None else (e.embedding, entity_text(e.name, e.description)) for k, e in delta.entities.items()},
+        dim)
+    r.entity_rows = [entity_row(e.name, e.type, e.description, e.properties) for e in ents]
     r.chunk_ids, r.chunk_vectors, r.chunk_texts, r.chunks_removed = _split(delta.chunks, dim)
+    # Built here, on the shard thread: the event loop only links them into the view.
+    r.relations = [relation_item(x.source, x.type, x.target, x.weight + 0.0, x.properties, x.chunks)
+                   for x in delta.relations.values() if x is not None]
+    r.relations_removed = [k for k, x in delta.relations.items() if x is None]
     return r
 
 
@@ -483,7 +503,7 @@ def _apply_items(conn: kuzu.Connection, items: list[_Item], delta: _Delta, fps: 
         if _has_deletes(item):
             _apply_upserts(conn, seg, delta)
             seg = _Upserts()
-            _delete_relations(conn, item.delete_relations, version)
+            _delete_relations(conn, item.delete_relations, version, delta)
             _delete_entities(conn, item.delete_entities, version, delta)
             _delete_documents(conn, item.delete_documents, delta)
         seg.add(item, version)
@@ -509,16 +529,16 @@ def _record_failure(conn: kuzu.Connection, seq: int, error: str, fp: int | None)
 # Deletes
 
 
-def _delete_relations(conn: kuzu.Connection, keys: list[WalRelationKey], version: int) -> None:
+def _delete_relations(conn: kuzu.Connection, keys: list[WalRelationKey], version: int, delta: _Delta) -> None:
     if not keys:
         return
     named = {relation_version_key(k.source, k.type, k.target): (k.source, k.type, k.target) for k in keys}
     _raise_tombstones(conn, list(named), version)
-    _drop_relations(conn, named, version, stored=False)
+    _drop_relations(conn, named, version, delta, stored=False)
 
 
 def _drop_relations(
-    conn: kuzu.Connection, named: dict[str, tuple[str, str, str]], version: int, *, stored: bool
+    conn: kuzu.Connection, named: dict[str, tuple[str, str, str]], version: int, delta: _Delta, *, stored: bool
 ) -> None:
     """Delete the relations among `named` (version key -> (source, type, target)) older than
     `version`, with their Version rows; `stored`: all of them are known to be stored."""
@@ -533,6 +553,8 @@ def _drop_relations(
     run(conn, f"{_edge_match(RELATES)} WHERE r.type = u_type DELETE r", rows,
         table_size(conn, ENTITY.name, RELATES.name))
     _drop_versions(conn, gone)
+    for r in rels:
+        delta.relations[r] = None
     _drop_orphan_stubs(conn, ENTITY, list(dict.fromkeys(i for r in rels for i in (r[0], r[2]))))
 
 
@@ -551,7 +573,8 @@ def _delete_entities(conn: kuzu.Connection, ids: list[str], version: int, delta:
     out = run(conn, "MATCH (e:Entity {id: u_id})-[r:RELATES]->(n:Entity) RETURN e.id, r.type, n.id", t, keys)
     inc = run(conn, "MATCH (e:Entity {id: u_id})<-[r:RELATES]-(n:Entity) RETURN n.id, r.type, e.id", t, keys)
     edges = dict.fromkeys([*zip(*out), *zip(*inc)])
-    _drop_relations(conn, {relation_version_key(a, ty, b): (a, ty, b) for a, ty, b in edges}, version, stored=True)
+    _drop_relations(conn, {relation_version_key(a, ty, b): (a, ty, b) for a, ty, b in edges}, version, delta,
+                    stored=True)
     # Mentions carry no version: an entity's delete removes them, as it always did.
     near_chunks = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
                             " WHERE c.stub RETURN DISTINCT c.id", t, keys)[0]
@@ -741,7 +764,7 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         _upsert_nodes(conn, ENTITY, _node_rows(ENTITY, ents))
         for e in ents:
             delta.entities.pop(e.id, None)
-            delta.entities[e.id] = (e.embedding, entity_text(e.name, e.description))
+            delta.entities[e.id] = e
     if seg.chunks:
         chunks = list(seg.chunks.values())
         _upsert_nodes(conn, CHUNK, _node_rows(CHUNK, chunks))
@@ -755,6 +778,7 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         _ensure_stubs(conn, ENTITY, [i for i in ends if i not in stored])
     if relations:
         _upsert_edges(conn, RELATES, list(relations), _relation_rows(list(relations.values())))
+        delta.relations.update(relations)
     if seg.mentions:
         absent = {c: d for c, d in seg.mention_docs.items() if c not in seg.chunks}
         _ensure_stubs(conn, CHUNK, list(absent), absent)

@@ -12,13 +12,25 @@ the router's calls and the shard's endpoints cannot disagree about either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from torua.model import Consistency, EdgeOut, EntityOut
+from torua.model import EdgeOut, EntityOut
+
+# The point reads clients send straight to a shard are defined in the shared package, once.
+from torua.shardwire import (
+    GET,
+    KV_GET,
+    PAGED_HEADER,
+    EntityReply,
+    KVValueReply,
+    Op,
+    ShardGet,
+    ShardKVGet,
+    ShardRequest,
+)
 from torua.wire import Reply, Request
 from torua_node.cypher.merge import ShardRows
 from torua_node.storage.chunks import ChunkOut, Mention
@@ -69,17 +81,6 @@ Target = Literal["chunks", "entities"]
 # --- requests -------------------------------------------------------------------------------------
 
 
-class ShardRequest(Request):
-    after: Annotated[int, Meta(ge=0)] = 0
-    # "strong": the replica first learns the end of its shard's log and waits to apply that far.
-    consistency: Consistency = "strong"
-
-
-class ShardGet(ShardRequest, kw_only=True):
-    id: str
-    embedding: bool = False
-
-
 class ShardEntities(ShardRequest, kw_only=True):
     ids: list[str]
 
@@ -89,10 +90,6 @@ class ShardEdges(ShardRequest, kw_only=True):
     direction: Direction = "both"
     types: list[str] | None = None
     limit: int = 1000
-
-
-class ShardKVGet(ShardRequest, kw_only=True):
-    key: str
 
 
 class ShardVector(ShardRequest, kw_only=True):
@@ -168,11 +165,6 @@ class QueryRowsReply(Reply):
     applied_seq: int
 
 
-class EntityReply(Reply):
-    entity: EntityOut
-    applied_seq: int
-
-
 class EntitiesReply(Reply):
     entities: list[EntityOut]
     applied_seq: int
@@ -183,32 +175,10 @@ class EdgesReply(Reply):
     applied_seq: int
 
 
-class KVValueReply(Reply):
-    key: str
-    value: str
-    applied_seq: int
-
-
 # --- operations -----------------------------------------------------------------------------------
 
-Q = TypeVar("Q", bound=ShardRequest)
-R = TypeVar("R", bound=Reply)
-
-
-@dataclass(frozen=True, slots=True)
-class Op(Generic[Q, R]):
-    """One shard operation: `torua.shard.<n>.<name>`, taking `request`, answering `reply`."""
-
-    name: str
-    request: type[Q]
-    reply: type[R]
-    description: str
-
-
-GET = Op("get", ShardGet, EntityReply, "One entity by id")
 ENTITIES = Op("entities", ShardEntities, EntitiesReply, "Entities by ids")
 EDGES = Op("edges", ShardEdges, EdgesReply, "1-hop edges of ids")
-KV_GET = Op("kv_get", ShardKVGet, KVValueReply, "One key's value")
 VECTOR = Op("vector", ShardVector, HitsReply, "Exact top-k by cosine")
 TEXT_STATS = Op("text_stats", ShardTextStats, TextStatsReply, "BM25 corpus statistics")
 TEXT = Op("text", ShardText, HitsReply, "BM25 top-k with global statistics")
@@ -217,10 +187,9 @@ CHUNKS = Op("chunks", ShardChunks, ChunksReply, "Chunks by ids")
 QUERY = Op("query", ShardQuery, QueryRowsReply, "A planned read-only query")
 
 
-# A reply larger than one NATS message is sent in parts: the first answers the request, with this
-# header set to "<cursor> <node> <parts>"; parts 1 .. parts-1 are asked of the replica that holds
-# them, `page_subject(shard, node)`, with ShardPage; the concatenated bytes are the reply's JSON.
-PAGED_HEADER = "Torua-Paged"
+# A reply larger than one NATS message is sent in parts: the first answers the request, with the
+# header PAGED_HEADER set to "<cursor> <node> <parts>"; parts 1 .. parts-1 are asked of the replica
+# that holds them, `page_subject(shard, node)`, with ShardPage; the concatenated bytes are the reply's JSON.
 PAGE_OP = "page"
 
 

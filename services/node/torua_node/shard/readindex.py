@@ -10,20 +10,37 @@ a read that arrives while a request is in flight waits for the next one.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-__all__ = ["LogEnd"]
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.js.errors import APIError, ServiceUnavailableError
+
+from torua.retention import log_id_of
+from torua.subjects import WAL_STREAM
+
+__all__ = ["LogEnd", "LogState", "log_state"]
+
+T = TypeVar("T")
+
+JS_API = "$JS.API"  # nats-py's default JetStream API prefix, which every Torua connection uses
+JS_TIMEOUT_S = 5.0  # nats-py's default for JetStream API requests
 
 
-class LogEnd:
-    """The end of one log, fetched on demand, batched across concurrent callers."""
+class LogEnd(Generic[T]):
+    """The end of one log (or what `fetch` says of it), fetched on demand, batched across
+    concurrent callers."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
         self._fetch = fetch
-        self._next: asyncio.Future[int] | None = None  # the fetch new callers wait for (not yet begun)
+        self._next: asyncio.Future[T] | None = None  # the fetch new callers wait for (not yet begun)
         self._runner: asyncio.Task[None] | None = None
 
-    async def get(self) -> int:
+    async def get(self) -> T:
         """A log end read after this call began; raises what the fetch raised."""
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
@@ -56,7 +73,107 @@ class LogEnd:
             self._next.cancel()
 
 
-def _retrieve(fut: asyncio.Future[int]) -> None:
+def _retrieve(fut: asyncio.Future[T]) -> None:
     # Every caller may have gone (cancelled while shielded): asyncio must not report the error.
     if not fut.cancelled():
         fut.exception()
+
+
+# --- the end of one shard's log, cheaply -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """What one look at the log found: its identity (creation time, `torua.retention.log_id_of`),
+    the stream's last sequence, and the last sequence on the shard's subject (`end`)."""
+
+    log_id: int
+    stream_last: int
+    end: int
+
+
+async def log_state(nc: NATS, subject: str, known: LogState | None) -> LogState:
+    """The log's state now, given an earlier look `known` (None: none).
+
+    JetStream's "last message on a subject" returns the whole entry (up to a megabyte, base64),
+    which made a strong point read cost several round trips' worth of bytes. So the question asked
+    is smaller: is there an entry on the subject after `known.end`? Usually there is none, and the
+    answer is a short 404; only when there is does the last entry get fetched. The stream's info,
+    asked at the same time, tells whether the log is still the one `known` looked at (re-created:
+    another identity; shrunk: a last sequence below `known.end`) — then `known` says nothing."""
+    info_reply, next_seq = await asyncio.gather(
+        _api(nc, f"{JS_API}.STREAM.INFO.{WAL_STREAM}", b""),
+        _seq_of(nc, {"seq": known.end + 1, "next_by_subj": subject}) if known is not None and known.end else _none(),
+    )
+    info = _decode_info(info_reply)
+    if info.error is not None:
+        raise _api_error(info.error)
+    state = LogState(log_id=log_id_of(_utc(info.created)), stream_last=info.state.last_seq, end=0)
+    same_log = known is not None and known.log_id == state.log_id and state.stream_last >= known.end
+    if same_log and known is not None and known.end and next_seq is None:
+        return LogState(state.log_id, state.stream_last, known.end)
+    end = await _seq_of(nc, {"last_by_subj": subject})
+    return LogState(state.log_id, state.stream_last, end or 0)
+
+
+async def _none() -> None:
+    return None
+
+
+async def _api(nc: NATS, subject: str, payload: bytes) -> bytes:
+    try:
+        msg = await nc.request(subject, payload, timeout=JS_TIMEOUT_S)
+    except NoRespondersError:
+        raise ServiceUnavailableError from None
+    return msg.data
+
+
+async def _seq_of(nc: NATS, request: dict[str, int | str]) -> int | None:
+    """The sequence of the message a STREAM.MSG.GET request finds, None if none (its data is not
+    decoded)."""
+    reply = _decode_msg_get(await _api(nc, f"{JS_API}.STREAM.MSG.GET.{WAL_STREAM}", _encode(request)))
+    if reply.error is not None:
+        if reply.error.code == 404:
+            return None
+        raise _api_error(reply.error)
+    return reply.message.seq if reply.message is not None else None
+
+
+def _utc(created: str) -> dt.datetime:
+    # JetStream gives nanoseconds; the identity keeps microseconds truncated, as nats-py parses them.
+    head, _, frac = created.rstrip("Z").partition(".")
+    return dt.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _Seq(msgspec.Struct):
+    seq: int = 0
+
+
+class _MsgGetReply(msgspec.Struct):
+    message: _Seq | None = None  # its data and headers are skipped, not decoded
+    error: _ApiError | None = None
+
+
+class _StreamState(msgspec.Struct):
+    last_seq: int = 0
+
+
+class _InfoReply(msgspec.Struct):
+    created: str = "1970-01-01T00:00:00Z"
+    state: _StreamState = msgspec.field(default_factory=_StreamState)
+    error: _ApiError | None = None
+
+
+def _api_error(err: _ApiError) -> APIError:
+    return APIError(code=err.code, err_code=err.err_code, description=err.description)
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_msg_get = msgspec.json.Decoder(_MsgGetReply).decode
+_decode_info = msgspec.json.Decoder(_InfoReply).decode

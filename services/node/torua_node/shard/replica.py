@@ -42,7 +42,7 @@ from torua_node.settings import QueryLimits, SnapshotPolicy
 from torua_node.shard.api import start_shard_service
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.logcheck import LogView, behind_purge, log_id_of, log_problem
-from torua_node.shard.readindex import LogEnd
+from torua_node.shard.readindex import LogEnd, LogState, log_state
 from torua_node.shard.snapshot import (
     SnapshotCorrupt,
     Snapshots,
@@ -53,6 +53,7 @@ from torua_node.shard.snapshot import (
 from torua_node.shard.wal import fingerprint
 from torua_node.shard.worker import ShardQueries, copy_database
 from torua_node.storage.digest import content_digest
+from torua_node.storage.graphview import GraphView, load_graph_view
 from torua_node.storage.schema import (
     LogPosition,
     init_schema,
@@ -105,8 +106,10 @@ class ShardReplica:
         self.chunk_index = VectorIndex(dim)
         self.entity_text = TextIndex()
         self.chunk_text = TextIndex()
+        # Entities and edges in memory: get (without embedding), entities and edges read it, not Kuzu.
+        self.graph = GraphView()
         self._applied = asyncio.Condition()
-        self.log_end = LogEnd(self._log_end)  # strong reads: the current end of the shard's log
+        self.log_end = LogEnd(self._strong_end)  # strong reads: the current end of the shard's log
         self._task: asyncio.Task[None] | None = None
         self._service: ServiceHandle | None = None
         self._closing = False
@@ -158,6 +161,7 @@ class ShardReplica:
             raise RestoreNeeded(f"shard {self.shard}: the log was purged past this replica's position {self.applied_seq}")
         self.entity_index, self.chunk_index = await self.store.call(load_indexes, self.dim)
         self.entity_text, self.chunk_text = await self.store.call(load_text_indexes)
+        self.graph = await self.store.call(load_graph_view)
         self.state = "recovering"
         self._task = asyncio.create_task(self._follow_log(), name=f"wal-{self.shard}")
 
@@ -196,10 +200,11 @@ class ShardReplica:
         self._check_serving()
         applied = self.applied_seq  # before the request: the log's end then is at least this
         try:
-            end = await self.log_end.get()
-            if end < applied:
-                # The log holds less of this shard than this replica applied: re-created, or lost
-                # entries. Answering now could miss writes acknowledged in the new log.
+            state = await self.log_end.get()
+            end = state.end
+            if end < applied or (self.log_id is not None and state.log_id != self.log_id):
+                # The log holds less of this shard than this replica applied, or is another log:
+                # re-created, or lost entries. Answering now could miss writes acknowledged in it.
                 problem = await self._verify_log()
                 if problem is not None:
                     await self._diverge(problem)
@@ -274,6 +279,32 @@ class ShardReplica:
         return check
 
     # --- the log ------------------------------------------------------------------------------
+
+    async def check_log_id(self, log_id: int) -> None:
+        """A read pinned by a router to a position in the log `log_id`: refuse it (and stop serving,
+        if the log really is another) when this replica applied a different log."""
+        self._check_serving()
+        if self.log_id is None or log_id == self.log_id:
+            return
+        try:
+            problem = await self._verify_log()
+        except Exception as exc:  # noqa: BLE001 - NATS unreachable or the stream missing: retryable
+            raise Unavailable(
+                f"shard {self.shard} replica on {self.node_id} could not check its log ({type(exc).__name__}); retry"
+            ) from None
+        if problem is not None:
+            await self._diverge(problem)
+        if self.log_id != log_id:
+            # The router read another log than this replica follows (one of the two is stale): ask again.
+            raise Unavailable(f"shard {self.shard} replica on {self.node_id} follows another log than the read "
+                              "was pinned to; retry")
+
+    async def _strong_end(self) -> LogState:
+        """The log's state for strong reads (readindex.log_state), this replica's own position
+        serving as the earlier look: when nothing was written since, two short replies."""
+        applied, log_id = self.applied_seq, self.log_id
+        known = LogState(log_id, applied, applied) if log_id is not None and applied else None
+        return await log_state(self.nc, wal_subject(self.shard), known)
 
     async def _log_end(self) -> int:
         try:
@@ -391,6 +422,7 @@ class ShardReplica:
             raise
         result.update_indexes(self.entity_index, self.chunk_index)
         result.update_text_indexes(self.entity_text, self.chunk_text)
+        result.update_graph(self.graph)  # before applied_seq moves: reads at it see the batch
         for seq, err in result.failures:
             self.failures += 1
             self.error = f"entry {seq} skipped: {err}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import kuzu
@@ -13,7 +14,7 @@ from torua_node.storage.keyspace import table_size
 from torua_node.storage.statements import id_rows, run
 from torua_node.storage.store import all_rows
 
-__all__ = ["get_entity", "entities_by_ids", "edges", "kv_get"]
+__all__ = ["get_entity", "entities_by_ids", "edges", "kv_get", "entity_out", "edge_out"]
 
 Direction = Literal["out", "in", "both"]
 _ENTITY_COLS = "e.id, e.name, e.type, e.description, e.properties"
@@ -84,14 +85,27 @@ def _props(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _entity(row: list[Any], embedding: bytes | None) -> EntityOut:
-    id_, name, type_, description, properties = row
+def entity_out(id_: str, row: Sequence[Any], embedding: bytes | None = None) -> EntityOut:
+    """An entity's answer from its row (name, type, description, properties JSON text), as every read
+    of it answers (also storage.graphview's)."""
+    name, type_, description, properties = row
     vector = None if embedding is None else np.frombuffer(embedding, "<f4").tolist()
     return EntityOut(id=id_, name=name or "", type=type_ or "", description=description or "",
                      properties=_props(properties), embedding=vector)
 
 
+def edge_out(key: Sequence[Any], value: Sequence[Any]) -> EdgeOut:
+    """An edge's answer from its key (source, type, target) and value (weight, properties JSON text,
+    chunk ids), as every read of it answers (also storage.graphview's)."""
+    s, ty, t = key
+    w, p, ch = value
+    return EdgeOut(source=s, target=t, type=ty, weight=w, properties=_props(p), chunks=list(ch))
+
+
+def _entity(row: list[Any], embedding: bytes | None) -> EntityOut:
+    return entity_out(row[0], row[1:5], embedding)
+
+
 def _edge(row: list[Any]) -> EdgeOut:
     s, ty, t, w, p, ch = row
-    return EdgeOut(source=s, target=t, type=ty, weight=w, properties=_props(p),
-                   chunks=msgspec.json.decode(ch) if ch else [])
+    return edge_out((s, ty, t), (w, p, msgspec.json.decode(ch) if ch else []))
