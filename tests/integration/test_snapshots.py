@@ -29,6 +29,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from tests.conftest import wait_for
+from tests.integration.conftest import TORUA
+from tests.integration.test_durability import replicas_converged
 from torua import Client, ToruaError
 from torua.connect import connect
 from torua.model import Entity
@@ -42,10 +45,6 @@ from torua_node.shard.snapshot import FORMAT, SnapshotCorrupt, Snapshots, file_s
 from torua_node.shard.wal import WalEntity, WalEntry, encode_entry
 from torua_node.storage.schema import SCHEMA_VERSION
 from torua_node.storage.store import ShardStore
-
-from tests.conftest import wait_for
-from tests.integration.conftest import TORUA
-from tests.integration.test_durability import replicas_converged
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -297,6 +296,7 @@ async def test_a_node_back_with_data_behind_the_purged_log_restores(make_cluster
         ids = [f"e{i}" for i in range(100)]
         await rewrite(client, ids, rounds=2)
         await converged(client)
+        held = (await stream_state(nc)).last_seq  # node-2 applied the log this far, and keeps it
         stop_node(cluster, "node-2")
 
         async def dropped() -> bool:
@@ -308,7 +308,10 @@ async def test_a_node_back_with_data_behind_the_purged_log_restores(make_cluster
         await snapshot(client)
 
         async def purged() -> bool:
-            return bool((await stream_state(nc)).messages < before.messages // 2)
+            # Every entry node-2 applied is gone (the snapshot stands wherever node-1 had applied
+            # when it was taken: past node-2's position, not necessarily at the log's end).
+            state = await stream_state(nc)
+            return state.first_seq > held and state.messages < before.messages
 
         await wait_for(purged, timeout=60, what="the log purged past node-2's position")
 
@@ -402,19 +405,20 @@ async def test_replicas_snapshot_every_n_entries_keep_the_newest_and_the_log_fol
         await converged(client)
         store = await nc.jetstream().object_store(SNAPSHOT_BUCKET)
 
-        async def snapshots_kept() -> list[int] | None:
+        async def purged_to_the_oldest_kept() -> tuple[list[int], Any] | None:
+            # Replicas may still take a snapshot as the last entries apply (pruning the oldest kept
+            # and moving the purge): poll until the log's start and the two kept snapshots agree.
             seqs = sorted(int(i.headers["Torua-Seq"][0]) for i in await store.list() if not i.deleted and i.headers)
-            return seqs if len(seqs) == 2 and seqs[-1] >= 40 else None
+            state = await stream_state(nc)
+            done = len(seqs) == 2 and seqs[0] < seqs[1] and seqs[1] >= 40 and state.first_seq == seqs[0]
+            return (seqs, state) if done else None
 
-        seqs = await wait_for(snapshots_kept, timeout=30, what="two automatic snapshots kept")
         # Purged below the oldest kept snapshot (margin 0), not below the newest.
-        state = await wait_for(lambda: _first_seq_at(nc, seqs[0]), timeout=30, what="the log purged")
-        assert state.first_seq == seqs[0]
+        seqs, state = await wait_for(purged_to_the_oldest_kept, timeout=30,
+                                     what="two automatic snapshots kept and the log purged below the oldest")
+        assert state.first_seq == seqs[0] < seqs[1]
     finally:
         await nc.close()
         await client.close()
 
 
-async def _first_seq_at(nc: NATS, seq: int) -> Any:
-    state = await stream_state(nc)
-    return state if state.first_seq >= seq else None
