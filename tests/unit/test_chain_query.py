@@ -162,18 +162,25 @@ FIXED = [
 ]
 
 
+async def _agreeing(world: ChainWorld, cypher: str, ref: str) -> tuple[Any, list[str], list[list[Any]]]:
+    """The answer at 1 shard, checked equal to the answer at 8 and to the reference's columns; with
+    the reference's columns and rows (of `ref`, the same query as Kuzu needs it written)."""
+    one = await world.one.query(cypher)
+    eight = await world.eight.query(cypher)
+    assert not one.partial and not eight.partial
+    assert (eight.columns, eight.rows) == (one.columns, one.rows)
+    columns, want = world.reference(ref)
+    assert one.columns == columns
+    return one, columns, want
+
+
 def _collect_cols(columns: list[str]) -> tuple[int, ...]:
     return tuple(i for i, c in enumerate(columns) if "collect(" in c or c == "cs")
 
 
 @pytest.mark.parametrize("cypher", FIXED, ids=[q[:70] for q in FIXED])
 async def test_fixed_chains_agree_with_the_reference(world: ChainWorld, cypher: str) -> None:
-    one = await world.one.query(cypher)
-    eight = await world.eight.query(cypher)
-    assert not one.partial and not eight.partial
-    assert (eight.columns, eight.rows) == (one.columns, one.rows)
-    columns, want = world.reference(cypher)
-    assert one.columns == columns
+    one, columns, want = await _agreeing(world, cypher, cypher)
     cols = _collect_cols(columns)
     if "LIMIT" in cypher:  # Kuzu breaks ties its own way: compare the ordered keys
         assert len(one.rows) == len(want)
@@ -486,12 +493,7 @@ PIPELINES: list[str | tuple[str, str]] = [
 @pytest.mark.parametrize("cypher", PIPELINES, ids=[(q if isinstance(q, str) else q[0])[:70] for q in PIPELINES])
 async def test_fixed_pipelines_agree_with_the_reference(world: ChainWorld, cypher: str | tuple[str, str]) -> None:
     cypher, ref = (cypher, cypher) if isinstance(cypher, str) else cypher
-    one = await world.one.query(cypher)
-    eight = await world.eight.query(cypher)
-    assert not one.partial and not eight.partial
-    assert (eight.columns, eight.rows) == (one.columns, one.rows)
-    columns, want = world.reference(ref)
-    assert one.columns == columns
+    one, columns, want = await _agreeing(world, cypher, ref)
     cols = tuple(i for i, c in enumerate(columns) if c in ("bs", "es"))
     if "ORDER BY" in cypher.split("RETURN")[-1]:
         assert one.rows == want
