@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
+from torua.retention import log_id_of
 from torua.streams import ensure_wal_stream
 from torua.subjects import WAL_STREAM, wal_subject
 from torua_node.shard.readindex import log_state
@@ -28,6 +29,9 @@ async def test_the_end_is_the_subjects_last_sequence_and_an_unchanged_log_costs_
     first = await log_state(nc, subject, None)
     assert first.end == await last_on(nc, 3) == 3
     assert first.stream_last == 4
+    # The identity replicas store (from nats-py's stream info): equal, or every read would re-check.
+    info = await js.stream_info(WAL_STREAM)
+    assert info.created is not None and first.log_id == log_id_of(info.created)
 
     # Nothing new on this subject (another shard's write does not count): the earlier end stands,
     # learnt without the 400 KB entry coming over the wire.
