@@ -21,6 +21,7 @@ carry it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,7 +33,7 @@ from nats.aio.client import Client as NATS
 from torua.errors import Unavailable
 from torua.subjects import wal_subject
 from torua_node.shard.protocol import ShardRequest
-from torua_node.shard.readindex import LogState, log_state
+from torua_node.shard.readindex import LogEnd, LogState, log_state
 
 __all__ = ["LogEnds", "JetStreamLogEnds", "ReadPoint", "reading", "pinned"]
 
@@ -44,13 +45,12 @@ _current: ContextVar[ReadPoint | None] = ContextVar("torua_read_point", default=
 class LogEnds:
     """The end of every shard's log, fetched on demand and shared by concurrent callers, but never a
     fetch that began before the caller asked (it might miss a write acknowledged in between): a
-    caller arriving while a fetch is in flight gets the next one. As `shard/readindex.LogEnd`, per
+    caller arriving while a fetch is in flight gets the next one: a `shard/readindex.LogEnd` per
     shard, handing out the shared future itself so that a request's later rounds need no task."""
 
     def __init__(self, fetch: Callable[[int], Awaitable[int]]) -> None:
         self._fetch = fetch
-        self._next: dict[int, asyncio.Future[int]] = {}  # per shard: the fetch new callers wait for
-        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._ends: dict[int, LogEnd[int]] = {}
 
     def log_id(self, shard: int) -> int | None:
         """The identity of the log the shard's latest end was read from, if known."""
@@ -58,28 +58,10 @@ class LogEnds:
 
     def next_end(self, shard: int) -> asyncio.Future[int]:
         """The shard's log end as read by a fetch that begins after this call."""
-        waiting = self._next.get(shard)
-        if waiting is None:
-            waiting = self._next[shard] = asyncio.get_running_loop().create_future()
-            waiting.add_done_callback(_retrieve)
-        runner = self._runners.get(shard)
-        if runner is None or runner.done():
-            self._runners[shard] = asyncio.create_task(self._run(shard), name=f"log-end-{shard}")
-        return waiting
-
-    async def _run(self, shard: int) -> None:
-        while (batch := self._next.pop(shard, None)) is not None:
-            # From here on, new callers wait for the following fetch: this one may have begun
-            # before they arrived.
-            try:
-                end = await self._fetch(shard)
-            except asyncio.CancelledError:
-                batch.cancel()
-                raise
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
-                batch.set_exception(exc)
-            else:
-                batch.set_result(end)
+        end = self._ends.get(shard)
+        if end is None:
+            end = self._ends[shard] = LogEnd(functools.partial(self._fetch, shard))
+        return end.next()
 
 
 class ReadPoint:
@@ -169,9 +151,3 @@ class JetStreamLogEnds(LogEnds):
     def log_id(self, shard: int) -> int | None:
         state = self._seen.get(shard)
         return None if state is None else state.log_id
-
-
-def _retrieve(fut: asyncio.Future[int]) -> None:
-    # Every waiter may have gone (cancelled while shielded): asyncio must not report the error.
-    if not fut.cancelled():
-        fut.exception()

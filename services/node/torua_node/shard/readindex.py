@@ -42,13 +42,18 @@ class LogEnd(Generic[T]):
 
     async def get(self) -> T:
         """A log end read after this call began; raises what the fetch raised."""
+        return await asyncio.shield(self.next())
+
+    def next(self) -> asyncio.Future[T]:
+        """The future of the fetch that begins after this call (shared: shield it before awaiting
+        it from a task that may be cancelled)."""
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
             self._next.add_done_callback(_retrieve)
         waiting = self._next
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name="log-end")
-        return await asyncio.shield(waiting)
+        return waiting
 
     async def _run(self) -> None:
         while self._next is not None:
