@@ -397,15 +397,20 @@ def test_random_chains_agree_across_shard_counts_and_with_the_reference(world: C
     check_case(world, case)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10_000), cases=st.lists(chain_cases(), min_size=3, max_size=3))
-def test_random_small_graphs(tmp_path_factory: pytest.TempPathFactory, seed: int, cases: list[ChainCase]) -> None:
+def check_on_a_small_graph(tmp_path_factory: pytest.TempPathFactory, seed: int, cases: list[ChainCase]) -> None:
+    """Small graphs make cycles, shared neighbours and empty matches common."""
     w = make_world(tmp_path_factory.mktemp("small"), seed, n_entities=14, n_relations=35, n_chunks=8)
     try:
         for case in cases:
             check_case(w, case)
     finally:
         w.close()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), cases=st.lists(chain_cases(), min_size=3, max_size=3))
+def test_random_small_graphs(tmp_path_factory: pytest.TempPathFactory, seed: int, cases: list[ChainCase]) -> None:
+    check_on_a_small_graph(tmp_path_factory, seed, cases)
 
 
 async def test_star_returns_the_public_columns(world: ChainWorld) -> None:
@@ -650,9 +655,4 @@ def test_random_pipelines_agree_across_shard_counts_and_with_the_reference(world
 @given(seed=st.integers(0, 10_000), cases=st.lists(pipeline_cases(), min_size=3, max_size=3))
 def test_random_pipelines_on_small_graphs(tmp_path_factory: pytest.TempPathFactory, seed: int,
                                           cases: list[ChainCase]) -> None:
-    w = make_world(tmp_path_factory.mktemp("small"), seed, n_entities=14, n_relations=35, n_chunks=8)
-    try:
-        for case in cases:
-            check_case(w, case)
-    finally:
-        w.close()
+    check_on_a_small_graph(tmp_path_factory, seed, cases)
