@@ -44,13 +44,15 @@ class SyncClient:
         request_timeout: float = 10.0,
         retries: int = 3,
         auth: NatsAuth | None = None,
+        direct_reads: bool = True,
     ) -> SyncClient:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="torua-sync-client", daemon=True)
         thread.start()
         try:
             future = asyncio.run_coroutine_threadsafe(
-                Client.connect(url, timeout=timeout, request_timeout=request_timeout, retries=retries, auth=auth),
+                Client.connect(url, timeout=timeout, request_timeout=request_timeout, retries=retries, auth=auth,
+                               direct_reads=direct_reads),
                 loop,
             )
             client = future.result()

@@ -4,10 +4,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import SCRATCH_DIR
+from torua_node.shard import apply as apply_mod
 from torua_node.storage import statements
 
 
@@ -32,3 +34,14 @@ def statement_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     if request.param == "row-by-row":
         monkeypatch.setattr(statements, "KEYS_PER_ROW", 0)
     return request.param
+
+
+@pytest.fixture
+def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Valid entries must go through apply's bulk path: the entry-by-entry fallback would hide bugs
+    (test_apply, test_convergence)."""
+
+    def boom(*a: Any) -> None:
+        raise AssertionError("batch transaction failed and fell back to entry-by-entry apply")
+
+    monkeypatch.setattr(apply_mod, "_apply_one_by_one", boom)

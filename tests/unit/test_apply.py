@@ -269,16 +269,6 @@ def apply_split(conn: kuzu.Connection, log: list[tuple[int, bytes]], cuts: list[
     return results
 
 
-@pytest.fixture
-def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Valid entries must go through the bulk path: the entry-by-entry fallback would hide bugs."""
-
-    def boom(*a: Any) -> None:
-        raise AssertionError("batch transaction failed and fell back to entry-by-entry apply")
-
-    monkeypatch.setattr(apply_mod, "_apply_one_by_one", boom)
-
-
 # -- properties --------------------------------------------------------------------------------------
 
 

@@ -61,17 +61,12 @@ def chain_graph(seed: int, n_entities: int = 30, n_relations: int = 75, n_chunks
     half = len(ents) // 2
     looped = {r.source for r in rels if r.source == r.target}
     deleted = rnd.sample([i for i in ids if i not in looped], 2)
-    g = Graph([UpsertRequest(entities=ents[:half], relations=rels[:len(rels) // 2]),
-               UpsertRequest(entities=ents[half:], relations=rels[len(rels) // 2:], documents=docs, chunks=chunks),
-               DeleteRequest(entities=deleted)])
-    g.entities = {e.id: e for e in ents if e.id not in deleted}
-    for r in rels:
-        g.relations.pop((r.source, r.type, r.target), None)
-        g.relations[(r.source, r.type, r.target)] = r
-    g.relations = {k: r for k, r in g.relations.items() if r.source in g.entities and r.target in g.entities}
-    g.documents = {d.id: d for d in docs}
-    g.chunks = {c.id: c for c in chunks}
-    return g
+    batches: list[UpsertRequest | DeleteRequest] = [
+        UpsertRequest(entities=ents[:half], relations=rels[:len(rels) // 2]),
+        UpsertRequest(entities=ents[half:], relations=rels[len(rels) // 2:], documents=docs, chunks=chunks),
+        DeleteRequest(entities=deleted),
+    ]
+    return Graph.after(batches, ents, rels, docs, chunks, set(deleted))
 
 
 def MemCluster(num_shards: int, graph: Graph) -> KuzuShards:  # reads as the type it builds

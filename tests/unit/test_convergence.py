@@ -13,14 +13,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_apply import APPLY_EXAMPLES, DIM, dump, ent, entry, q, rel, temp_db, vec, wal
+from tests.unit.test_apply import (
+    APPLY_EXAMPLES,
+    DIM,
+    dump,
+    ent,
+    entry,
+    q,
+    rel,
+    temp_db,
+    vec,
+    wal,
+)
 from torua.embedding import HashEmbedder
 from torua.errors import BadRequest
 from torua.hashing import shard_for
 from torua.hlc import version_of
 from torua.model import DeleteRequest, Entity, Relation, RelationKey, UpsertRequest
 from torua_node.router.split import split_delete, split_kv, split_upsert
-from torua_node.shard import apply as apply_mod
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import WalEntry, WalRelationKey
 from torua_node.storage.digest import content_digest
@@ -82,14 +92,6 @@ def apply_in_batches(conn: Any, entries: list[WalEntry], cuts: list[int]) -> Non
     for lo, hi in itertools.pairwise(bounds):
         r = apply_batch(conn, log[lo:hi], DIM)
         assert r.failures == [] and r.error is None, (r.failures, r.error)
-
-
-@pytest.fixture
-def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*a: Any) -> None:
-        raise AssertionError("batch transaction failed and fell back to entry-by-entry apply")
-
-    monkeypatch.setattr(apply_mod, "_apply_one_by_one", boom)
 
 
 @settings(max_examples=APPLY_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -57,6 +57,21 @@ class Graph:
     documents: dict[str, Document] = field(default_factory=dict)
     chunks: dict[str, Chunk] = field(default_factory=dict)
 
+    @classmethod
+    def after(cls, batches: list[UpsertRequest | DeleteRequest], ents: list[Entity], rels: list[Relation],
+              docs: list[Document], chunks: list[Chunk], deleted: set[str]) -> Graph:
+        """The batches, and what exists once they are applied: `deleted` entities gone with their
+        relations, the last write of each relation winning."""
+        g = cls(batches)
+        g.entities = {e.id: e for e in ents if e.id not in deleted}
+        for r in rels:  # last write wins per (source, type, target)
+            g.relations.pop((r.source, r.type, r.target), None)
+            g.relations[(r.source, r.type, r.target)] = r
+        g.relations = {k: r for k, r in g.relations.items() if r.source in g.entities and r.target in g.entities}
+        g.documents = {d.id: d for d in docs}
+        g.chunks = {c.id: c for c in chunks}
+        return g
+
 
 NAMES = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ida", "Jo", "Ké", "bo"]
 TYPES = ["person", "place", "thing"]
@@ -93,15 +108,7 @@ def random_graph(seed: int) -> Graph:
         UpsertRequest(entities=late, relations=rels[80:], documents=docs, chunks=chunks),
         DeleteRequest(entities=deleted),
     ]
-    g = Graph(batches)
-    g.entities = {e.id: e for e in ents if e.id not in deleted}
-    for r in rels:  # last write wins per (source, type, target)
-        g.relations.pop((r.source, r.type, r.target), None)
-        g.relations[(r.source, r.type, r.target)] = r
-    g.relations = {k: r for k, r in g.relations.items() if r.source in g.entities and r.target in g.entities}
-    g.documents = {d.id: d for d in docs}
-    g.chunks = {c.id: c for c in chunks}
-    return g
+    return Graph.after(batches, ents, rels, docs, chunks, set(deleted))
 
 
 def _json(value: object) -> str:
