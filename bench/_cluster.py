@@ -24,7 +24,7 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from torua import Client
+from torua import Client, eventloop
 from torua.model import Tokens
 from torua.up import LocalCluster, UpOptions
 
@@ -164,4 +164,4 @@ class AppliedWatch:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["echo"] or len(sys.argv) != 3:
         sys.exit("usage: python -m bench._cluster echo NATS_URL")
-    asyncio.run(_serve_echo(sys.argv[2]))
+    eventloop.run(_serve_echo(sys.argv[2]))

@@ -20,12 +20,11 @@ strong / eventual ratio.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 from pathlib import Path
 
 from bench._cluster import echo_round_trips, p50_p95_ms, timed
-from torua import Client
+from torua import Client, eventloop
 from torua.model import Entity, Relation, Tokens
 from torua.up import LocalCluster, UpOptions
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--entities", type=int, default=2000)
     p.add_argument("--n", type=int, default=300)
-    asyncio.run(run(p.parse_args(argv)))
+    eventloop.run(run(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

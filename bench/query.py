@@ -80,7 +80,7 @@ from bench._cluster import (
     ready_state,
     timed,
 )
-from torua import Client, subjects
+from torua import Client, eventloop, subjects
 from torua.model import Chunk, Document, Entity, GetReply, NeighborsReply, Relation
 
 if _BLAS_THREADS is None:
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     data = make_data(args.entities, args.relations, args.chunks, args.dim)
     asks = make_asks(data, args.requests)
     ref = references(data, asks, args.requests, args.direction)
-    figures = asyncio.run(cluster_figures(data, asks, ref, args))
+    figures = eventloop.run(cluster_figures(data, asks, ref, args))
     report(data, ref, figures, args, started, load0)
 
 

@@ -19,6 +19,7 @@ import msgspec
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from torua import eventloop
 from torua.client import Client
 from torua.display import answer_text, retrieve_text, status_text, table
 from torua.errors import BadRequest, ToruaError
@@ -281,7 +282,7 @@ def _cmd_node(_: argparse.Namespace) -> int:
 
 def _async(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        return asyncio.run(fn(args))
+        return eventloop.run(fn(args))
 
     return run
 

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from torua.connect import NatsAuth
 from torua.errors import ConfigError
+from torua.eventloop import EventLoop
 
 __all__ = [
     "BaseServiceSettings",
@@ -129,6 +130,8 @@ class BaseServiceSettings(NatsConnectionSettings):
     connect_timeout: float = Field(5.0, gt=0)
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
     log_json: bool = False
+    # uvloop where installed (torua.eventloop); "asyncio" rules the loop out when debugging.
+    event_loop: EventLoop = "uvloop"
     # Prometheus text on http://<host>:<port>/metrics; unset: no HTTP server.
     metrics_port: int | None = Field(None, ge=0, le=65535)
 

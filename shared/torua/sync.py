@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from torua import eventloop
 from torua.client import Client
 from torua.connect import NatsAuth
 from torua.settings import DEFAULT_NATS_URL
@@ -46,7 +47,7 @@ class SyncClient:
         auth: NatsAuth | None = None,
         direct_reads: bool = True,
     ) -> SyncClient:
-        loop = asyncio.new_event_loop()
+        loop = eventloop.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="torua-sync-client", daemon=True)
         thread.start()
         try:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torua import eventloop
 from torua.auth import AuthSetup
 from torua.client import Client
 from torua.connect import NatsAuth
@@ -206,7 +207,7 @@ def _load_sample(url: str, path: Path, auth: NatsAuth | None = None) -> None:
     from torua.sample import sample_demo  # the ingest pipeline: loaded only when asked for
 
     try:
-        asyncio.run(sample_demo(url, path, auth=auth))
+        eventloop.run(sample_demo(url, path, auth=auth))
     except ToruaError as exc:
         print(f"warning: could not load the sample corpus: {exc.description}", file=sys.stderr)
 
@@ -226,7 +227,7 @@ def run_up(opts: UpOptions) -> int:
         cluster.start()
         print(f"nats-server with JetStream on {cluster.url} (data in {opts.data_dir}, logs in {cluster.logs})")
         print(f"starting a coordinator and {opts.nodes} nodes: {opts.shards} shards x {opts.replicas} replicas ...")
-        text = asyncio.run(_wait_green(cluster.url, 60.0, cluster.credentials("admin")))
+        text = eventloop.run(_wait_green(cluster.url, 60.0, cluster.credentials("admin")))
         help_text = _auth_help(cluster) if cluster.auth is not None else _examples(cluster.url)
         print(f"\ncluster is green after {time.monotonic() - started:.1f}s\n\n{text}\n\n{help_text}")
         if opts.sample is not None:

@@ -4,6 +4,7 @@ import asyncio
 import signal
 import sys
 
+from torua import eventloop
 from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
 from torua.metrics import metrics
@@ -29,7 +30,7 @@ def main() -> None:
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port)
         bind(role="coordinator", coordinator=settings.coordinator_id)
-        asyncio.run(_run(settings))
+        eventloop.run(_run(settings), settings.event_loop)
     except ToruaError as exc:
         print(f"torua coordinator: {exc.description}", file=sys.stderr)
         sys.exit(2)

@@ -24,7 +24,7 @@ from functools import partial
 
 from nats.aio.client import Client as NATS
 
-from torua import subjects
+from torua import eventloop, subjects
 from torua.endpoints import Endpoint
 from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
@@ -118,7 +118,7 @@ def main() -> None:
             metrics.serve(settings.metrics_port)
         node = Node(settings, partial(start_data_api, settings))
         bind(role="node", node_id=node.node_id)
-        asyncio.run(_run(node))
+        eventloop.run(_run(node), settings.event_loop)
     except ToruaError as exc:
         print(f"torua node: {exc.description}", file=sys.stderr)
         sys.exit(2)
