@@ -6,9 +6,10 @@ Three roles:
 
 - `service`: coordinators and nodes; everything (the WAL, JetStream's API, KV, heartbeats).
 - `client`: requests to the data API (`torua.graph.*`, `torua.search.*`, `torua.rag.*`,
-  `torua.kv.*`), `torua.cluster.health|info`, and the shards' two point reads
-  (`torua.shard.*.get`, `torua.shard.*.kv_get`: the client's direct reads, docs/api.md); replies
-  come back on its `_INBOX.>`.
+  `torua.kv.*`), `torua.cluster.health|info`, the shards' two point reads
+  (`torua.shard.*.get`, `torua.shard.*.kv_get`: the client's direct reads, docs/api.md) and their
+  vector search (`torua.shard.*.vector`: the client's direct search); replies come back on its
+  `_INBOX.>`.
 - `admin`: the client's subjects, the cluster admin API (`torua.cluster.*`), the nodes' endpoints
   (`torua.node.<id>.<name>`) and service discovery (`$SRV.>`).
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from torua import subjects
 from torua.connect import NatsAuth
-from torua.shardwire import GET, KV_GET
+from torua.shardwire import GET, KV_GET, VECTOR
 
 __all__ = [
     "ROLES",
@@ -66,6 +67,9 @@ SERVICE_ONLY = (
 # The shards' point reads, which the client sends straight to the owning shard (docs/api.md,
 # "Direct point reads"): read-only, and answered under the same rules as through a router.
 SHARD_POINT_READS = tuple(f"torua.shard.*.{op.name}" for op in (GET, KV_GET))  # as subjects.shard_endpoint
+# The shards' vector search, which the Python client sends to every shard and merges (docs/api.md,
+# "Direct vector search"): read-only too, answered under the same rules as a router's.
+SHARD_SEARCH = (f"torua.shard.*.{VECTOR.name}",)
 
 # What clients and operators may not publish: everything only services may, except the point reads
 # (publish deny takes precedence over allow, so `torua.shard.>` itself cannot be denied). Every other
@@ -84,6 +88,7 @@ CLIENT_REQUESTS = (
     subjects.CLUSTER_HEALTH,
     subjects.CLUSTER_INFO,
     *SHARD_POINT_READS,
+    *SHARD_SEARCH,
 )
 
 ADMIN_REQUESTS = (

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
@@ -39,11 +40,28 @@ from torua.model import (
     RelationKey,
     RetrieveReply,
     SearchReply,
+    ShardStatus,
     Tokens,
     UpsertReply,
+    VectorSearchRequest,
 )
 from torua.settings import DEFAULT_NATS_URL
-from torua.shardwire import GET, KV_GET, PAGED_HEADER, Op, ShardGet, ShardKVGet, ShardRequest, kv_shard
+from torua.shardwire import (
+    GET,
+    KV_GET,
+    PAGED_HEADER,
+    VECTOR,
+    HitsReply,
+    HostedHits,
+    HostedVector,
+    Op,
+    ShardGet,
+    ShardKVGet,
+    ShardRequest,
+    ShardVector,
+    kv_shard,
+    merge_hits,
+)
 from torua.subjects import WAL_STREAM, wal_subject
 from torua.wire import (
     BroadcastReply,
@@ -89,6 +107,16 @@ PLACEMENT_TTL_S = 30.0
 PLACEMENT_RECHECK_S = 1.0
 PLACEMENT_RETRY_S = 5.0
 PLACEMENT_TIMEOUT_S = 2.0
+
+# Direct vector search (docs/api.md, "Direct vector search"), under a router's fan-out policy
+# (torua_node.router.client): each shard is given this long, and one that did not answer (no replica,
+# a timeout, a 503 without a retry hint) is asked once more after DIRECT_RETRY_S.
+DIRECT_SHARD_TIMEOUT_S = 5.0
+DIRECT_RETRY_S = 0.05
+# Every node answers `torua.shard.all.vector` for the shards it serves. Once the first node has
+# answered, the others are awaited this much longer (at least; three times as long as the first
+# answer took if that is more), then the shards still missing are asked through their queue groups.
+SCATTER_GRACE_S = 0.05
 
 
 class _ShardCount:
@@ -143,6 +171,88 @@ class _NotDirect(Exception):
     """The owning shard did not answer a direct read usably: ask the router instead."""
 
 
+class _ShardFailed(Exception):
+    """A shard did not answer a direct search after the one retry: the reply is partial."""
+
+
+class _Scatter:
+    """The nodes' answers to one `torua.shard.all.vector` request, gathered until every shard has
+    answered, a node refused the request (4xx), none listens, or time is up (`finish`)."""
+
+    def __init__(self, num_shards: int, needs_look: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.num_shards = num_shards
+        self.replies: dict[int, HitsReply] = {}  # answers as strong as the request asks
+        # A strong request's look at the log (from the node serving its `ends_from`: identity, ends),
+        # and the answers of the nodes that searched at once, to check against it: shard -> (log, reply).
+        self.needs_look = needs_look
+        self.look: tuple[int, dict[int, int]] | None = None
+        self.pending: dict[int, tuple[int, HitsReply]] = {}
+        self.refused = False
+        self.unasked = False  # a node serves a shard beyond `num_shards`: the count is out of date
+        self.started = loop.time()
+        self.first: float | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.timers = [loop.call_later(DIRECT_SHARD_TIMEOUT_S, self.finish)]
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+    def add(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if headers.get("Status") == "503" and not msg.data:
+            return self.finish()  # no node listens (older nodes): every shard through its queue group
+        error = error_of(msg.headers, msg.data)
+        if error is not None:
+            if 400 <= error.code < 500:
+                self.refused = True  # the request's fault: the router's error is the answer
+                return self.finish()
+            return None  # that node's shards are asked through their queue groups
+        try:
+            answer = msgspec.json.decode(msg.data, type=HostedHits)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None  # a node of another version: its shards through their queue groups
+        if answer.unasked:
+            self.unasked = True
+            return self.finish()
+        looked = answer.ends is not None and answer.log_id is not None
+        if looked and self.look is None and answer.log_id is not None and answer.ends is not None:
+            self.look = (answer.log_id, answer.ends)
+        for shard, reply in answer.shards.items():
+            if not 0 <= shard < self.num_shards:
+                continue
+            if looked or not self.needs_look:
+                self.replies.setdefault(shard, reply)
+            elif shard in answer.log_ids:
+                self.pending.setdefault(shard, (answer.log_ids[shard], reply))
+        if len(self.replies.keys() | self.pending.keys()) == self.num_shards and (self.look or not self.needs_look):
+            return self.finish()
+        if self.first is None:
+            loop = asyncio.get_running_loop()
+            self.first = loop.time()
+            grace = max(SCATTER_GRACE_S, 3 * (self.first - self.started))
+            self.timers.append(loop.call_later(grace, self.finish))
+        return None
+
+
+    def answered(self) -> dict[int, HitsReply]:
+        """The shards answered: as strong as asked, or searched at once by a replica of the log the
+        look was at, that had applied at least the end the look found for its shard (so reflecting
+        every write acknowledged before the request was sent). The others: none (ask them)."""
+        out = dict(self.replies)
+        if self.look is not None:
+            log_id, ends = self.look
+            for shard, (replica_log, reply) in self.pending.items():
+                if shard not in out and replica_log == log_id and shard in ends and reply.applied_seq >= ends[shard]:
+                    out[shard] = reply
+        return out
+
+
 class Client:
     """`async with await Client.connect(url) as c: info = await c.cluster_info()`."""
 
@@ -154,7 +264,12 @@ class Client:
         self.retries = retries
         # `get` and `kv_get` straight to the owning shard (docs/api.md, "Direct point reads").
         self.direct_reads = direct_reads
+        # `search_vector` by vector straight to every shard too; off once this user is refused them.
+        self.direct_search = direct_reads
         self._shards = _ShardCount(self._placement_info)
+        self._scatter_inbox: str | None = None  # the subscription nodes' search answers come back to
+        self._scatters: dict[str, _Scatter] = {}
+        self._scatter_ids = 0
 
     @classmethod
     async def connect(
@@ -460,9 +575,145 @@ class Client:
         after: Tokens | None = None,
         consistency: Consistency = "strong",
     ) -> SearchReply:
+        """Top `k` by cosine similarity, exact. With a `vector` (and `direct_reads` on), every shard
+        is asked directly and the answers merged here, as a router does (docs/api.md, "Direct vector
+        search"); a `text` is embedded by a router, which answers it."""
         payload: dict[str, Any] = {"k": k, "target": target, "after": after or {}, "consistency": consistency}
         payload |= {"vector": vector} if vector is not None else {"text": text}
+        if vector is not None and text is None and self.direct_search and self._valid(payload, VectorSearchRequest):
+            direct = await self._search_direct(vector, k, target, after or {}, consistency)
+            if direct is not None:
+                return direct
         return await self._typed(subjects.SEARCH_VECTOR, SearchReply, payload)
+
+    async def _search_direct(
+        self, vector: list[float], k: int, target: str, tokens: Tokens, consistency: Consistency
+    ) -> SearchReply | None:
+        """`search.vector` as a router answers it, from this process: one message every node answers
+        for the shards it serves (`_scatter`), then a `torua.shard.<n>.vector` request for each shard
+        still missing, merged with the routers' merge. A shard that does not answer (after one
+        retry) makes the reply partial, as through a router; None where the router must answer
+        instead (shard count unknown or changed, a shard refusing the request (4xx: the router's
+        error is the answer), a reply in parts or that does not decode, this user not permitted to
+        ask the shards)."""
+        num_shards = await self._shards.get()
+        if num_shards is None:
+            return None
+        # A strong search: one node (serving a shard taken in turn) learns the end of every shard's
+        # log, the others search at once and their answers are checked against those ends.
+        ends_from = self._scatter_ids % num_shards if consistency == "strong" else None
+        scatter = await self._scatter(
+            HostedVector(vector=vector, k=k, target=target, shards=list(range(num_shards)),  # type: ignore[arg-type]
+                         after=tokens, consistency=consistency, ends_from=ends_from),
+            num_shards,
+        )
+        if scatter is None:
+            return None
+        encoded: dict[int, bytes] = {}  # by `after`: without tokens every shard gets the same bytes
+
+        def body(shard: int) -> bytes:
+            after = int(tokens.get(str(shard), 0))
+            data = encoded.get(after)
+            if data is None:
+                data = encoded[after] = _encoder.encode(
+                    ShardVector(vector=vector, k=k, target=target, after=after, consistency=consistency)  # type: ignore[arg-type]
+                )
+            return data
+
+        missing = [s for s in range(num_shards) if s not in scatter]
+        results = dict(zip(missing, await asyncio.gather(
+            *(self._shard_search(s, body(s)) for s in missing), return_exceptions=True
+        )))
+        replies: dict[int, HitsReply] = {}
+        status: dict[str, ShardStatus] = {}
+        for shard in range(num_shards):
+            result = scatter[shard] if shard in scatter else results[shard]
+            if isinstance(result, HitsReply):
+                replies[shard] = result
+                status[str(shard)] = ShardStatus(ok=True, applied_seq=result.applied_seq)
+            elif isinstance(result, _ShardFailed):
+                status[str(shard)] = ShardStatus(ok=False, error=str(result)[:1000])
+            elif isinstance(result, _NotDirect):
+                return None
+            else:
+                raise result  # cancellation, or a bug: never a shard's failure
+        if len(replies) < num_shards and await self._shards.learn(PLACEMENT_RECHECK_S) != num_shards:
+            return None  # a shard that is not there may be one a stale shard count placed
+        return SearchReply(hits=merge_hits(replies, k), partial=len(replies) < num_shards, shards=status)
+
+    async def _scatter(self, request: HostedVector, num_shards: int) -> dict[int, HitsReply] | None:
+        """Every node's answer for the shards it serves (`torua.shard.all.vector`), one message out:
+        the shards answered, or None where the router must answer (a node refused the request, or
+        this user may not send it)."""
+        if self._scatter_inbox is None:
+            inbox = self.nc.new_inbox()
+            await self.nc.subscribe(f"{inbox}.*", cb=self._scattered)
+            self._scatter_inbox = inbox
+        self._scatter_ids += 1
+        token = str(self._scatter_ids)
+        gathering = self._scatters[token] = _Scatter(num_shards, request.ends_from is not None)
+        # A user the server does not let send it is told so asynchronously: fail fast on it, as a
+        # request does (torua.connect.Connection).
+        denied = getattr(self.nc, "_denied_waiters", None) if getattr(self.nc, "_fail_fast_denied", False) else None
+        key = subjects.SHARD_VECTOR_ALL.lower()
+        entry = (subjects.SHARD_VECTOR_ALL, gathering.done)
+        if denied is not None:
+            denied.setdefault(key, []).append(entry)
+        try:
+            await self.nc.publish(subjects.SHARD_VECTOR_ALL, _encoder.encode(request), reply=f"{self._scatter_inbox}.{token}")
+            await gathering.done
+        except PermissionDenied:
+            log.info("direct search: not permitted to publish %s; searching through the router", subjects.SHARD_VECTOR_ALL)
+            self.direct_search = False
+            return None
+        finally:
+            gathering.close()
+            del self._scatters[token]
+            if denied is not None and entry in denied.get(key, []):
+                denied[key].remove(entry)
+                if not denied[key]:
+                    del denied[key]
+        if gathering.unasked:
+            await self._shards.learn(PLACEMENT_RECHECK_S)  # the router answers this one
+            return None
+        return None if gathering.refused else gathering.answered()
+
+    async def _scattered(self, msg: Msg) -> None:
+        gathering = self._scatters.get(msg.subject.rsplit(".", 1)[-1])
+        if gathering is not None:  # None: answered late, after its request went on without it
+            gathering.add(msg)
+
+    async def _shard_search(self, shard: int, data: bytes) -> HitsReply:
+        """One shard's answer to a direct search; _ShardFailed or _NotDirect otherwise."""
+        subject = subjects.shard_endpoint(shard, VECTOR.name)
+        why = ""
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(DIRECT_RETRY_S)
+            try:
+                msg = await self.nc.request(subject, data, timeout=min(self.timeout, DIRECT_SHARD_TIMEOUT_S))
+            except PermissionDenied:
+                log.info("direct search: not permitted to request %s; searching through the router", subject)
+                self.direct_search = False
+                raise _NotDirect from None
+            except (NoRespondersError, NatsTimeout) as exc:
+                why = f"no replica of shard {shard} answered ({type(exc).__name__})"
+                continue
+            error = error_of(msg.headers, msg.data)
+            if error is not None:
+                if error.code == Unavailable.code and error.retry_after_ms is None:
+                    why = error.description  # not caught up: once more, as a router does
+                    continue
+                if 400 <= error.code < 500:
+                    raise _NotDirect  # the request's fault, the same on every shard: the router's error
+                raise _ShardFailed(error.description)  # overloaded (its hint says when), or a 5xx
+            if (msg.headers or {}).get(PAGED_HEADER) is not None:
+                raise _NotDirect  # larger than one message: the router fetches the parts
+            try:
+                return msgspec.json.decode(msg.data, type=HitsReply)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise _NotDirect from None  # a replica of another version: the router speaks to it
+        raise _ShardFailed(why)
 
     async def search_text(self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None, consistency: Consistency = "strong") -> SearchReply:
         payload = {"text": text, "k": k, "target": target, "after": after or {}, "consistency": consistency}

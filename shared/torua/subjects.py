@@ -44,6 +44,7 @@ __all__ = [
     "shard_applied",
     "APPLIED_RESET",
     "shard_endpoint",
+    "SHARD_VECTOR_ALL",
     "shard_queue",
     "wal_subject",
 ]
@@ -116,6 +117,12 @@ def wal_subject(shard: int) -> str:
 def shard_endpoint(shard: int, op: str) -> str:
     """`torua.shard.<n>.<op>`: the router's requests to one shard, answered by its queue group."""
     return f"torua.shard.{shard}.{op}"
+
+
+# Vector search of every shard at once, answered by every node (no queue group) for the shards it
+# serves: the Python client's direct search (docs/api.md, "Direct vector search"). Matches
+# `torua.shard.*.vector`, the shards' own vector search, which clients may also request.
+SHARD_VECTOR_ALL = "torua.shard.all.vector"
 
 
 def shard_queue(shard: int) -> str:

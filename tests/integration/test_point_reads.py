@@ -217,12 +217,13 @@ async def test_a_role_without_the_shard_reads_falls_back_to_the_router(secure: L
             await old.get("sec-missing")
 
 
-def test_the_permissions_add_exactly_the_two_point_reads() -> None:
+def test_the_permissions_add_exactly_the_two_point_reads_and_the_vector_search() -> None:
     for role in ("client", "admin"):
         perms = torua_auth.PERMISSIONS[role]
         assert [s for s in perms.publish_allow if s.startswith("torua.shard.")] == [
             "torua.shard.*.get",
             "torua.shard.*.kv_get",
+            "torua.shard.*.vector",  # the client's direct search (tests/integration/test_direct_search.py)
         ]
         # Subscribing to a shard's subjects (answering for it) stays refused.
         assert "torua.shard.>" in perms.subscribe_deny and perms.subscribe_allow == ("_INBOX.>",)

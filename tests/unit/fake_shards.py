@@ -20,6 +20,7 @@ from torua.model import Chunk, EdgeOut, Entity, EntityOut, Relation
 from torua.wire import Reply
 from torua_node.router.client import ShardClient
 from torua_node.shard import protocol as p
+from torua_node.shard.api import stems_used
 from torua_node.shard.protocol import Op, ShardRequest
 from torua_node.storage.chunks import ChunkOut, Mention
 from torua_node.storage.textindex import TextIndex, entity_text
@@ -152,6 +153,8 @@ class FakeShards(ShardClient):
             wanted = set(req.entity_ids)
             rows = sorted((m for m in sh.mentions if m[2] in wanted), key=lambda m: (m[2], m[0]))[: req.limit]
             return p.MentionsReply(mentions=[Mention(c, d, e) for c, d, e in rows], applied_seq=seq)
+        if isinstance(req, p.ShardChunkStems):
+            return p.ChunkStemsReply(uses=stems_used(sh.chunk_text, req), applied_seq=seq)
         if isinstance(req, p.ShardChunks):
             found_chunks = sorted((sh.chunks[i] for i in set(req.ids) if i in sh.chunks), key=lambda c: c.id)
             return p.ChunksReply(chunks=found_chunks, applied_seq=seq)

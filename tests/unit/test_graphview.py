@@ -5,14 +5,20 @@ database."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 import itertools
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kuzu
+import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SCRATCH_DIR
 from tests.unit.test_apply import (
     C_IDS,
     D_IDS,
@@ -31,10 +37,13 @@ from tests.unit.test_apply import (
     wal,
 )
 from tests.unit.test_convergence import key, v
+from torua_node.shard import apply as apply_mod
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import WalEntry
 from torua_node.storage import reads
+from torua_node.storage.digest import content_digest
 from torua_node.storage.graphview import GraphView, load_graph_view
+from torua_node.storage.schema import init_schema
 
 IDS = [*E_IDS, "absent"]
 # Each Kuzu read costs milliseconds: a third of the other fuzz tests' examples keeps this one ~10 s.
@@ -159,3 +168,100 @@ def test_a_view_loaded_at_open_holds_every_real_entity_and_edge() -> None:
         view = load_graph_view(conn)
         assert view.entity_count == len(C_IDS) and view.relation_count == 1
         assert_same_answers(view, conn, [(C_IDS, "both", None, 10)])
+
+
+# --- the entry-by-entry fallback ------------------------------------------------------------------
+
+BOOM = "boom"  # the request id of entries that fail in their transaction (a verdict on the entry)
+
+
+def fail_marked_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every transaction reaching an entry with request id BOOM fails there, with a verdict on the
+    entry (a Kuzu runtime error), after the entries before it (and the entry's own deletes) wrote:
+    the batch's transaction is rolled back, its entries are retried one per transaction, and the
+    marked one fails again, alone, and is skipped."""
+    real = apply_mod._Upserts.add
+
+    def add(seg: Any, e: WalEntry, version: int) -> None:
+        if e.request_id == BOOM:
+            raise RuntimeError("Runtime exception: boom")
+        real(seg, e, version)
+
+    monkeypatch.setattr(apply_mod._Upserts, "add", add)
+
+
+class Replica:
+    """A database and its graph view, applied to as a replica does: a batch that stops early
+    (`ApplyResult.error`) is delivered again, from its position, to the database reopened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.view = path, GraphView()
+        self._open()
+
+    def _open(self) -> None:
+        self.db = kuzu.Database(str(self.path), buffer_pool_size=128 * 1024 * 1024, max_db_size=1 << 34)
+        self.conn = kuzu.Connection(self.db)
+        init_schema(self.conn, DIM)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.db.close()
+
+    def apply(self, batch: list[tuple[int, bytes]]) -> None:
+        for _ in range(len(batch) + 1):  # each delivery applies at least one more entry
+            result = apply_batch(self.conn, batch, DIM)
+            result.update_graph(self.view)
+            if result.error is None:
+                return
+            batch = [(seq, raw) for seq, raw in batch if seq > result.applied_seq]
+            self.close()
+            self._open()
+        raise AssertionError(f"no progress applying {batch[0][0]}: {result.error}")
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    writes=st.lists(st.tuples(s_write(), st.integers(0, 4)), min_size=2, max_size=10),
+    cuts=st.lists(st.integers(0, 10), max_size=2),
+)
+def test_after_the_entry_by_entry_fallback_the_view_answers_what_kuzu_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, writes: list[tuple[WalEntry, int]], cuts: list[int]
+) -> None:
+    """The graph view after batches whose transaction failed on one entry (rolled back, then applied
+    entry by entry, the failing one skipped), deletes among them: the same as Kuzu after every
+    batch, and at the end the same view and content as a replica that applied the log one entry at
+    a time (so nothing but the failing entries was skipped)."""
+    fail_marked_entries(monkeypatch)
+    log = wal(*(msgspec.structs.replace(e, request_id=BOOM) if mark == 0 else e for e, mark in writes))
+    bounds = sorted({0, len(log), *(c % (len(log) + 1) for c in cuts)})
+    with tempfile.TemporaryDirectory(dir=SCRATCH_DIR) as d, contextlib.ExitStack() as stack:
+        batched, alone = Replica(Path(d) / "a"), Replica(Path(d) / "b")
+        stack.callback(batched.close)
+        stack.callback(alone.close)
+        for lo, hi in itertools.pairwise(bounds):
+            batched.apply(log[lo:hi])
+            assert_same_answers(batched.view, batched.conn, [])
+        for item in log:
+            alone.apply([item])
+        assert batched.view.contents() == alone.view.contents() == load_graph_view(alone.conn).contents()
+        assert content_digest(batched.conn) == content_digest(alone.conn)
+
+
+def test_a_delete_retried_alone_after_a_failed_batch_reaches_the_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The property above, spelled out: an edge deleted in a batch that fails on a later entry is
+    # gone from the view once the batch was applied entry by entry.
+    fail_marked_entries(monkeypatch)
+    view = GraphView()
+    with temp_db() as conn:
+        apply_batch(conn, wal(entry(version=v(1), relations=[rel("a", "b"), rel("b", "c")])), DIM).update_graph(view)
+        result = apply_batch(conn, wal(
+            entry(version=v(2), delete_relations=[key("a", "b")]),
+            entry(version=v(3), relations=[rel("c", "a")]),
+            entry(version=v(4), request_id=BOOM, relations=[rel("c", "b")]),
+            entry(version=v(5), relations=[rel("a", "c", "S")]),
+            start=2), DIM)
+        assert [seq for seq, _ in result.failures] == [4] and (result.applied_seq, result.error) == (5, None)
+        result.update_graph(view)
+        assert sorted(view.contents()[1]) == [("a", "S", "c"), ("b", "R", "c"), ("c", "R", "a")]
+        assert_same_answers(view, conn, [])

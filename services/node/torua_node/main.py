@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 from functools import partial
 
@@ -56,6 +57,7 @@ from torua_node.router.client import ClusterEmbedder, NatsShardClient
 from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
 from torua_node.settings import NodeSettings, QueryLimits
+from torua_node.shard.protocol import HostedVector
 
 __all__ = ["main", "start_data_api", "data_endpoints"]
 
@@ -77,6 +79,13 @@ def data_endpoints(api: DataApi, search: Search, retriever: Retriever, answerer:
         Endpoint("kv_put", subjects.KV_PUT, api.kv_put, KVPutRequest, "Store a value under a key", q, True),
         Endpoint("kv_get", subjects.KV_GET, api.kv_get, KVGetRequest, "Read a key", q, True),
         Endpoint("kv_delete", subjects.KV_DELETE, api.kv_delete, KVDeleteRequest, "Delete a key", q, True),
+        *(
+            # Every node for the shards it serves (a queue group of its own: each node gets every
+            # request): the Python client's direct search.
+            [Endpoint("shards_vector", subjects.SHARD_VECTOR_ALL, api.local.vector, HostedVector,
+                      "Vector search of the shards this node serves", f"node-{uuid.uuid4().hex}", True)]
+            if api.local is not None else []
+        ),
     ]
 
 

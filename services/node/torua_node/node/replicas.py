@@ -17,8 +17,15 @@ from torua.metrics import GaugeReading
 from torua.subjects import APPLIED_RESET, shard_applied
 from torua.wire import ReplicaStatus, Reply
 from torua_node.settings import QueryLimits, SnapshotPolicy
-from torua_node.shard.api import ShardApi
-from torua_node.shard.protocol import EntityReply, KVValueReply, ShardGet, ShardKVGet
+from torua_node.shard.api import ShardApi, search_hosted
+from torua_node.shard.protocol import (
+    EntityReply,
+    HostedHits,
+    HostedVector,
+    KVValueReply,
+    ShardGet,
+    ShardKVGet,
+)
 from torua_node.shard.replica import RestoreNeeded, ShardReplica
 from torua_node.storage.store import ShardStore
 
@@ -171,6 +178,23 @@ class LocalReads:
 
     async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None:
         return await self._read("kv_get", shard, lambda api: api.kv_get(req))
+
+    async def vector(self, req: HostedVector) -> HostedHits:
+        """`torua.shard.all.vector`: the asked shards whose replica here is serving, searched as their
+        endpoints would (shard/api.py `search_hosted`); the others are left to their queue groups.
+        Shards served here that were not asked are named (a client's shard count out of date)."""
+        apis: dict[int, ShardApi] = {}
+        for shard in req.shards:
+            replica = self._replicas.replicas.get(shard)
+            if replica is None or replica.state != "active":
+                continue
+            api = self._apis.get(shard)
+            if api is None or api.replica is not replica:
+                api = self._apis[shard] = ShardApi(replica)
+            apis[shard] = api
+        asked = set(req.shards)
+        unasked = [s for s, r in self._replicas.replicas.items() if s not in asked and r.state == "active"]
+        return await search_hosted(apis, req, unasked)
 
     def gauge(self) -> GaugeReading:
         samples = [([op, outcome], float(n)) for (op, outcome), n in sorted(self.counts.items())]

@@ -48,6 +48,9 @@ __all__ = [
     "relation_relevance",
     "stating_chunks",
     "lexical_relevance",
+    "lexical_relevance_of",
+    "STEM_LENGTH",
+    "STEM_MIN_WORD",
     "relation_factors",
     "spread",
     "Paths",
@@ -75,12 +78,16 @@ class Weights:
     stating_chunks: int = 10  # per relation type, chunks whose words say what it means (3, 5, 10, 20, 40 measured)
 
 
+STEM_LENGTH = 4  # a word's stem is its first letters
+STEM_MIN_WORD = 3  # shorter words have none
+
+
 def _stem(word: str) -> str:
-    return word[:4]
+    return word[:STEM_LENGTH]
 
 
 def stems(text: str) -> set[str]:
-    return {_stem(t) for t in query_terms(text) if len(t) >= 3}
+    return {_stem(t) for t in query_terms(text) if len(t) >= STEM_MIN_WORD}
 
 
 def _words(label: str) -> list[str]:
@@ -149,7 +156,13 @@ def lexical_relevance(stated_by: Mapping[str, Sequence[str]], texts: Mapping[str
     """Per relation type, the most question words (stems of `asked`) one chunk stating it contains,
     scaled so the best type is 1. A corpus's own wording tells what a relation means where its
     label does not: "Rena's hometown is Kell" states BORN_IN, which "hometown" alone is not close to."""
-    counts = {t: max((len(asked & stems(texts.get(c, ""))) for c in cs), default=0) for t, cs in stated_by.items()}
+    return lexical_relevance_of(stated_by, {c: len(asked & stems(text)) for c, text in texts.items()})
+
+
+def lexical_relevance_of(stated_by: Mapping[str, Sequence[str]], uses: Mapping[str, int]) -> dict[str, float]:
+    """`lexical_relevance` from how many question stems each chunk uses (absent: none), as a shard
+    counts them from its text index (`ShardChunkStems`) without the chunks' texts."""
+    counts = {t: max((uses.get(c, 0) for c in cs), default=0) for t, cs in stated_by.items()}
     top = max(counts.values(), default=0)
     return {t: n / top for t, n in counts.items() if n} if top else {}
 
@@ -204,22 +217,31 @@ def spread(seeds: Mapping[str, float], edges: Sequence[EdgeOut], factors: np.nda
         u_turn = np.concatenate([2 * t + 1, 2 * t])  # the same type, walked the other way
         came_by = np.full(weights.shape, -1)
         none = 2 * len(types)
+        # Steps grouped by the node they arrive at (stable: within a group, in step order), so that a
+        # node's best incoming step is one reduction over its group rather than a scatter per step.
+        order = np.argsort(dst, kind="stable")
+        into = dst[order]
+        starts = np.flatnonzero(np.r_[True, into[1:] != into[:-1]])
+        reached = into[starts]  # the nodes some step arrives at
+        src, f, arrive, u_turn = src[order], f[order], arrive[order], u_turn[order]
+        unsort = np.empty_like(order)
+        unsort[order] = np.arange(len(order))
+        best = np.zeros(weights.shape)  # per node: its best incoming step, per seed (0: none)
+        how = np.full(weights.shape, none)  # the best step's arrival, lowest on ties
         for _ in range(hops):
             cand = np.where(came_by[:, src] != u_turn, weights[:, src] * f, 0.0)
-            carried = np.maximum(carried, cand.max(axis=0))
-            moved = np.zeros((len(nodes), len(seed_ids)))
-            np.maximum.at(moved, dst, cand.T)  # per node: its best incoming step, per seed
-            best = moved.T
-            how = np.full((len(nodes), len(seed_ids)), none)  # the best step's arrival, lowest on ties
-            np.minimum.at(how, dst, np.where((cand == best[:, dst]) & (cand > 0), arrive, none).T)
-            came_by = np.where(best > weights, how.T, came_by)
+            carried = np.maximum(carried, cand.max(axis=0)[unsort])
+            best[:, reached] = np.maximum(np.maximum.reduceat(cand, starts, axis=1), 0.0)
+            ties = np.where((cand == best[:, into]) & (cand > 0), arrive, none)
+            how[:, reached] = np.minimum.reduceat(ties, starts, axis=1)
+            came_by = np.where(best > weights, how, came_by)
             weights = np.maximum(weights, best)
     if len(seed_ids) > 1:
         ordered = -np.sort(-weights, axis=0)
         total = ordered[0] + w.second_seed * ordered[1]
     else:
         total = weights[0]
-    weight = {n: float(total[i]) for i, n in enumerate(nodes) if total[i] > 0}
+    weight = {n: v for n, v in zip(nodes, total.tolist()) if v > 0}
     return Paths(weight, carried[: len(edges)], carried[len(edges) :])
 
 

@@ -11,15 +11,21 @@ read point (`router/readpoint.py`: each shard's log end is learnt once per quest
    concurrently (the question is embedded meanwhile); then the matched entities' names together
    with their relations (a seed is an entity whose name the question covers, so the first hop's
    relations are among them);
-2. the seeds' neighbourhood, `hops` relations deep, best first: per hop, one round for the few
-   chunks stating each relation type, not read yet, whose words tell how relevant the type is, and
-   one for the relations of the best-weighted entities not expanded yet (sent with the chunks'
-   round when the weights cannot change which entities those are);
-3. the names and types of every entity reached, and the chunks mentioning them, concurrently (with
-   the last chunks' round when the weights cannot change which entities are reached);
-4. the chunk rows of the top k not read already.
+2. the seeds' neighbourhood, `hops` relations deep, best first: per hop, one round in which the
+   shards holding the few chunks stating each relation type count how many of the question's word
+   stems each one uses (`chunk_stems`, from their text indexes: no chunk is read from the database),
+   which tells how relevant the type is, and one for the relations of the best-weighted entities not
+   expanded yet (sent with the counts' round when the weights cannot change which entities those
+   are);
+3. the names and types of every entity reached, and the chunks mentioning them, concurrently — sent
+   with the last hop's counts' round, for every entity that hop may reach (the ones it does not
+   reach are dropped from the answer);
+4. the chunk rows of the top k, from the shards holding them: those of the top k by text and
+   relations alone (most often the top k) while the mentions are awaited, any others after.
 
-Eleven sequential rounds for three hops before, eight to ten now, with the same answer.
+Eleven sequential rounds for three hops before, eight or nine now, with the same answer; of those,
+only the mentions (3) and the top k's rows (4) read the shards' databases — the rest are answered
+from the replicas' memory (graph view, text and vector indexes).
 """
 
 from __future__ import annotations
@@ -48,12 +54,14 @@ from torua.model import (
     Tokens,
 )
 from torua_node.rag.graphrank import (
+    STEM_LENGTH,
+    STEM_MIN_WORD,
     ChunkEvidence,
     Paths,
     Weights,
     direct_scores,
     fuse,
-    lexical_relevance,
+    lexical_relevance_of,
     relation_factors,
     relation_relevance,
     seed_weights,
@@ -68,18 +76,41 @@ from torua_node.rag.search import Search
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, by_owner, is_partial, token
 from torua_node.router.graph import GraphReads
 from torua_node.router.readpoint import reading
-from torua_node.shard.protocol import CHUNKS, MENTIONS, ShardChunks, ShardMentions
+from torua_node.shard.protocol import (
+    CHUNK_STEMS,
+    CHUNKS,
+    MENTIONS,
+    ShardChunks,
+    ShardChunkStems,
+    ShardMentions,
+)
 from torua_node.storage.chunks import ChunkOut, Mention
 
 __all__ = ["Retriever", "build_context"]
 
 T = TypeVar("T")
-Finals = tuple[list[EntityOut], list[Mention]]  # the reached entities' rows, the chunks mentioning them
 
 EXPAND_LIMIT = 300  # entities gathered around the seeds, at most
 BEAM = 10  # entities expanded per hop, the best-weighted new ones (10, 20, 30 and 60 measured alike)
 CONTEXT_RELATIONS = 20
+# The last hop's final round is asked for every entity it may reach, at most this many, while the
+# hop's relevance round runs; the ones not reached are dropped from its answer.
+AHEAD_LIMIT = 4 * EXPAND_LIMIT
 _TYPE_CACHE = 4096  # relation type labels whose vectors are kept (types repeat across questions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Finals:
+    """The final round, sent: the rows of the entities `of` (the matched ones' are in hand), and the
+    chunks mentioning them with whether every shard's answer was whole (under the request's limit)."""
+
+    of: set[str]
+    rows: asyncio.Future[list[EntityOut]]
+    mentions: asyncio.Future[tuple[list[Mention], bool]]
+
+    def cancel(self) -> None:
+        self.rows.cancel()
+        self.mentions.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +119,8 @@ class _Expansion:
     edges: list[EdgeOut]  # between reached entities
     factors: np.ndarray  # what each of `edges` passes on
     paths: Paths
-    rows: dict[str, tuple[ChunkOut, int]]  # chunks read on the way (stating relations), by id
-    finals: asyncio.Future[Finals] | None  # the final round, when it could be asked early
+    finals: _Finals | None  # the final round, when it could be asked early: for all entities reached, maybe more
+    holders: dict[str, int]  # chunks stating relations -> the shard holding each
 
 
 class Retriever:
@@ -144,10 +175,10 @@ class Retriever:
         x = await self._expand(req, seeds, names, asked, hit_shard, first_hop, set(matched), status)
         reached, edges, factors, paths = x.reached, x.edges, x.factors, x.paths
         weight = paths.weight
-        if x.finals is not None:
-            entity_rows, mentions = await x.finals
-        else:
-            entity_rows, mentions = await self._finals(list(reached), set(matched), after, status, level)
+        finals = x.finals or self._finals(list(reached), set(matched), after, status, level)
+        # Asked for more entities than were reached, maybe: the reached ones' part (an entity's
+        # answer does not depend on the others asked with it, unless mentions were cut at the limit).
+        entity_rows = [e for e in await finals.rows if e.id in reached]
         entities = {e.id: e for e in entity_rows} | {i: matched[i] for i in reached if i in matched}
         question = stems(req.question)
         boost = {i: 1.0 + w.type_boost * type_named(e.type, question) for i, e in entities.items()}
@@ -158,6 +189,16 @@ class Retriever:
             points = max(fwd * boost.get(e.target, 1.0), bwd * boost.get(e.source, 1.0)) + w.both_ends * f * min(ws, wt)
             edge_score[(e.source, e.type, e.target)] = points
             evidence.states(e.chunks, points)
+        # The top k by text and relations alone is most often the top k: the rows of those whose
+        # shard is known are asked for while the mentions are awaited; any others, after.
+        holders = x.holders | hit_shard
+        early = fuse(direct, evidence.scores(w), req.k, w)
+        early_rows = _spawn(self._chunks([c for c, _ in early if c in holders], {}, holders, after, status, level))
+        mentions, whole = await finals.mentions
+        if whole or finals.of == set(reached):
+            mentions = [m for m in mentions if m.entity_id in reached]
+        else:
+            mentions, _ = await self._mentions(list(reached), after, status, level)
         mentioned_by: dict[str, set[str]] = defaultdict(set)
         for m in mentions:
             mentioned_by[m.entity_id].add(m.chunk_id)
@@ -166,24 +207,23 @@ class Retriever:
             evidence.mentions(m.chunk_id, weight.get(m.entity_id, 0.0) * spec.get(m.entity_id, 0.0) * boost.get(m.entity_id, 1.0))
         ranked = fuse(direct, evidence.scores(w), req.k, w)
         located = {m.chunk_id: m.document_id for m in mentions}
-        # Rows read during the expansion (chunks stating relations) are not asked for again.
-        chunks = {c: x.rows[c] for c, _ in ranked if c in x.rows}
+        chunks = await early_rows
         missing = [c for c, _ in ranked if c not in chunks]
         if missing:
-            chunks |= await self._chunks(missing, located, hit_shard, after, status, level)
+            chunks |= await self._chunks(missing, located, holders, after, status, level)
         top_edges = sorted(edges, key=lambda e: (-edge_score[(e.source, e.type, e.target)], e.source, e.type, e.target))
         return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
 
-    async def _finals(
+    def _finals(
         self, reached: list[str], matched: set[str], after: Tokens, status: Status, level: Consistency
-    ) -> Finals:
-        """The rows of the entities reached (the matched ones' are in hand) and the chunks mentioning
-        them, concurrently."""
-        rows, mentions = await asyncio.gather(
-            self.graph.entities([i for i in reached if i not in matched], after, status, consistency=level),
-            self._mentions(reached, after, status, level),
+    ) -> _Finals:
+        """Send the final round: the rows of the entities reached and the chunks mentioning them,
+        concurrently."""
+        return _Finals(
+            set(reached),
+            _spawn(self.graph.entities([i for i in reached if i not in matched], after, status, consistency=level)),
+            _spawn(self._mentions(reached, after, status, level)),
         )
-        return rows, mentions
 
     async def _expand(
         self,
@@ -212,18 +252,20 @@ class Retriever:
         with it rather than after it."""
         after, level = req.after, req.consistency
         reached: dict[str, int] = dict.fromkeys(seeds, 0)
-        rows: dict[str, tuple[ChunkOut, int]] = {}
+        uses: dict[str, int] = {}  # stating chunk -> question stems it uses
+        holders: dict[str, int] = {}  # stating chunk -> the shard holding it
+        read: set[str] = set()  # stating chunks asked about
         found: dict[tuple[str, str, str], EdgeOut] = {}
         frontier = sorted(seeds)
         expanded: set[str] = set()
         edges: list[EdgeOut] = []
         factors = np.zeros(0)
+        paths: Paths | None = None
         named = {t for i in seeds for t in tokenize(names.get(i, ""))}
-        texts: dict[str, str] = {}
+        stem_list = sorted(asked)
         words: asyncio.Future[np.ndarray] | None = None
         hop_edges: asyncio.Future[list[EdgeOut]] | None = None  # the next hop's relations, asked early
-        finals: asyncio.Future[Finals] | None = None
-        finals_of: set[str] = set()
+        finals: _Finals | None = None
         for hop in range(1, req.hops + 1):
             if not frontier:
                 break
@@ -243,7 +285,7 @@ class Retriever:
             # Re-chosen every round from all relations seen (freezing each type's first choice
             # measured worse); only chunks not read yet are fetched.
             stated = stating_chunks(edges, self.w.stating_chunks, UNTYPED_RELATION)
-            unread = sorted({c for cs in stated.values() for c in cs} - rows.keys())
+            unread = sorted({c for cs in stated.values() for c in cs} - read)
             new = {x for e in edges for x in (e.source, e.target) if x not in reached}
             room = max(0, EXPAND_LIMIT - len(reached))
             if len(new) <= room:
@@ -254,32 +296,40 @@ class Retriever:
                     ask = sorted(waiting)
                     hop_edges = _spawn(self.graph.edges(ask, "both", None, after, status, consistency=level))
                 elif len(waiting) <= BEAM or hop == req.hops:
-                    finals = _spawn(self._finals(ahead, matched, after, status, level))
-                    finals_of = set(ahead)
-            labels, read = await asyncio.gather(
-                self._relevance(words, edges), self._chunks(unread, {}, hit_shard, after, status, level)
+                    finals = self._finals(ahead, matched, after, status, level)
+            elif hop == req.hops and len(reached) + len(new) <= AHEAD_LIMIT:
+                # The last hop reaches some of `new`, which depends on the weights: ask for all of it
+                # now rather than for the ones reached after this round.
+                ahead = [*reached, *sorted(new)]
+                finals = self._finals(ahead, matched, after, status, level)
+            labels, used = await asyncio.gather(
+                self._relevance(words, edges), self._stems_used(unread, stem_list, hit_shard, after, status, level)
             )
-            rows.update(read)
-            texts.update((c, row.text) for c, (row, _) in read.items())
-            lexical = lexical_relevance(stated, texts, asked)
+            read.update(unread)
+            for c, (n, s) in used.items():
+                uses[c], holders[c] = n, s
+            lexical = lexical_relevance_of(stated, uses)
             relevance = {t: max(labels.get(t, 0.0), lexical.get(t, 0.0)) for t in labels.keys() | lexical.keys()}
             factors = relation_factors(edges, relevance, self.w)
-            weight = spread(seeds, edges, factors, req.hops, self.w).weight
+            paths = spread(seeds, edges, factors, req.hops, self.w)
+            weight = paths.weight
             best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[:room]
             reached.update(dict.fromkeys(best, hop))
             # Best first: the next round expands the best-weighted entities not expanded yet, also
             # those reached earlier whose weight rose once a longer path through them was seen.
             waiting = [x for x in reached if x not in expanded]
             frontier = sorted(waiting, key=lambda x: (-weight.get(x, 0.0), x))[:BEAM]
-        if finals is not None and finals_of != set(reached):
-            # Cannot happen (the rounds sent early were sent only when the weights could not change
-            # them); kept so that a mistake costs a round, not a wrong answer.
+        if finals is not None and not finals.of >= set(reached):
+            # Cannot happen (the rounds sent early were sent only for every entity the weights could
+            # choose); kept so that a mistake costs a round, not a wrong answer.
             finals.cancel()
             finals = None
         kept = [(e, f) for e, f in zip(edges, factors.tolist()) if e.source in reached and e.target in reached]
         kept_edges, kept_factors = [e for e, _ in kept], np.array([f for _, f in kept])
-        paths = spread(seeds, kept_edges, kept_factors, req.hops, self.w)
-        return _Expansion(reached, kept_edges, kept_factors, paths, rows, finals)
+        if paths is None or len(kept) < len(edges):
+            paths = spread(seeds, kept_edges, kept_factors, req.hops, self.w)
+        # else: every relation is between reached entities, and the last round spread over them all.
+        return _Expansion(reached, kept_edges, kept_factors, paths, finals, holders)
 
     async def _word_vectors(self, question: str, named: set[str]) -> np.ndarray:
         """The question's words as the cluster's embedder sees them, once per question (stop words
@@ -310,12 +360,53 @@ class Retriever:
 
     async def _mentions(
         self, entity_ids: list[str], after: Tokens, status: Status, consistency: Consistency
-    ) -> list[Mention]:
-        """Chunks mentioning the entities, asked of the entities' owners (mentions are stored at both ends)."""
+    ) -> tuple[list[Mention], bool]:
+        """Chunks mentioning the entities, asked of the entities' owners (mentions are stored at both
+        ends), and whether every shard's answer was whole (shorter than the request's limit)."""
         groups = by_owner(self.client, entity_ids)
         requests = {s: ShardMentions(entity_ids=ids, after=token(after, s), consistency=consistency) for s, ids in groups.items()}
         replies = await self.client.fan_out(MENTIONS, requests, status)
-        return sorted((m for rep in replies.values() for m in rep.mentions), key=lambda m: (m.chunk_id, m.entity_id))
+        whole = all(len(rep.mentions) < requests[s].limit for s, rep in replies.items())
+        return sorted((m for rep in replies.values() for m in rep.mentions), key=lambda m: (m.chunk_id, m.entity_id)), whole
+
+    async def _stems_used(
+        self,
+        ids: list[str],
+        stem_list: list[str],
+        hit_shard: dict[str, int],
+        after: Tokens,
+        status: Status,
+        consistency: Consistency,
+    ) -> dict[str, tuple[int, int]]:
+        """How many of the question's stems each chunk's text uses, counted by the shard holding it
+        from its text index (no chunk text crosses the wire, no database read), and that shard;
+        asked of every shard when the chunk is known only by id."""
+        if not stem_list:
+            return {}  # no stems asked: every chunk uses none
+        requests = {
+            s: ShardChunkStems(
+                ids=g, stems=stem_list, stem_length=STEM_LENGTH, min_length=STEM_MIN_WORD,
+                after=token(after, s), consistency=consistency,
+            )
+            for s, g in self._by_holder(ids, {}, hit_shard).items()
+        }
+        replies = await self.client.fan_out(CHUNK_STEMS, requests, status)
+        return {c: (n, s) for s, reply in replies.items() for c, n in reply.uses.items()}
+
+    def _by_holder(self, ids: list[str], located: dict[str, str], hit_shard: dict[str, int]) -> dict[int, list[str]]:
+        """Chunk ids by the shard holding them (a chunk lives with its document); one known only by
+        id goes to every shard."""
+        n = self.client.num_shards
+        groups: dict[int, list[str]] = defaultdict(list)
+        for chunk_id in ids:
+            if chunk_id in located:
+                groups[self.client.owner(located[chunk_id])].append(chunk_id)
+            elif chunk_id in hit_shard:
+                groups[hit_shard[chunk_id]].append(chunk_id)
+            else:
+                for s in range(n):
+                    groups[s].append(chunk_id)
+        return groups
 
     async def _chunks(
         self,
@@ -328,16 +419,7 @@ class Retriever:
     ) -> dict[str, tuple[ChunkOut, int]]:
         """Chunk rows from their owning shards (a chunk lives with its document); a chunk known only
         by id is asked of every shard."""
-        n = self.client.num_shards
-        groups: dict[int, list[str]] = defaultdict(list)
-        for chunk_id in ids:
-            if chunk_id in located:
-                groups[self.client.owner(located[chunk_id])].append(chunk_id)
-            elif chunk_id in hit_shard:
-                groups[hit_shard[chunk_id]].append(chunk_id)
-            else:
-                for s in range(n):
-                    groups[s].append(chunk_id)
+        groups = self._by_holder(ids, located, hit_shard)
         requests = {s: ShardChunks(ids=g, after=token(after, s), consistency=consistency) for s, g in groups.items()}
         replies = await self.client.fan_out(CHUNKS, requests, status)
         return {c.id: (c, s) for s, reply in replies.items() for c in reply.chunks}

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from torua.errors import BadRequest
 from torua.model import Consistency, Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
-from torua_node.rag.ranking import global_bm25, rrf, top_k
+from torua.shardwire import merge_hits
+from torua_node.rag.ranking import global_bm25, rrf
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
 from torua_node.router.readpoint import reading
 from torua_node.shard.protocol import (
@@ -133,4 +134,5 @@ class Search:
 
 
 def _merged(replies: dict[int, HitsReply], k: int) -> list[Hit]:
-    return top_k((Hit(id=i, score=sc, shard=s) for s, rep in replies.items() for i, sc in rep.hits), k)
+    # The one merge, shared with the Python client's direct vector search (torua.shardwire).
+    return merge_hits(replies, k)

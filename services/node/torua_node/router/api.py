@@ -58,7 +58,16 @@ from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
 from torua_node.router.readpoint import reading
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
-from torua_node.shard.protocol import GET, KV_GET, EntityReply, KVValueReply, ShardGet, ShardKVGet
+from torua_node.shard.protocol import (
+    GET,
+    KV_GET,
+    EntityReply,
+    HostedHits,
+    HostedVector,
+    KVValueReply,
+    ShardGet,
+    ShardKVGet,
+)
 from torua_node.shard.wal import WalEntry, encode_entry
 
 __all__ = ["DataApi", "DataService", "LocalShards", "follow_applied", "start_data_service", "MAX_ENTRY_BYTES"]
@@ -94,6 +103,10 @@ class LocalShards(Protocol):
     async def get(self, shard: int, req: ShardGet) -> EntityReply | None: ...
 
     async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None: ...
+
+    async def vector(self, req: HostedVector) -> HostedHits:
+        """`torua.shard.all.vector`: the asked shards this node serves (`shard/api.search_hosted`)."""
+        ...
 
 
 class DataApi:

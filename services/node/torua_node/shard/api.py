@@ -5,32 +5,39 @@ replica. Every answer waits until the replica has applied the request's write to
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
+import msgspec
 import numpy as np
 from nats.aio.client import Client as NATS
 
 from torua import subjects
 from torua.endpoints import Endpoint, RawReply, ServiceHandle, add_endpoints, encode
-from torua.errors import BadRequest, NotFound, ResourceLimit, Unavailable
+from torua.errors import BadRequest, NotFound, ResourceLimit, ToruaError, Unavailable
 from torua.natsserver import MAX_PAYLOAD
 from torua.version import __version__
 from torua.wire import Reply
 from torua_node.shard import protocol as p
 from torua_node.shard.protocol import (
     ChunksReply,
+    ChunkStemsReply,
     EdgesReply,
     EntitiesReply,
     EntityReply,
     HitsReply,
+    HostedHits,
+    HostedVector,
     KVValueReply,
     MentionsReply,
     QueryRowsReply,
     ShardChunks,
+    ShardChunkStems,
     ShardEdges,
     ShardEntities,
     ShardGet,
@@ -44,6 +51,7 @@ from torua_node.shard.protocol import (
     ShardVector,
     TextStatsReply,
 )
+from torua_node.shard.readindex import LogLook, stream_ends
 from torua_node.shard.worker import ShardQueries
 from torua_node.storage import reads
 from torua_node.storage.chunks import chunks_by_ids, mentions_of
@@ -52,7 +60,9 @@ from torua_node.storage.store import ShardStore
 from torua_node.storage.textindex import TextIndex
 from torua_node.storage.vectors import VectorIndex
 
-__all__ = ["ServedReplica", "ShardApi", "start_shard_service"]
+__all__ = ["ServedReplica", "ShardApi", "start_shard_service", "search_hosted"]
+
+log = logging.getLogger(__name__)
 
 Q = TypeVar("Q", bound=ShardRequest)
 R = TypeVar("R", bound=Reply)
@@ -66,6 +76,7 @@ class ServedReplica(Protocol):
     nc: NATS
     dim: int
     applied_seq: int
+    log_id: int | None  # the log this replica follows (logcheck.py); None until known
     store: ShardStore
     entity_index: VectorIndex
     chunk_index: VectorIndex
@@ -151,6 +162,29 @@ class ShardApi:
             await self.replica.wait_applied(req.after)
         return self.replica.applied_seq
 
+    async def _ready_search(self, req: ShardRequest) -> int:
+        """`_ready` for the search operations, which a request sends to every shard at once: a
+        strong one learns its shard's log end from the node's one look for all its replicas
+        (`readindex.stream_ends`: one JetStream request while nothing was written, instead of two
+        per shard), with the same guarantee. A log that holds less of the shard than this replica
+        applied, or another log than it follows, is left to `_ready` (which checks it)."""
+        r = self.replica
+        if req.consistency != "strong":
+            return await self._ready(req)
+        applied = r.applied_seq  # before the look: the log's end then is at least this
+        try:
+            look = await stream_ends(r.nc).get((r.shard,))
+        except Exception as exc:  # noqa: BLE001 - NATS unreachable or the stream missing: retryable
+            raise Unavailable(
+                f"shard {r.shard} replica on {r.node_id} could not learn the end of its log "
+                f"({type(exc).__name__}); retry, or read with consistency eventual"
+            ) from None
+        end = look.ends.get(r.shard, 0)
+        if end < applied or r.log_id != look.log_id:
+            return await self._ready(req)
+        await r.wait_applied(max(req.after, end))
+        return r.applied_seq
+
     async def get(self, req: ShardGet) -> EntityReply:
         r = self.replica
         seq = await self._ready(req)
@@ -179,24 +213,31 @@ class ShardApi:
         return KVValueReply(key=req.key, value=value, applied_seq=seq)
 
     async def vector(self, req: ShardVector) -> HitsReply:
+        self.check_dim(req.vector)
+        seq = await self._ready_search(req)
+        return HitsReply(hits=self.nearest(req.vector, req.k, req.target), applied_seq=seq)
+
+    def check_dim(self, vector: list[float]) -> None:
+        dim = self.replica.dim
+        if len(vector) != dim:
+            raise BadRequest(f"vector has {len(vector)} values; this cluster's embedding_dim is {dim}")
+
+    def nearest(self, vector: list[float] | np.ndarray, k: int, target: str) -> list[tuple[str, float]]:
+        """The search itself, on the replica as it is now (the caller waited as the request asks)."""
         r = self.replica
-        seq = await self._ready(req)
-        if len(req.vector) != r.dim:
-            raise BadRequest(f"vector has {len(req.vector)} values; this cluster's embedding_dim is {r.dim}")
-        index = r.chunk_index if req.target == "chunks" else r.entity_index
-        hits = index.search(np.asarray(req.vector, np.float32), req.k)
-        return HitsReply(hits=hits, applied_seq=seq)
+        index = r.chunk_index if target == "chunks" else r.entity_index
+        return index.search(np.asarray(vector, np.float32), k)
 
     async def text_stats(self, req: ShardTextStats) -> TextStatsReply:
         r = self.replica
-        seq = await self._ready(req)
+        seq = await self._ready_search(req)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
         df, n_docs, total = index.stats(req.terms)
         return TextStatsReply(df=df, n_docs=n_docs, total_length=total, applied_seq=seq)
 
     async def text(self, req: ShardText) -> HitsReply:
         r = self.replica
-        seq = await self._ready(req)
+        seq = await self._ready_search(req)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
         return HitsReply(hits=index.search(req.idf, req.avg_length, req.k), applied_seq=seq)
 
@@ -210,6 +251,11 @@ class ShardApi:
         r = self.replica
         seq = await self._ready(req)
         return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=seq)
+
+    async def chunk_stems(self, req: ShardChunkStems) -> ChunkStemsReply:
+        r = self.replica
+        seq = await self._ready(req)
+        return ChunkStemsReply(uses=stems_used(r.chunk_text, req), applied_seq=seq)
 
     async def query(self, req: ShardQuery) -> QueryRowsReply:
         """Run in the replica's query worker (`shard/worker.py`), never on the thread that applies the
@@ -243,6 +289,140 @@ class ShardApi:
         return paged
 
 
+def stems_used(index: TextIndex, req: ShardChunkStems) -> dict[str, int]:
+    """Per chunk of `req.ids` in `index`, how many of `req.stems` its indexed words have (ShardChunkStems)."""
+    wanted, n, least = set(req.stems), req.stem_length, req.min_length
+    out: dict[str, int] = {}
+    for chunk_id in dict.fromkeys(req.ids):
+        terms = index.terms(chunk_id)
+        if terms is not None:
+            out[chunk_id] = len(wanted.intersection({t[:n] for t in terms if len(t) >= least}))
+    return out
+
+
+async def search_hosted(apis: Mapping[int, ShardApi], req: HostedVector, unasked: list[int] | None = None) -> HostedHits:
+    """`torua.shard.all.vector` on one node: the search of each asked shard whose replica here serves
+    (`apis`), answered as that shard's own endpoint answers it (`ShardApi.vector`, its write token
+    from `req.after`), all at once. A shard that cannot answer now (not caught up in time, stopped
+    meanwhile) is left out, for the client to ask its queue group; a 4xx (the request's fault, the
+    same on every shard) is the reply. `unasked`: the shards this node serves that the request did
+    not ask (HostedHits).
+
+    A strong request searches while the node's one look at the log is on its way
+    (`_searched_while_looking`): a shard whose replica had applied exactly its log's end before
+    the look began answers with that search; any other waits and is searched as its endpoint would.
+    With `ends_from`, only a node serving that shard looks (at every asked shard's log) and sends the
+    look; the others search at once (`_searched_at_once`) for the asker to check against it."""
+    for api in apis.values():
+        api.check_dim(req.vector)  # the same on every shard: one 400 for the whole request
+        break
+    vector = np.asarray(req.vector, np.float32)
+    strong = req.consistency == "strong"
+    if strong and req.ends_from is not None and req.ends_from not in apis:
+        return await _searched_at_once(apis, req, unasked)
+    early: dict[int, HitsReply] = {}
+    look: LogLook | None = None
+    if strong and apis:
+        # The node serving `ends_from` looks at every asked shard's log, for the other nodes' answers.
+        every = req.shards if req.ends_from is not None else list(apis)
+        early, look = await _searched_while_looking(apis, req, vector, every)
+
+    async def one(shard: int, api: ShardApi) -> HitsReply:
+        after = int(req.after.get(str(shard), 0))
+        if shard in early:
+            return early[shard]
+        ask = ShardVector(vector=req.vector, k=req.k, target=req.target, after=after, consistency=req.consistency)
+        r = api.replica
+        if look is not None and r.log_id == look.log_id and look.ends.get(shard, 0) >= r.applied_seq:
+            # Behind the end the look found: wait for it (in that log), as a router's read point would.
+            end = look.ends.get(shard, 0)
+            ask = msgspec.structs.replace(ask, after=max(after, end), consistency="eventual", log_id=look.log_id)
+        return await api.vector(ask)
+
+    shards = list(apis)
+    results = await asyncio.gather(*(one(s, apis[s]) for s in shards), return_exceptions=True)
+    answered: dict[int, HitsReply] = {}
+    for shard, result in zip(shards, results):
+        if isinstance(result, HitsReply):
+            answered[shard] = result
+        elif isinstance(result, ToruaError):
+            if 400 <= result.code < 500:
+                raise result
+        elif isinstance(result, Exception):
+            log.warning("shard %d: vector search failed; left to its queue group", shard, exc_info=result)
+        else:
+            raise result  # cancellation: never a shard's failure
+    if req.ends_from is not None and look is not None:
+        asked = set(req.shards)
+        ends = {s: end for s, end in look.ends.items() if s in asked}
+        return HostedHits(shards=answered, unasked=unasked or [], log_id=look.log_id, ends=ends)
+    return HostedHits(shards=answered, unasked=unasked or [])
+
+
+async def _searched_at_once(apis: Mapping[int, ShardApi], req: HostedVector, unasked: list[int] | None) -> HostedHits:
+    """A strong `HostedVector` on a node not serving its `ends_from`: each shard searched as soon as
+    its replica has applied the request's write token, without a look at the log; the answer names
+    each replica's log, for the asker to check against the ends the `ends_from` node learnt (a
+    replica whose log is not known, or changed meanwhile, is left out)."""
+
+    async def one(shard: int, api: ShardApi) -> tuple[int | None, HitsReply]:
+        log_id = api.replica.log_id
+        after = int(req.after.get(str(shard), 0))
+        ask = ShardVector(vector=req.vector, k=req.k, target=req.target, after=after, consistency="eventual")
+        reply = await api.vector(ask)
+        return (log_id if api.replica.log_id == log_id else None), reply
+
+    shards = list(apis)
+    results = await asyncio.gather(*(one(s, apis[s]) for s in shards), return_exceptions=True)
+    answered: dict[int, HitsReply] = {}
+    log_ids: dict[int, int] = {}
+    for shard, result in zip(shards, results):
+        if isinstance(result, tuple):
+            log_id, reply = result
+            if log_id is not None:
+                answered[shard], log_ids[shard] = reply, log_id
+        elif isinstance(result, ToruaError):
+            if 400 <= result.code < 500:
+                raise result
+        elif isinstance(result, Exception):
+            log.warning("shard %d: vector search failed; left to its queue group", shard, exc_info=result)
+        else:
+            raise result  # cancellation: never a shard's failure
+    return HostedHits(shards=answered, unasked=unasked or [], log_ids=log_ids)
+
+
+async def _searched_while_looking(
+    apis: Mapping[int, ShardApi], req: HostedVector, vector: np.ndarray, every: list[int]
+) -> tuple[dict[int, HitsReply], LogLook | None]:
+    """Strong searches of these shards with the log's end learnt meanwhile: the look (one for all of
+    them, `readindex.stream_ends`, begun after the request arrived) is sent first, each shard is
+    searched as its replica is while it is on its way, and a search stands where the replica, in the
+    log the look was at, had applied exactly the end the look found for its shard when it was
+    searched (so the answer reflects every write acknowledged before the request arrived;
+    `applied_seq` is that position). The others are left out (and the look returned, None if it
+    failed): they wait as `ShardApi` does. The look covers the shards `every` (these, or all the
+    request asks, for the other nodes' answers)."""
+    shards = list(apis)
+    look = asyncio.ensure_future(stream_ends(apis[shards[0]].replica.nc).get(every))
+    searched: dict[int, tuple[int, int | None, list[tuple[str, float]]]] = {}
+    for shard in shards:
+        await asyncio.sleep(0)  # the look's request goes out meanwhile
+        r = apis[shard].replica
+        applied, log_id = r.applied_seq, r.log_id  # taken before the search: its data is at least as new
+        if applied >= int(req.after.get(str(shard), 0)):
+            searched[shard] = (applied, log_id, apis[shard].nearest(vector, req.k, req.target))
+    try:
+        found = await look
+    except Exception:  # noqa: BLE001 - each shard's own path says why (Unavailable), or learns it after all
+        return {}, None
+    early = {
+        shard: HitsReply(hits=hits, applied_seq=applied)
+        for shard, (applied, log_id, hits) in searched.items()
+        if log_id is not None and log_id == found.log_id and found.ends.get(shard, 0) == applied
+    }
+    return early, found
+
+
 def _endpoint(shard: int, op: p.Op[Q, R], handler: Callable[[Q], Awaitable[RawReply]]) -> Endpoint:
     """The endpoint of one operation; the handler must take the op's request and give its reply."""
     subject = subjects.shard_endpoint(shard, op.name)
@@ -262,6 +442,7 @@ async def start_shard_service(replica: ServedReplica) -> ServiceHandle:
         _endpoint(n, p.TEXT, api.pages(api.text)),
         _endpoint(n, p.MENTIONS, api.pages(api.mentions)),
         _endpoint(n, p.CHUNKS, api.pages(api.chunks)),
+        _endpoint(n, p.CHUNK_STEMS, api.pages(api.chunk_stems)),
         _endpoint(n, p.QUERY, api.pages(api.query)),
         # Parts of large replies are held by this replica only: its own subject, no queue group.
         Endpoint(p.PAGE_OP, p.page_subject(n, replica.node_id), api.page, ShardPage,

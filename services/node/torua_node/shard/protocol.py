@@ -24,12 +24,17 @@ from torua.shardwire import (
     GET,
     KV_GET,
     PAGED_HEADER,
+    VECTOR,
     EntityReply,
+    HitsReply,
+    HostedHits,
+    HostedVector,
     KVValueReply,
     Op,
     ShardGet,
     ShardKVGet,
     ShardRequest,
+    ShardVector,
 )
 from torua.wire import Reply, Request
 from torua_node.cypher.merge import ShardRows
@@ -44,6 +49,8 @@ __all__ = [
     "ShardEdges",
     "ShardKVGet",
     "ShardVector",
+    "HostedVector",
+    "HostedHits",
     "ShardTextStats",
     "ShardText",
     "ShardMentions",
@@ -54,6 +61,8 @@ __all__ = [
     "TextStatsReply",
     "MentionsReply",
     "ChunksReply",
+    "ShardChunkStems",
+    "ChunkStemsReply",
     "QueryRowsReply",
     "EntityReply",
     "EntitiesReply",
@@ -69,6 +78,7 @@ __all__ = [
     "TEXT",
     "MENTIONS",
     "CHUNKS",
+    "CHUNK_STEMS",
     "QUERY",
     "PAGED_HEADER",
     "page_subject",
@@ -92,12 +102,6 @@ class ShardEdges(ShardRequest, kw_only=True):
     limit: int = 1000
 
 
-class ShardVector(ShardRequest, kw_only=True):
-    vector: list[float]
-    k: int
-    target: Target = "chunks"
-
-
 class ShardTextStats(ShardRequest, kw_only=True):
     terms: list[str]
     target: Target = "chunks"
@@ -119,6 +123,17 @@ class ShardChunks(ShardRequest, kw_only=True):
     ids: list[str]
 
 
+class ShardChunkStems(ShardRequest, kw_only=True):
+    """Of the chunks `ids` this shard holds, how many of `stems` each one's text uses: a stem is the
+    first `stem_length` letters of an indexed word (lower-cased, stop words left out) at least
+    `min_length` long. Answered from the replica's text index, without reading the database."""
+
+    ids: list[str]
+    stems: list[str]
+    stem_length: Annotated[int, Meta(ge=1)]
+    min_length: Annotated[int, Meta(ge=0)] = 0
+
+
 class ShardQuery(ShardRequest, kw_only=True):
     query: str
     params: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -128,11 +143,6 @@ class ShardQuery(ShardRequest, kw_only=True):
 
 
 # --- replies --------------------------------------------------------------------------------------
-
-
-class HitsReply(Reply):
-    hits: list[tuple[str, float]]
-    applied_seq: int
 
 
 class TextStatsReply(Reply):
@@ -149,6 +159,11 @@ class MentionsReply(Reply):
 
 class ChunksReply(Reply):
     chunks: list[ChunkOut]
+    applied_seq: int
+
+
+class ChunkStemsReply(Reply):
+    uses: dict[str, int]  # chunk id -> stems its text uses (the chunks asked for that this shard holds)
     applied_seq: int
 
 
@@ -179,11 +194,11 @@ class EdgesReply(Reply):
 
 ENTITIES = Op("entities", ShardEntities, EntitiesReply, "Entities by ids")
 EDGES = Op("edges", ShardEdges, EdgesReply, "1-hop edges of ids")
-VECTOR = Op("vector", ShardVector, HitsReply, "Exact top-k by cosine")
 TEXT_STATS = Op("text_stats", ShardTextStats, TextStatsReply, "BM25 corpus statistics")
 TEXT = Op("text", ShardText, HitsReply, "BM25 top-k with global statistics")
 MENTIONS = Op("mentions", ShardMentions, MentionsReply, "Chunks mentioning entities")
 CHUNKS = Op("chunks", ShardChunks, ChunksReply, "Chunks by ids")
+CHUNK_STEMS = Op("chunk_stems", ShardChunkStems, ChunkStemsReply, "How many given word stems chunks use")
 QUERY = Op("query", ShardQuery, QueryRowsReply, "A planned read-only query")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 
 import kuzu
 
@@ -72,6 +72,11 @@ class TextIndex:
                 del posting[doc_id]
                 if not posting:
                     del self._postings[term]
+
+    def terms(self, doc_id: str) -> KeysView[str] | None:
+        """A document's distinct indexed words (`query_terms` of its text); None if not indexed."""
+        terms = self._docs.get(doc_id)
+        return None if terms is None else terms.keys()
 
     def stats(self, terms: list[str]) -> tuple[dict[str, int], int, int]:
         """(document frequency per term, number of documents, total length) of this shard."""

@@ -7,6 +7,7 @@ rows become tombstones, compacted once they are the majority.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import cast
 
@@ -70,13 +71,16 @@ class VectorIndex:
             self._compact()
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """The k most cosine-similar ids, best first; equal scores ordered by id."""
+        """The k most cosine-similar ids, best first; equal scores ordered by id.
+
+        One matrix-vector product over the contiguous rows, a partition for the k-th score, and only
+        the candidates (the k best, and any tied with the k-th) reach Python."""
         n = len(self._ids)
         if k <= 0 or not self._rows:
             return []
-        q = _unit_rows(np.asarray(query, np.float32).reshape(1, self.dim))[0]
-        scores = self._m[:n] @ q
-        scores[~self._alive[:n]] = -np.inf
+        scores = self._m[:n] @ _unit_query(query, self.dim)
+        if self._dead:
+            scores[~self._alive[:n]] = -np.inf
         k = min(k, len(self._rows))
         if k < n:
             # Keep every row tied with the k-th score so the id tie-break sees all of them.
@@ -86,8 +90,8 @@ class VectorIndex:
             cand = np.flatnonzero(self._alive[:n])
         # Candidates are live rows, whose ids are never None.
         ids = cast("list[str]", self._ids)
-        best = sorted(cand.tolist(), key=lambda r: (-scores[r], ids[r]))[:k]
-        return [(ids[r], float(scores[r])) for r in best]
+        best = sorted(zip((-scores[cand]).tolist(), [ids[r] for r in cand.tolist()]))[:k]
+        return [(id_, -neg) for neg, id_ in best]
 
     def _grow(self, need: int) -> None:
         cap = self._m.shape[0]
@@ -112,6 +116,16 @@ class VectorIndex:
         self._ids = [*kept]
         self._rows = {i: r for r, i in enumerate(kept)}
         self._m, self._alive, self._dead = m, alive, 0
+
+
+def _unit_query(query: np.ndarray, dim: int) -> np.ndarray:
+    """One query as `_unit_rows` normalises a row (ValueError if it does not have `dim` values)."""
+    q = np.asarray(query, np.float32).reshape(dim)
+    q64 = q.astype(np.float64)
+    norm = math.sqrt(float(q64 @ q64))  # inf or nan when a value is not finite
+    if not (math.isfinite(norm) and norm > 0):
+        return np.zeros(dim, np.float32)
+    return (q64 / norm).astype(np.float32)
 
 
 def _unit_rows(m: np.ndarray) -> np.ndarray:
