@@ -21,7 +21,7 @@ each kind from one client, each on a distinct id or vector, strong reads (the de
   sends), which a router answers (from its own replica of the shard where it hosts one);
   `graph.neighbors` 1, 2 and 3 hops (`--direction`, default `out`; no limit
   reached, so the answer is the whole k-hop neighbourhood); `search.vector` top 10 over the
-  entities; `rag.retrieve` k=5 of a question naming the two ends of a relation a passage states.
+  entities (the Python client asks every shard itself: docs/api.md, "Direct vector search"); `rag.retrieve` k=5 of a question naming the two ends of a relation a passage states.
 
 Beside it, in this process, on the same data (measured before the cluster starts):
 
@@ -468,7 +468,8 @@ def report(d: Data, ref: References, c: ClusterFigures, args: argparse.Namespace
         cells.append(_ratio(t50, floor50))
         print("| " + " | ".join(cells) + " |")
     print(f"| bare nats-py request-reply, two processes | {_t(floor50)} ({_t(floor95)}) | | | | | x1.0 |")
-    print("\n(every row but the router's is the Python client's; its `graph.get` asks the owning shard directly)")
+    print("\n(every row but the router's is the Python client's; its `graph.get` asks the owning shard directly, "
+          "its `search.vector` every shard)")
     print()
     for op, rate in c.throughput.items():
         seq = len(c.latency[op]) / sum(c.latency[op])

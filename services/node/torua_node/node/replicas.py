@@ -12,12 +12,13 @@ from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 
+from torua.endpoints import RawReply, encode
 from torua.errors import NotFound, Unavailable
 from torua.metrics import GaugeReading
 from torua.subjects import APPLIED_RESET, shard_applied
 from torua.wire import ReplicaStatus, Reply
 from torua_node.settings import QueryLimits, SnapshotPolicy
-from torua_node.shard.api import ShardApi, search_hosted
+from torua_node.shard.api import MAX_REPLY_BYTES, ShardApi, search_hosted
 from torua_node.shard.protocol import (
     EntityReply,
     HostedHits,
@@ -179,7 +180,7 @@ class LocalReads:
     async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None:
         return await self._read("kv_get", shard, lambda api: api.kv_get(req))
 
-    async def vector(self, req: HostedVector) -> HostedHits:
+    async def vector(self, req: HostedVector) -> RawReply:
         """`torua.shard.all.vector`: the asked shards whose replica here is serving, searched as their
         endpoints would (shard/api.py `search_hosted`); the others are left to their queue groups.
         Shards served here that were not asked are named (a client's shard count out of date)."""
@@ -194,7 +195,13 @@ class LocalReads:
             apis[shard] = api
         asked = set(req.shards)
         unasked = [s for s, r in self._replicas.replicas.items() if s not in asked and r.state == "active"]
-        return await search_hosted(apis, req, unasked)
+        answer = await search_hosted(apis, req, unasked)
+        data = encode(answer)
+        if len(data) > MAX_REPLY_BYTES:
+            # Too large for one message (a large k over many shards): every shard is left to its
+            # queue group, whose endpoint sends its own answer in parts.
+            data = encode(HostedHits(shards={}, unasked=answer.unasked))
+        return RawReply(data)
 
     def gauge(self) -> GaugeReading:
         samples = [([op, outcome], float(n)) for (op, outcome), n in sorted(self.counts.items())]

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from torua import subjects
-from torua.endpoints import Endpoint, ServiceHandle, add_endpoints, encode
+from torua.endpoints import Endpoint, RawReply, ServiceHandle, add_endpoints, encode
 from torua.errors import PayloadTooLarge, Unavailable
 from torua.hlc import HybridClock
 from torua.model import (
@@ -62,7 +62,6 @@ from torua_node.shard.protocol import (
     GET,
     KV_GET,
     EntityReply,
-    HostedHits,
     HostedVector,
     KVValueReply,
     ShardGet,
@@ -104,8 +103,9 @@ class LocalShards(Protocol):
 
     async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None: ...
 
-    async def vector(self, req: HostedVector) -> HostedHits:
-        """`torua.shard.all.vector`: the asked shards this node serves (`shard/api.search_hosted`)."""
+    async def vector(self, req: HostedVector) -> RawReply:
+        """`torua.shard.all.vector`: the asked shards this node serves (`shard/api.search_hosted`), a
+        `HostedHits` encoded (without shards where it would not fit in one message)."""
         ...
 
 
