@@ -6,9 +6,11 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from torua import auth as torua_auth
 from torua.client import Client
 from torua.up import LocalCluster, UpOptions
 
@@ -58,10 +60,14 @@ def discard(cluster: LocalCluster) -> None:
 
 
 @contextmanager
-def running_cluster(data_dir: Path, *, nodes: int, shards: int, replicas: int, **env: str) -> Iterator[LocalCluster]:
-    """A whole local cluster (real nats-server, coordinator and node processes), stopped afterwards."""
+def running_cluster(
+    data_dir: Path, *, nodes: int, shards: int, replicas: int, options: dict[str, Any] | None = None, **env: str
+) -> Iterator[LocalCluster]:
+    """A whole local cluster (real nats-server, coordinator and node processes), stopped afterwards.
+    `options`: UpOptions fields beside (or instead of) the fast failure detection."""
     opts = UpOptions(
-        nodes=nodes, shards=shards, replicas=replicas, port=-1, data_dir=data_dir, extra_env=env, **FAST
+        nodes=nodes, shards=shards, replicas=replicas, port=-1, data_dir=data_dir, extra_env=env,
+        **{**FAST, **(options or {})},
     )
     cluster = LocalCluster(opts)
     cluster.start()
@@ -108,3 +114,25 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
     """One small cluster for a whole module of tests that do not kill anything."""
     with running_cluster(tmp_path_factory.mktemp("shared"), nodes=2, shards=4, replicas=2) as cluster:
         yield cluster
+
+
+@contextmanager
+def legacy_admin_cluster(data_dir: Path, *, shards: int) -> Iterator[LocalCluster]:
+    """`torua up --auth` with one node, except that the admin role keeps the permissions from before
+    direct reads (no `torua.shard.*` at all), as a server configured by an older version would."""
+    opts = UpOptions(nodes=1, shards=shards, replicas=1, port=-1, data_dir=data_dir, auth=True, **FAST)
+    cluster = LocalCluster(opts)
+    new = torua_auth.PERMISSIONS["admin"]
+    old = torua_auth.Permissions(
+        publish_allow=tuple(s for s in new.publish_allow if not s.startswith("torua.shard.")),
+        publish_deny=torua_auth.SERVICE_ONLY,
+        subscribe_allow=new.subscribe_allow,
+        subscribe_deny=new.subscribe_deny,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(torua_auth.PERMISSIONS, "admin", old)
+        cluster.start()  # the server's configuration is rendered here
+    try:
+        yield cluster
+    finally:
+        cluster.stop(timeout=10)

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from tests.integration.conftest import FAST, discard
+from tests.integration.conftest import legacy_admin_cluster, running_cluster
 from tests.integration.test_point_reads import api_stats, router_requests
-from torua import auth as torua_auth
 from torua.client import Client
 from torua.errors import BadRequest
 from torua.model import Entity, SearchReply
-from torua.up import LocalCluster, UpOptions
+from torua.up import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,16 +31,9 @@ NODES = 3
 def one_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Three nodes, four shards, one copy of each: a node that stops takes its shards' only replica
     with it, and nothing is moved elsewhere while the tests run (a long reassign delay)."""
-    opts = UpOptions(
-        nodes=NODES, shards=4, replicas=1, port=-1, data_dir=tmp_path_factory.mktemp("direct-search"),
-        **{**FAST, "reassign_delay": 600.0},
-    )
-    cluster = LocalCluster(opts)
-    cluster.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("direct-search"), nodes=NODES, shards=4, replicas=1,
+                         options={"reassign_delay": 600.0}) as cluster:
         yield cluster
-    finally:
-        discard(cluster)
 
 
 @pytest.fixture
@@ -207,26 +199,8 @@ async def test_a_shard_without_a_replica_makes_the_direct_search_partial(
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """`torua up --auth`, except that the admin role keeps the permissions from before direct reads
-    (no `torua.shard.*` at all), as a server configured by an older version would."""
-    opts = UpOptions(
-        nodes=1, shards=2, replicas=1, port=-1, data_dir=tmp_path_factory.mktemp("secure-search"), auth=True, **FAST
-    )
-    cluster = LocalCluster(opts)
-    new = torua_auth.PERMISSIONS["admin"]
-    old = torua_auth.Permissions(
-        publish_allow=tuple(s for s in new.publish_allow if not s.startswith("torua.shard.")),
-        publish_deny=torua_auth.SERVICE_ONLY,
-        subscribe_allow=new.subscribe_allow,
-        subscribe_deny=new.subscribe_deny,
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(torua_auth.PERMISSIONS, "admin", old)
-        cluster.start()  # the server's configuration is rendered here
-    try:
+    with legacy_admin_cluster(tmp_path_factory.mktemp("secure-search"), shards=2) as cluster:
         yield cluster
-    finally:
-        cluster.stop(timeout=10)
 
 
 async def test_the_client_role_searches_directly_and_a_role_that_may_not_through_the_router(

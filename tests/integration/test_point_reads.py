@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from tests.integration.conftest import FAST
+from tests.integration.conftest import legacy_admin_cluster
 from torua import auth as torua_auth
 from torua import subjects
 from torua.client import Client
@@ -23,7 +23,7 @@ from torua.connect import PermissionDenied
 from torua.endpoints import error_of
 from torua.errors import BadRequest, NotFound
 from torua.model import Entity
-from torua.up import LocalCluster, UpOptions
+from torua.up import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -153,26 +153,8 @@ async def test_router_answers_from_its_own_replica_strongly(clients: tuple[Clien
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """`torua up --auth`, except that the admin role keeps the permissions from before direct reads
-    (no `torua.shard.*` at all), as a server configured by an older version would."""
-    opts = UpOptions(
-        nodes=1, shards=2, replicas=1, port=-1, data_dir=tmp_path_factory.mktemp("secure"), auth=True, **FAST
-    )
-    cluster = LocalCluster(opts)
-    new = torua_auth.PERMISSIONS["admin"]
-    old = torua_auth.Permissions(
-        publish_allow=tuple(s for s in new.publish_allow if not s.startswith("torua.shard.")),
-        publish_deny=torua_auth.SERVICE_ONLY,
-        subscribe_allow=new.subscribe_allow,
-        subscribe_deny=new.subscribe_deny,
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(torua_auth.PERMISSIONS, "admin", old)
-        cluster.start()  # the server's configuration is rendered here
-    try:
+    with legacy_admin_cluster(tmp_path_factory.mktemp("secure"), shards=2) as cluster:
         yield cluster
-    finally:
-        cluster.stop(timeout=10)
 
 
 async def test_client_role_reads_shards_directly_and_nothing_else(secure: LocalCluster) -> None:

@@ -44,7 +44,9 @@ PUBLIC_SUBJECTS = sorted(
     value for name, value in vars(subjects).items()
     if name.isupper() and isinstance(value, str) and value.startswith("torua.")
     and "*" not in value and ">" not in value  # wildcards are stream filters, not request subjects
-    and name not in ("ANNOUNCE",)
+    # Not requests a `nats req` user sends: a node's announcement, and the client's direct search,
+    # which every node answers (docs/api.md, "Direct vector search").
+    and name not in ("ANNOUNCE", "SHARD_VECTOR_ALL")
 )
 
 

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 Q = TypeVar("Q", bound=ShardRequest)
 R = TypeVar("R", bound=Reply)
+T = TypeVar("T")
 
 
 class ServedReplica(Protocol):
@@ -339,19 +340,7 @@ async def search_hosted(apis: Mapping[int, ShardApi], req: HostedVector, unasked
             ask = msgspec.structs.replace(ask, after=max(after, end), consistency="eventual", log_id=look.log_id)
         return await api.vector(ask)
 
-    shards = list(apis)
-    results = await asyncio.gather(*(one(s, apis[s]) for s in shards), return_exceptions=True)
-    answered: dict[int, HitsReply] = {}
-    for shard, result in zip(shards, results):
-        if isinstance(result, HitsReply):
-            answered[shard] = result
-        elif isinstance(result, ToruaError):
-            if 400 <= result.code < 500:
-                raise result
-        elif isinstance(result, Exception):
-            log.warning("shard %d: vector search failed; left to its queue group", shard, exc_info=result)
-        else:
-            raise result  # cancellation: never a shard's failure
+    answered = await _each_shard(apis, one)
     if req.ends_from is not None and look is not None:
         asked = set(req.shards)
         ends = {s: end for s, end in look.ends.items() if s in asked}
@@ -372,15 +361,21 @@ async def _searched_at_once(apis: Mapping[int, ShardApi], req: HostedVector, una
         reply = await api.vector(ask)
         return (log_id if api.replica.log_id == log_id else None), reply
 
+    searched = await _each_shard(apis, one)
+    answered = {shard: reply for shard, (log_id, reply) in searched.items() if log_id is not None}
+    log_ids = {shard: log_id for shard, (log_id, _) in searched.items() if log_id is not None}
+    return HostedHits(shards=answered, unasked=unasked or [], log_ids=log_ids)
+
+
+async def _each_shard(apis: Mapping[int, ShardApi], search: Callable[[int, ShardApi], Awaitable[T]]) -> dict[int, T]:
+    """`search` of every shard at once: the shards that answered. A 4xx (the request's fault, the same
+    on every shard) is raised; a shard that failed otherwise is left out, for its queue group."""
     shards = list(apis)
-    results = await asyncio.gather(*(one(s, apis[s]) for s in shards), return_exceptions=True)
-    answered: dict[int, HitsReply] = {}
-    log_ids: dict[int, int] = {}
+    results = await asyncio.gather(*(search(s, apis[s]) for s in shards), return_exceptions=True)
+    answered: dict[int, T] = {}
     for shard, result in zip(shards, results):
-        if isinstance(result, tuple):
-            log_id, reply = result
-            if log_id is not None:
-                answered[shard], log_ids[shard] = reply, log_id
+        if not isinstance(result, BaseException):
+            answered[shard] = result
         elif isinstance(result, ToruaError):
             if 400 <= result.code < 500:
                 raise result
@@ -388,7 +383,7 @@ async def _searched_at_once(apis: Mapping[int, ShardApi], req: HostedVector, una
             log.warning("shard %d: vector search failed; left to its queue group", shard, exc_info=result)
         else:
             raise result  # cancellation: never a shard's failure
-    return HostedHits(shards=answered, unasked=unasked or [], log_ids=log_ids)
+    return answered
 
 
 async def _searched_while_looking(
