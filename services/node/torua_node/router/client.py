@@ -41,7 +41,7 @@ from torua.hashing import shard_for
 from torua.model import Tokens
 from torua.wire import Reply, ShardMap
 from torua_node.router.fanout import Status, gather, is_partial
-from torua_node.router.readpoint import JetStreamLogEnds, LogEnds, pinned
+from torua_node.router.readpoint import LogEnds, StreamLogEnds, pinned
 from torua_node.shard.protocol import PAGED_HEADER, Op, ShardPage, ShardRequest, page_subject
 
 __all__ = [
@@ -118,7 +118,7 @@ class NatsShardClient(ShardClient):
         self.nc = nc
         self._shardmap = shardmap
         self.timeout = timeout
-        self.log_ends: LogEnds | None = JetStreamLogEnds(nc)
+        self.log_ends: LogEnds | None = StreamLogEnds(nc)
 
     def shardmap(self) -> ShardMap:
         smap = self._shardmap()

@@ -159,8 +159,13 @@ class StreamEnds:
 
     async def get(self, shards: Iterable[int]) -> LogLook:
         """The log's identity and these shards' ends, read after this call began."""
+        return await asyncio.shield(self.next(shards))
+
+    def next(self, shards: Iterable[int]) -> asyncio.Future[LogLook]:
+        """The future of the look that begins after this call, which includes these shards (shared:
+        shield it before awaiting it from a task that may be cancelled)."""
         self._wanted.update(shards)
-        return await self._look.get()
+        return self._look.next()
 
     async def _fetch(self) -> LogLook:
         # One look at a time (LogEnd's runner), so the remembered state is updated in order.
