@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +136,18 @@ def legacy_admin_cluster(data_dir: Path, *, shards: int) -> Iterator[LocalCluste
         yield cluster
     finally:
         cluster.stop(timeout=10)
+
+
+@asynccontextmanager
+async def direct_routed_writer(cluster: LocalCluster) -> AsyncIterator[tuple[Client, Client, Client]]:
+    """Three connections to `cluster`, once it is green: direct reads (the client's default), reads
+    through the routers (`direct_reads=False`), and a writer."""
+    direct = await Client.connect(cluster.url, request_timeout=10)
+    routed = await Client.connect(cluster.url, request_timeout=10, direct_reads=False)
+    writer = await Client.connect(cluster.url, request_timeout=10)
+    try:
+        await writer.wait_for_state("green", 60)
+        yield direct, routed, writer
+    finally:
+        for c in (direct, routed, writer):
+            await c.close()

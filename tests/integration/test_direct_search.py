@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from tests.integration.conftest import legacy_admin_cluster, running_cluster
+from tests.integration.conftest import direct_routed_writer, legacy_admin_cluster, running_cluster
 from tests.integration.test_point_reads import api_stats, router_requests
 from torua.client import Client
 from torua.errors import BadRequest
@@ -39,13 +39,8 @@ def one_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]
 @pytest.fixture
 async def clients(one_copy: LocalCluster) -> AsyncIterator[tuple[Client, Client, Client]]:
     """Direct search, search through the routers, and a writer: three connections."""
-    direct = await Client.connect(one_copy.url, request_timeout=10)
-    routed = await Client.connect(one_copy.url, request_timeout=10, direct_reads=False)
-    writer = await Client.connect(one_copy.url, request_timeout=10)
-    await writer.wait_for_state("green", 60)
-    yield direct, routed, writer
-    for c in (direct, routed, writer):
-        await c.close()
+    async with direct_routed_writer(one_copy) as clients:
+        yield clients
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> list[list[float]]:

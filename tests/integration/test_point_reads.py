@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from tests.integration.conftest import legacy_admin_cluster
+from tests.integration.conftest import direct_routed_writer, legacy_admin_cluster
 from torua import auth as torua_auth
 from torua import subjects
 from torua.client import Client
@@ -70,13 +70,8 @@ def local_reads(stats: list[dict[str, Any]], op: str, outcome: str = "local") ->
 @pytest.fixture
 async def clients(shared_cluster: LocalCluster) -> AsyncIterator[tuple[Client, Client, Client]]:
     """Direct reads, reads through the routers, and a writer: three connections."""
-    direct = await Client.connect(shared_cluster.url, request_timeout=10)
-    routed = await Client.connect(shared_cluster.url, request_timeout=10, direct_reads=False)
-    writer = await Client.connect(shared_cluster.url, request_timeout=10)
-    await writer.wait_for_state("green", 60)
-    yield direct, routed, writer
-    for c in (direct, routed, writer):
-        await c.close()
+    async with direct_routed_writer(shared_cluster) as clients:
+        yield clients
 
 
 async def test_direct_reads_answer_exactly_as_the_router_does(clients: tuple[Client, Client, Client]) -> None:
