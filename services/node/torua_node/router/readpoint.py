@@ -33,7 +33,7 @@ from nats.aio.client import Client as NATS
 from torua.errors import Unavailable
 from torua.subjects import wal_subject
 from torua_node.shard.protocol import ShardRequest
-from torua_node.shard.readindex import LogEnd, LogLook, LogState, log_state, stream_ends
+from torua_node.shard.readindex import LogEnd, LogLook, LogState, StreamEnds, log_state, stream_ends
 
 __all__ = ["LogEnds", "JetStreamLogEnds", "StreamLogEnds", "ReadPoint", "reading", "pinned"]
 
@@ -139,10 +139,13 @@ class StreamLogEnds(LogEnds):
 
     def __init__(self, nc: NATS) -> None:
         super().__init__(_no_fetch)
-        self._stream = stream_ends(nc)
+        self._nc = nc
+        self._stream: StreamEnds | None = None  # the connection's, on first use
         self._log_ids: dict[int, int] = {}
 
     def next_end(self, shard: int) -> asyncio.Future[int]:
+        if self._stream is None:
+            self._stream = stream_ends(self._nc)
         end: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def settle(look: asyncio.Future[LogLook]) -> None:
