@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from torua import subjects
-from torua.connect import NatsAuth, PermissionDenied, connect
+from torua.connect import Connection, NatsAuth, PermissionDenied, connect
 from torua.endpoints import error_of
 from torua.errors import Conflict, NotFound, Unavailable, error_for_code
 from torua.hashing import shard_for
@@ -169,6 +170,17 @@ class _ShardCount:
 
 class _NotDirect(Exception):
     """The owning shard did not answer a direct read usably: ask the router instead."""
+
+
+def _direct_reply(msg: Msg, reply_type: type[R]) -> R:
+    """A shard's successful answer to a direct request, decoded; _NotDirect where the router must
+    answer instead."""
+    if (msg.headers or {}).get(PAGED_HEADER) is not None:
+        raise _NotDirect  # larger than one message: the router fetches the parts
+    try:
+        return msgspec.json.decode(msg.data, type=reply_type)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise _NotDirect from None  # a replica of another version: the router speaks to it
 
 
 class _ShardFailed(Exception):
@@ -383,12 +395,7 @@ class Client:
             if error.code == NotFound.code:
                 raise NotFound(error.description)
             raise _NotDirect  # 503 not caught up, a refused request, ...: the router's answer stands
-        if (msg.headers or {}).get(PAGED_HEADER) is not None:
-            raise _NotDirect  # larger than one message: the router fetches the parts
-        try:
-            return msgspec.json.decode(msg.data, type=op.reply)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise _NotDirect from None  # a replica of another version: the router speaks to it
+        return _direct_reply(msg, op.reply)
 
     @staticmethod
     def _valid(payload: dict[str, Any], request_type: type[Any]) -> bool:
@@ -654,14 +661,13 @@ class Client:
         gathering = self._scatters[token] = _Scatter(num_shards, request.ends_from is not None)
         # A user the server does not let send it is told so asynchronously: fail fast on it, as a
         # request does (torua.connect.Connection).
-        denied = getattr(self.nc, "_denied_waiters", None) if getattr(self.nc, "_fail_fast_denied", False) else None
-        key = subjects.SHARD_VECTOR_ALL.lower()
-        entry = (subjects.SHARD_VECTOR_ALL, gathering.done)
-        if denied is not None:
-            denied.setdefault(key, []).append(entry)
+        denied = (self.nc.on_denied(subjects.SHARD_VECTOR_ALL, gathering.done) if isinstance(self.nc, Connection)
+                  else contextlib.nullcontext())
         try:
-            await self.nc.publish(subjects.SHARD_VECTOR_ALL, _encoder.encode(request), reply=f"{self._scatter_inbox}.{token}")
-            await gathering.done
+            with denied:
+                await self.nc.publish(subjects.SHARD_VECTOR_ALL, _encoder.encode(request),
+                                      reply=f"{self._scatter_inbox}.{token}")
+                await gathering.done
         except PermissionDenied:
             log.info("direct search: not permitted to publish %s; searching through the router", subjects.SHARD_VECTOR_ALL)
             self.direct_search = False
@@ -669,10 +675,6 @@ class Client:
         finally:
             gathering.close()
             del self._scatters[token]
-            if denied is not None and entry in denied.get(key, []):
-                denied[key].remove(entry)
-                if not denied[key]:
-                    del denied[key]
         if gathering.unasked:
             await self._shards.learn(PLACEMENT_RECHECK_S)  # the router answers this one
             return None
@@ -707,12 +709,7 @@ class Client:
                 if 400 <= error.code < 500:
                     raise _NotDirect  # the request's fault, the same on every shard: the router's error
                 raise _ShardFailed(error.description)  # overloaded (its hint says when), or a 5xx
-            if (msg.headers or {}).get(PAGED_HEADER) is not None:
-                raise _NotDirect  # larger than one message: the router fetches the parts
-            try:
-                return msgspec.json.decode(msg.data, type=HitsReply)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                raise _NotDirect from None  # a replica of another version: the router speaks to it
+            return _direct_reply(msg, HitsReply)
         raise _ShardFailed(why)
 
     async def search_text(self, text: str, *, k: int = 10, target: str = "chunks", after: Tokens | None = None, consistency: Consistency = "strong") -> SearchReply:

@@ -4,9 +4,11 @@ credentials and TLS settings of `NatsAuth` (docs/security.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,7 @@ class Connection(NATS):
     def __init__(self, *, fail_fast_denied: bool = False) -> None:
         super().__init__()
         self._fail_fast_denied = fail_fast_denied
-        self._denied_waiters: dict[str, list[tuple[str, asyncio.Future[Msg]]]] = {}
+        self._denied_waiters: dict[str, list[tuple[str, asyncio.Future[Any]]]] = {}
 
     def publish_denied(self, text: str) -> None:
         """The server's permissions violation for a publish: fail the requests waiting on it."""
@@ -131,6 +133,24 @@ class Connection(NATS):
                     f"permission denied: {who} may not publish to {subject} (its role's permissions: docs/security.md)"
                 ))
 
+    @contextlib.contextmanager
+    def on_denied(self, subject: str, waiter: asyncio.Future[Any]) -> Iterator[None]:
+        """While inside, the server's refusal to let this user publish to `subject` fails `waiter`
+        with PermissionDenied (with `fail_fast_denied`; otherwise nothing is watched)."""
+        if not self._fail_fast_denied:
+            yield
+            return
+        key, entry = subject.lower(), (subject, waiter)
+        self._denied_waiters.setdefault(key, []).append(entry)
+        try:
+            yield
+        finally:
+            waiters = self._denied_waiters.get(key)
+            if waiters is not None and entry in waiters:
+                waiters.remove(entry)
+                if not waiters:
+                    del self._denied_waiters[key]
+
     async def request(
         self, subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
         headers: dict[str, Any] | None = None,
@@ -139,27 +159,21 @@ class Connection(NATS):
             return await super().request(subject, payload, timeout=timeout, old_style=old_style, headers=headers)
         # Only ever fails (PermissionDenied); typed as the reply so that both can be awaited together.
         denied: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        key, entry = subject.lower(), (subject, denied)
-        self._denied_waiters.setdefault(key, []).append(entry)
-        reply = asyncio.ensure_future(
-            super().request(subject, payload, timeout=timeout, old_style=old_style, headers=headers)
-        )
-        try:
-            await asyncio.wait({reply, denied}, return_when=asyncio.FIRST_COMPLETED)
-            if reply.done():
-                return reply.result()
-            reply.cancel()
-            return denied.result()  # raises PermissionDenied
-        finally:
-            if not reply.done():
+        with self.on_denied(subject, denied):
+            reply = asyncio.ensure_future(
+                super().request(subject, payload, timeout=timeout, old_style=old_style, headers=headers)
+            )
+            try:
+                await asyncio.wait({reply, denied}, return_when=asyncio.FIRST_COMPLETED)
+                if reply.done():
+                    return reply.result()
                 reply.cancel()
-            waiters = self._denied_waiters.get(key)
-            if waiters is not None and entry in waiters:
-                waiters.remove(entry)
-                if not waiters:
-                    del self._denied_waiters[key]
-            if not denied.done():
-                denied.cancel()
+                return denied.result()  # raises PermissionDenied
+            finally:
+                if not reply.done():
+                    reply.cancel()
+                if not denied.done():
+                    denied.cancel()
 
     async def _process_pong(self) -> None:
         if self._pongs and self._pongs[0].done():
