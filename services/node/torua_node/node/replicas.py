@@ -187,12 +187,8 @@ class LocalReads:
         apis: dict[int, ShardApi] = {}
         for shard in req.shards:
             replica = self._replicas.replicas.get(shard)
-            if replica is None or replica.state != "active":
-                continue
-            api = self._apis.get(shard)
-            if api is None or api.replica is not replica:
-                api = self._apis[shard] = ShardApi(replica)
-            apis[shard] = api
+            if replica is not None and replica.state == "active":
+                apis[shard] = self._api(shard, replica)
         asked = set(req.shards)
         unasked = [s for s, r in self._replicas.replicas.items() if s not in asked and r.state == "active"]
         answer = await search_hosted(apis, req, unasked)
@@ -208,6 +204,13 @@ class LocalReads:
         return ("torua_local_point_reads", "Point reads the router answered from this node's replicas "
                 "(local) or left to NATS though it hosts the shard (fallback)", ["op", "outcome"], samples)
 
+    def _api(self, shard: int, replica: ShardReplica) -> ShardApi:
+        """The shard endpoints' handler over this replica (kept while it stays the shard's replica)."""
+        api = self._apis.get(shard)
+        if api is None or api.replica is not replica:  # a replica rebuilt or reopened: a new one
+            api = self._apis[shard] = ShardApi(replica)
+        return api
+
     async def _read(self, op: str, shard: int, read: Callable[[ShardApi], Awaitable[R]]) -> R | None:
         replica = self._replicas.replicas.get(shard)
         if replica is None:
@@ -216,9 +219,7 @@ class LocalReads:
         if replica.state != "active":
             self.counts[op, "fallback"] += 1
             return None
-        api = self._apis.get(shard)
-        if api is None or api.replica is not replica:  # a replica rebuilt or reopened: a new one
-            api = self._apis[shard] = ShardApi(replica)
+        api = self._api(shard, replica)
         try:
             reply = await read(api)
         except NotFound:
