@@ -31,11 +31,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from torua.errors import Unavailable
-from torua.subjects import wal_subject
 from torua_node.shard.protocol import ShardRequest
-from torua_node.shard.readindex import LogEnd, LogLook, LogState, StreamEnds, log_state, stream_ends
+from torua_node.shard.readindex import LogEnd, LogLook, StreamEnds, stream_ends
 
-__all__ = ["LogEnds", "JetStreamLogEnds", "StreamLogEnds", "ReadPoint", "reading", "pinned"]
+__all__ = ["LogEnds", "StreamLogEnds", "ReadPoint", "reading", "pinned"]
 
 Q = TypeVar("Q", bound=ShardRequest)
 
@@ -134,7 +133,7 @@ async def pinned(shard: int, request: Q) -> Q:
 class StreamLogEnds(LogEnds):
     """Log ends from one look at the whole stream for every shard at once (`shard/readindex.StreamEnds`,
     shared with this process's replicas): while nothing was written since the last look, a request's
-    eight shards cost one short JetStream reply instead of two each (JetStreamLogEnds); a shard
+    eight shards cost one short JetStream reply instead of two each (`readindex.log_state`); a shard
     written meanwhile costs one or two more, after it."""
 
     def __init__(self, nc: NATS) -> None:
@@ -174,25 +173,3 @@ async def _no_fetch(shard: int) -> int:
 def _retrieved(fut: asyncio.Future[int]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-class JetStreamLogEnds(LogEnds):
-    """Log ends from JetStream (`shard/readindex.log_state`), remembering each shard's last look: an
-    unchanged log then costs two short replies, never the last entry itself (a write batch: hundreds
-    of kilobytes, up to max_payload; decoding it was a fifth of a router's event loop under 2-hop
-    reads, measured with py-spy). Also the identity of the log each shard's end was read from, which
-    rounds carry so that a replica that applied another log refuses them."""
-
-    def __init__(self, nc: NATS) -> None:
-        super().__init__(self._look)
-        self._nc = nc
-        self._seen: dict[int, LogState] = {}
-
-    async def _look(self, shard: int) -> int:
-        # One fetch at a time per shard (LogEnds' runner), so `_seen` is updated in order.
-        state = self._seen[shard] = await log_state(self._nc, wal_subject(shard), self._seen.get(shard))
-        return state.end
-
-    def log_id(self, shard: int) -> int | None:
-        state = self._seen.get(shard)
-        return None if state is None else state.log_id
