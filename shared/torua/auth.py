@@ -14,7 +14,8 @@ Three roles:
   (`torua.node.<id>.<name>`) and service discovery (`$SRV.>`).
 
 Neither client nor admin may publish to the log (`torua.wal.>`), the shards' other subjects
-(any `torua.shard.<n>.<op>` but those two reads; replicas' applied positions), JetStream's API and
+(any `torua.shard.<n>.<op>` but those reads; replicas' applied positions; the routers' requests to
+one node for several shards, `torua.shard.node.<id>.batch`), JetStream's API and
 acks (`$JS.>`), KV (`$KV.>`), the object store (`$O.>`), heartbeats or announcements; they subscribe
 only to `_INBOX.>` (never to `torua.shard.>`: no one but a replica may answer a shard's requests).
 Publish and subscribe are allow-lists, so anything not listed is refused too; the deny lists repeat
@@ -77,7 +78,9 @@ SHARD_SEARCH = (f"torua.shard.*.{VECTOR.name}",)
 CLIENT_PUBLISH_DENY = (
     *(s for s in SERVICE_ONLY if s != "torua.shard.>"),
     subjects.SHARD_APPLIED_ALL,  # torua.shard.*.applied: forged positions would mislead routers' caches
-    "torua.shard.*.*.>",  # the parts of large replies, on one replica's own subject
+    # The parts of large replies, on one replica's own subject; and a router's requests to one node
+    # for several shards (subjects.shard_node: five tokens, so that this refuses them whatever the id).
+    "torua.shard.*.*.>",
 )
 
 CLIENT_REQUESTS = (

@@ -45,6 +45,7 @@ __all__ = [
     "APPLIED_RESET",
     "shard_endpoint",
     "SHARD_VECTOR_ALL",
+    "shard_node",
     "shard_queue",
     "wal_subject",
 ]
@@ -123,6 +124,13 @@ def shard_endpoint(shard: int, op: str) -> str:
 # serves: the Python client's direct search (docs/api.md, "Direct vector search"). Matches
 # `torua.shard.*.vector`, the shards' own vector search, which clients may also request.
 SHARD_VECTOR_ALL = "torua.shard.all.vector"
+
+
+def shard_node(node_id: str) -> str:
+    """`torua.shard.node.<id>.batch`: one operation for several shards, answered by that node for the
+    ones its replicas serve (a router's fan-out round: one message per node, not one per shard).
+    Five tokens, so that no shard's `torua.shard.<n>.<op>` and no client permission matches it."""
+    return f"torua.shard.node.{node_id}.batch"
 
 
 def shard_queue(shard: int) -> str:

@@ -125,7 +125,10 @@ async def test_a_strong_direct_search_looks_at_the_log_once(clients: tuple[Clien
     dim = (await writer.cluster_info()).embedding_dim
     rng = np.random.default_rng(16)
     await writer.upsert(entities=[Entity(id=f"once-{i}", name="o", embedding=v) for i, v in enumerate(unit_rows(rng, 20, dim))])
-    await direct.search_vector(vector=unit_rows(rng, 1, dim)[0], k=5, target="entities")  # the client learns the count
+    # The client learns the count; then each node, looking in turn, learns every shard's end since
+    # the write (a node's first look after writes asks each shard it had not looked at since).
+    for q in unit_rows(rng, 5, dim):
+        await direct.search_vector(vector=q, k=5, target="entities")
     seen: list[str] = []
 
     async def count(msg: Msg) -> None:

@@ -21,7 +21,7 @@ from torua.wire import Reply
 from torua_node.router.client import ShardClient
 from torua_node.shard import protocol as p
 from torua_node.shard.api import stems_used
-from torua_node.shard.protocol import Op, ShardRequest
+from torua_node.shard.protocol import Op, ShardRequest, name_coverage
 from torua_node.storage.chunks import ChunkOut, Mention
 from torua_node.storage.textindex import TextIndex, entity_text
 from torua_node.storage.vectors import VectorIndex
@@ -148,7 +148,16 @@ class FakeShards(ShardClient):
             return p.TextStatsReply(df=df, n_docs=n_docs, total_length=total, applied_seq=seq)
         if isinstance(req, p.ShardText):
             text = sh.chunk_text if req.target == "chunks" else sh.entity_text
-            return p.HitsReply(hits=text.search(req.idf, req.avg_length, req.k), applied_seq=seq)
+            hits = text.search(req.idf, req.avg_length, req.k)
+            if req.target != "entities" or not req.graph_edges or not hits:
+                return p.TextReply(hits=hits, applied_seq=seq)
+            top = hits[: req.graph_top] if req.graph_top else hits
+            rows = self._answer(sh, op, p.ShardEntities(ids=[i for i, _ in top]))
+            assert isinstance(rows, p.EntitiesReply)
+            named = [e for e in rows.entities if (name_coverage(e.name, req.idf) or 0.0) >= req.graph_named]
+            edges = self._answer(sh, op, p.ShardEdges(ids=[e.id for e in named], direction="both", limit=req.graph_edges))
+            assert isinstance(edges, p.EdgesReply)
+            return p.TextReply(hits=hits, applied_seq=seq, entities=named, edges=edges.edges)
         if isinstance(req, p.ShardMentions):
             wanted = set(req.entity_ids)
             rows = sorted((m for m in sh.mentions if m[2] in wanted), key=lambda m: (m[2], m[0]))[: req.limit]

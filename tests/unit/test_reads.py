@@ -9,11 +9,10 @@ import kuzu
 import numpy as np
 import pytest
 
-from tests.unit.test_apply import DIM, chunk, ent, entry, rel, shard_db, vec, wal
+from tests.unit.test_apply import DIM, ent, entry, rel, shard_db, vec, wal
 from torua.model import EdgeOut
 from torua_node.shard.apply import apply_batch
-from torua_node.shard.wal import WalDocument, WalKV, WalMention
-from torua_node.storage.chunks import chunks_by_ids, mentions_of
+from torua_node.shard.wal import WalKV, WalMention
 from torua_node.storage.reads import edges, entities_by_ids, get_entity, kv_get
 
 
@@ -108,20 +107,3 @@ def test_edges_limit_is_exact_on_a_hub(tmp_path: Path, statement_mode: str) -> N
         assert len(everything) == 550 and everything == sorted(everything)
         assert keys(edges(c, ["hub"], "both", None, 17)) == everything[:17]
         assert keys(edges(c, ["hub"], "in", None, 5)) == sorted(everything[500:])[:5]
-
-
-def test_chunks_by_ids_and_mentions_of(tmp_path: Path, statement_mode: str) -> None:
-    with shard_db(tmp_path / "chunks") as c:
-        apply_batch(c, wal(entry(
-            documents=[WalDocument("d", "D", "{}")],
-            chunks=[chunk("c1", "d", "one", 0), chunk("c2", "d", "two", 1), chunk("c3", "d", "three", 2)],
-            entities=[ent("a"), ent("b")],
-            mentions=[WalMention("c1", "d", "a"), WalMention("c1", "d", "b"), WalMention("c2", "d", "a"),
-                      WalMention("far", "d9", "b")])), DIM)
-        got = chunks_by_ids(c, ["c3", "c1", "far", "absent", "c1"])
-        assert [(x.id, x.text, x.position, x.entities) for x in got] == [
-            ("c1", "one", 0, ["a", "b"]), ("c3", "three", 2, [])]  # the stub chunk "far" is skipped
-        every = [(m.entity_id, m.chunk_id, m.document_id) for m in mentions_of(c, ["b", "a", "zz"], 10)]
-        assert every == [("a", "c1", "d"), ("a", "c2", "d"), ("b", "c1", "d"), ("b", "far", "d9")]
-        assert [(m.entity_id, m.chunk_id) for m in mentions_of(c, ["b", "a"], 3)] == [
-            ("a", "c1"), ("a", "c2"), ("b", "c1")]

@@ -2,12 +2,14 @@
 place that wires the node's components together:
 
 - `NatsShardClient` (router/client.py): the seam to the shards, over the node's NATS connection;
+  every request to a shard the node serves (point reads, every fan-out round; not `graph.query`'s
+  parts) is answered in-process by its replica's endpoint handler (`LocalReads`, node/replicas.py,
+  given by the Node), the others over NATS;
 - `ClusterEmbedder`: the node's embedder settings at the shard map's dimension;
 - `GraphReads` (router/graph.py) over the client;
 - `DataApi` (router/api.py: writes, get, kv, neighbors, query) over the client, graph reads and
-  embedder, its point reads answered in-process by the node's own replicas where it hosts a serving
-  one (`LocalReads`, node/replicas.py, given by the Node); `Search` and `Retriever` (rag/) over the
-  same; `Answerer` over the retriever and the LLM settings;
+  embedder; `Search` and `Retriever` (rag/) over the same; `Answerer` over the retriever and the
+  LLM settings;
 - their `torua-api` endpoints, and the result cache that follows the shards' applied positions.
 
 The Node process (node/process.py) connects to NATS, follows the shard map and hosts replicas; it
@@ -57,13 +59,17 @@ from torua_node.router.client import ClusterEmbedder, NatsShardClient
 from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
 from torua_node.settings import NodeSettings, QueryLimits
-from torua_node.shard.protocol import HostedVector
+from torua_node.shard.protocol import HostedVector, NodeShards
 
 __all__ = ["main", "start_data_api", "data_endpoints"]
 
 
-def data_endpoints(api: DataApi, search: Search, retriever: Retriever, answerer: Answerer) -> list[Endpoint]:
-    """The `torua-api` endpoints (one queue group on every node; each request in its own task)."""
+def data_endpoints(
+    api: DataApi, search: Search, retriever: Retriever, answerer: Answerer, local: LocalShards | None = None
+) -> list[Endpoint]:
+    """The `torua-api` endpoints (one queue group on every node; each request in its own task); with
+    `local` (the node's replicas), the direct search of the shards it serves, and other routers'
+    requests for several of them in one message (`torua.shard.node.<id>.batch`)."""
     q = subjects.API_QUEUE
     return [
         Endpoint("upsert", subjects.GRAPH_UPSERT, api.upsert, UpsertRequest, "Write documents, chunks, entities, relations", q, True),
@@ -80,11 +86,16 @@ def data_endpoints(api: DataApi, search: Search, retriever: Retriever, answerer:
         Endpoint("kv_get", subjects.KV_GET, api.kv_get, KVGetRequest, "Read a key", q, True),
         Endpoint("kv_delete", subjects.KV_DELETE, api.kv_delete, KVDeleteRequest, "Delete a key", q, True),
         *(
-            # Every node for the shards it serves (a queue group of its own: each node gets every
-            # request): the Python client's direct search.
-            [Endpoint("shards_vector", subjects.SHARD_VECTOR_ALL, api.local.vector, HostedVector,
-                      "Vector search of the shards this node serves", f"node-{uuid.uuid4().hex}", True)]
-            if api.local is not None else []
+            [
+                # Every node for the shards it serves (a queue group of its own: each node gets
+                # every request): the Python client's direct search.
+                Endpoint("shards_vector", subjects.SHARD_VECTOR_ALL, local.vector, HostedVector,
+                         "Vector search of the shards this node serves", f"node-{uuid.uuid4().hex}", True),
+                # This node's replicas' share of other routers' fan-out rounds: one message per node.
+                Endpoint("shards_batch", subjects.shard_node(local.node_id), local.batch, NodeShards,
+                         "One operation for several shards this node serves", f"node-{uuid.uuid4().hex}", True),
+            ]
+            if local is not None else []
         ),
     ]
 
@@ -92,22 +103,21 @@ def data_endpoints(api: DataApi, search: Search, retriever: Retriever, answerer:
 async def start_data_api(
     settings: NodeSettings, nc: NATS, shardmap: Callable[[], ShardMap | None], local: LocalShards | None = None
 ) -> DataService:
-    """Wire the data path over the node's connection and start the `torua-api` service; point reads
-    of shards the node hosts are answered by its replicas in-process (`local`)."""
-    client = NatsShardClient(nc, shardmap)
+    """Wire the data path over the node's connection and start the `torua-api` service; requests to
+    shards the node serves are answered by its replicas in-process (`local`)."""
+    client = NatsShardClient(nc, shardmap, local=local)
     embedder = ClusterEmbedder(settings, lambda: client.shardmap().embedding_dim)
     graph = GraphReads(client)
     cache = ResultCache()
     lag = ApplyLag(max_lag=settings.max_apply_lag)
     api = DataApi(
         nc.jetstream(), client, graph, embedder, cache, queries=Queries(client, QueryLimits.of(settings)), lag=lag,
-        local=local,
     )
     search = Search(client, embedder)
     retriever = Retriever(client, graph, embedder)
     answerer = Answerer(retriever, settings)
     await follow_applied(nc, cache, lag)
-    service = await start_data_service(nc, data_endpoints(api, search, retriever, answerer))
+    service = await start_data_service(nc, data_endpoints(api, search, retriever, answerer, local))
     return DataService(service, cache)
 
 

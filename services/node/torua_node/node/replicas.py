@@ -1,37 +1,46 @@
 """The shard replicas this node hosts: started and stopped to follow the shard map; and the router's
-in-process path to them for point reads (`LocalReads`)."""
+in-process path to them (`LocalReads`): point reads, fan-out rounds, other routers' rounds in one
+message per node, and the node's direct search."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 from nats.aio.client import Client as NATS
 
-from torua.endpoints import RawReply, encode
-from torua.errors import NotFound, Unavailable
+from torua.endpoints import RawReply, decode_request, encode
+from torua.errors import BadRequest, InternalError, ToruaError, Unavailable, error_for_code
 from torua.metrics import GaugeReading
 from torua.subjects import APPLIED_RESET, shard_applied
 from torua.wire import ReplicaStatus, Reply
 from torua_node.settings import QueryLimits, SnapshotPolicy
-from torua_node.shard.api import MAX_REPLY_BYTES, ShardApi, search_hosted
+from torua_node.shard.api import MAX_REPLY_BYTES, ShardApi, search_hosted, served_named, served_op
 from torua_node.shard.protocol import (
+    GET,
+    KV_GET,
     EntityReply,
     HostedHits,
     HostedVector,
     KVValueReply,
+    NodeShards,
+    NodeShardsReply,
+    Op,
+    ShardError,
     ShardGet,
     ShardKVGet,
+    ShardRequest,
 )
 from torua_node.shard.replica import RestoreNeeded, ShardReplica
 from torua_node.storage.store import ShardStore
 
 __all__ = ["ReplicaManager", "LocalReads"]
 
+Q = TypeVar("Q", bound=ShardRequest)
 R = TypeVar("R", bound=Reply)
 
 log = logging.getLogger(__name__)
@@ -160,25 +169,119 @@ class ReplicaManager:
 
 
 class LocalReads:
-    """This node's replicas as the router's `LocalShards` (router/api.py): a point read of a shard
-    whose replica here is serving ("active": caught up, in its shard's queue group) is answered by
-    the same handler as the shard's endpoint, in-process, so with the same readiness and
-    consistency rules. A replica that is not serving, or cannot get as fresh as the read asks in
-    time (503), leaves the read to the shard's queue group over NATS, where another may answer.
+    """This node's replicas as the router's in-process path to them (`router/client.py` `LocalCalls`,
+    `router/api.py` `LocalShards`): a request to a shard whose replica here is serving ("active":
+    caught up, in its shard's queue group) is answered by the handler the shard's endpoint runs
+    (`shard/api.py` SHARD_OPS), in-process, with no encoding, message or decoding: so with the same
+    readiness and consistency rules (`ShardApi._ready`). A replica that is not serving, or that
+    answers 503 (not caught up in time, stopped meanwhile, its query queue full), leaves the request
+    to the shard's queue group over NATS, where another replica may answer. Other nodes' routers
+    send this node the requests of a fan-out round for the shards it serves in one message
+    (`batch`, `torua.shard.node.<id>.batch`), answered the same way.
 
-    `counts[(op, outcome)]`: reads answered here ("local", 404s included) and reads of a hosted
-    shard left to NATS ("fallback"); reported as the `torua_local_point_reads` gauge."""
+    As over NATS: an error is raised as the `ToruaError` of its code (`error_for_code`, what the
+    NATS path decodes), an unexpected exception as a 500 (logged here, as the endpoint would); the
+    reply is the handler's own, built for this request (handlers share nothing of the replica's
+    state with it), which callers only read. The endpoint's bound on concurrent requests (256 per
+    service, answered 503 beyond) is not applied: it keeps one NATS subscription from stalling, and
+    an in-process caller is itself one of the node's bounded `torua-api` requests, asking each shard
+    at most once per round. Queries are not called in-process (`Served.in_process`): their bounded
+    queue admits every router's parts in arrival order, over NATS.
+
+    `counts[(op, outcome)]`: requests answered here for this node's router ("local", 4xx included) or
+    for another's, several shards in one message ("node", `batch`), and requests of a hosted shard
+    left to NATS ("fallback"); reported as the `torua_local_point_reads` gauge (named when it counted
+    `get` and `kv_get` alone)."""
 
     def __init__(self, replicas: ReplicaManager) -> None:
         self._replicas = replicas
         self._apis: dict[int, ShardApi] = {}
         self.counts: Counter[tuple[str, str]] = Counter()
 
+    @property
+    def node_id(self) -> str:
+        return self._replicas.node_id
+
+    def serving(self, shard: int) -> bool:
+        """Whether this node's replica of `shard` serves now (`call` would answer it here)."""
+        replica = self._replicas.replicas.get(shard)
+        return replica is not None and replica.state == "active"
+
     async def get(self, shard: int, req: ShardGet) -> EntityReply | None:
-        return await self._read("get", shard, lambda api: api.get(req))
+        return await self.call(shard, GET, req)
 
     async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None:
-        return await self._read("kv_get", shard, lambda api: api.kv_get(req))
+        return await self.call(shard, KV_GET, req)
+
+    async def call(self, shard: int, op: Op[Q, R], req: Q, *, outcome: str = "local") -> R | None:
+        """`op` answered by this node's serving replica of `shard`; None: ask its queue group.
+        `outcome`: what `counts` calls an answer given here ("local": to this node's router)."""
+        replica = self._replicas.replicas.get(shard)
+        if replica is None:
+            self._apis.pop(shard, None)
+            return None
+        served = served_op(op)
+        if served is None or not served.in_process:
+            return None
+        if replica.state != "active":
+            self.counts[op.name, "fallback"] += 1
+            return None
+        try:
+            reply = await served.handler(self._api(shard, replica))(req)
+        except Unavailable:  # not caught up in time, stopped serving, queue full: another may answer
+            self.counts[op.name, "fallback"] += 1
+            return None
+        except ToruaError as exc:
+            self.counts[op.name, outcome] += 1
+            raise error_for_code(exc.code, exc.description, getattr(exc, "retry_after_ms", None)) from None
+        except Exception as exc:
+            # Stopped meanwhile (its database closes under the read; over NATS, stopping the service
+            # would have waited for it): ask the queue group. Any other failure is a 500, as the
+            # endpoint answers it.
+            if replica.state != "active" or self._replicas.replicas.get(shard) is not replica:
+                self.counts[op.name, "fallback"] += 1
+                return None
+            log.exception("shard %d: in-process %s failed", shard, op.name)
+            raise InternalError(f"internal error ({type(exc).__name__}); see the server log") from None
+        self.counts[op.name, outcome] += 1
+        return reply
+
+    async def batch(self, req: NodeShards) -> RawReply:
+        """`torua.shard.node.<id>.batch` (`NodeShards`): each shard's request answered as `call`
+        answers it (so as its endpoint would); a shard not answered here (no replica serving, a 503)
+        is `left` for the router to ask its queue group, as are those whose replies would not fit in
+        one message with the others (the queue group's endpoint sends a large reply in parts)."""
+        served = served_named(req.op)
+        if served is None:
+            raise BadRequest(f"unknown shard operation {req.op!r}")
+        op = served.op
+
+        # One after the other, without a task each: a handler waits only for its replica to apply as
+        # far as asked, and the others apply meanwhile, so waiting for one delays the next little.
+        shards = list(req.shards)
+        results: list[Reply | ToruaError | None] = []
+        for shard in shards:
+            try:
+                results.append(await self.call(shard, op, decode_request(bytes(req.shards[shard]), op.request),
+                                               outcome="node"))
+            except ToruaError as exc:
+                results.append(exc)
+        answer = NodeShardsReply()
+        room = MAX_REPLY_BYTES - 1024 * (len(shards) + 1)  # the envelope's own keys and errors
+        for shard, result in zip(shards, results):
+            if result is None:
+                answer.left.append(shard)
+            elif isinstance(result, ToruaError):
+                answer.errors[shard] = ShardError(code=result.code, description=result.description,
+                                                  retry_after_ms=getattr(result, "retry_after_ms", None))
+            else:
+                data = encode(result)
+                if len(data) > room:
+                    answer.left.append(shard)
+                else:
+                    room -= len(data)
+                    answer.shards[shard] = msgspec.Raw(data)
+        return RawReply(encode(answer))
 
     async def vector(self, req: HostedVector) -> RawReply:
         """`torua.shard.all.vector`: the asked shards whose replica here is serving, searched as their
@@ -201,8 +304,9 @@ class LocalReads:
 
     def gauge(self) -> GaugeReading:
         samples = [([op, outcome], float(n)) for (op, outcome), n in sorted(self.counts.items())]
-        return ("torua_local_point_reads", "Point reads the router answered from this node's replicas "
-                "(local) or left to NATS though it hosts the shard (fallback)", ["op", "outcome"], samples)
+        return ("torua_local_point_reads", "Shard requests (point reads, fan-out rounds) answered by this "
+                "node's replicas in-process for its router (local) or for another's in one message per node "
+                "(node), or left to NATS though it hosts the shard (fallback)", ["op", "outcome"], samples)
 
     def _api(self, shard: int, replica: ShardReplica) -> ShardApi:
         """The shard endpoints' handler over this replica (kept while it stays the shard's replica)."""
@@ -210,30 +314,3 @@ class LocalReads:
         if api is None or api.replica is not replica:  # a replica rebuilt or reopened: a new one
             api = self._apis[shard] = ShardApi(replica)
         return api
-
-    async def _read(self, op: str, shard: int, read: Callable[[ShardApi], Awaitable[R]]) -> R | None:
-        replica = self._replicas.replicas.get(shard)
-        if replica is None:
-            self._apis.pop(shard, None)
-            return None
-        if replica.state != "active":
-            self.counts[op, "fallback"] += 1
-            return None
-        api = self._api(shard, replica)
-        try:
-            reply = await read(api)
-        except NotFound:
-            self.counts[op, "local"] += 1
-            raise
-        except Unavailable:  # not caught up in time, or stopped serving: another replica may be
-            self.counts[op, "fallback"] += 1
-            return None
-        except Exception:
-            # Stopped meanwhile (its database closes under the read; over NATS, stopping the service
-            # would have waited for it): ask the queue group. Any other failure is the answer.
-            if replica.state == "active":
-                raise
-            self.counts[op, "fallback"] += 1
-            return None
-        self.counts[op, "local"] += 1
-        return reply

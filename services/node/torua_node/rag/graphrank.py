@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from torua.model import EdgeOut, Hit
+from torua_node.shard.protocol import name_coverage
 from torua_node.storage.textindex import query_terms
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "stems",
     "direct_scores",
     "seed_weights",
+    "name_coverage",
     "relation_relevance",
     "stating_chunks",
     "lexical_relevance",
@@ -122,11 +124,8 @@ def seed_weights(hits: Sequence[Hit], names: Mapping[str, str], question: str, w
     if best <= 0:
         return seeds
     for h in hits:
-        words = query_terms(names.get(h.id, ""))
-        if not words:
-            continue
-        coverage = sum(1 for t in words if t in asked) / len(words)
-        if coverage >= w.min_coverage:
+        coverage = name_coverage(names.get(h.id, ""), asked)
+        if coverage is not None and coverage >= w.min_coverage:
             seeds[h.id] = coverage**2 * h.score / best
     return seeds
 
@@ -169,15 +168,15 @@ def lexical_relevance_of(stated_by: Mapping[str, Sequence[str]], uses: Mapping[s
 
 def relation_factors(edges: Sequence[EdgeOut], relevance: Mapping[str, float], w: Weights) -> np.ndarray:
     """What each relation passes on: decay x relevance of its type (floored) x its confidence."""
-    return np.array(
-        [
-            w.decay
-            * (w.relation_floor + (1 - w.relation_floor) * relevance.get(e.type, 0.0))
-            * min(1.0, max(0.0, e.weight))
-            for e in edges
-        ],
-        dtype=np.float64,
-    )
+    per_type: dict[str, float] = {}
+    for e in edges:
+        if e.type not in per_type:
+            per_type[e.type] = w.decay * (w.relation_floor + (1 - w.relation_floor) * relevance.get(e.type, 0.0))
+    of_type = np.fromiter((per_type[e.type] for e in edges), np.float64, len(edges))
+    weight = np.fromiter((e.weight for e in edges), np.float64, len(edges))
+    # min(1, max(0, weight)) as Python takes it (a NaN weight counts 0).
+    weight = np.where(weight > 0.0, weight, 0.0)
+    return of_type * np.where(weight < 1.0, weight, 1.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,10 @@ module fetches what it needs from the shards, in as few rounds as the algorithm 
 read point (`router/readpoint.py`: each shard's log end is learnt once per question):
 
 1. BM25 (statistics, then scores) and vector search over chunks, and BM25 over entity names,
-   concurrently (the question is embedded meanwhile); then the matched entities' names together
-   with their relations (a seed is an entity whose name the question covers, so the first hop's
-   relations are among them);
+   concurrently (the question is embedded meanwhile); the entity scores come with the names and
+   relations of the matches the question names (`ShardText.graph_edges`: a seed is an entity whose
+   name the question covers, so the first hop's relations are among them), each shard sending
+   those of its best few (`GRAPH_SHARE`) — a shard holding more of the top k costs a round;
 2. the seeds' neighbourhood, `hops` relations deep, best first: per hop, one round in which the
    shards holding the few chunks stating each relation type count how many of the question's word
    stems each one uses (`chunk_stems`, from their text indexes: no chunk is read from the database),
@@ -21,18 +22,20 @@ read point (`router/readpoint.py`: each shard's log end is learnt once per quest
    with the last hop's counts' round, for every entity that hop may reach (the ones it does not
    reach are dropped from the answer);
 4. the chunk rows of the top k, from the shards holding them: those of the top k by text and
-   relations alone (most often the top k) while the mentions are awaited, any others after.
+   relations alone (most often the top k) as soon as the weights are known, beside the final round
+   (and those the entities' types lift, once they are known), any others after the mentions.
 
-Eleven sequential rounds for three hops before, eight or nine now, with the same answer; of those,
-only the mentions (3) and the top k's rows (4) read the shards' databases — the rest are answered
-from the replicas' memory (graph view, text and vector indexes).
+Eleven sequential rounds for three hops before, seven or eight now, with the same answer; every one
+is answered from the replicas' memory (graph view, chunk view, text and vector indexes), none reads
+a shard's database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import defaultdict
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -74,7 +77,7 @@ from torua_node.rag.graphrank import (
 )
 from torua_node.rag.search import Search
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, by_owner, is_partial, token
-from torua_node.router.graph import GraphReads
+from torua_node.router.graph import EDGES_PER_SHARD, GraphReads
 from torua_node.router.readpoint import reading
 from torua_node.shard.protocol import (
     CHUNK_STEMS,
@@ -89,6 +92,7 @@ from torua_node.storage.chunks import ChunkOut, Mention
 __all__ = ["Retriever", "build_context"]
 
 T = TypeVar("T")
+_ChunkRows = dict[str, tuple[ChunkOut, int]]  # chunk id -> its row and the shard that sent it
 
 EXPAND_LIMIT = 300  # entities gathered around the seeds, at most
 BEAM = 10  # entities expanded per hop, the best-weighted new ones (10, 20, 30 and 60 measured alike)
@@ -96,6 +100,9 @@ CONTEXT_RELATIONS = 20
 # The last hop's final round is asked for every entity it may reach, at most this many, while the
 # hop's relevance round runs; the ones not reached are dropped from its answer.
 AHEAD_LIMIT = 4 * EXPAND_LIMIT
+# Each shard sends the rows and relations of its best GRAPH_SHARE x (its share of the top k) + 1
+# entity matches with their scores: a shard holding more of the top k costs a round.
+GRAPH_SHARE = 2
 _TYPE_CACHE = 4096  # relation type labels whose vectors are kept (types repeat across questions)
 
 
@@ -123,6 +130,61 @@ class _Expansion:
     holders: dict[str, int]  # chunks stating relations -> the shard holding each
 
 
+class _Rows:
+    """Chunk rows asked for ahead of the ranking (each chunk once), on guesses of the top k: any of
+    the top k not among them is read after it."""
+
+    def __init__(self, fetch: Callable[[list[str], dict[str, int]], Coroutine[Any, Any, _ChunkRows]]) -> None:
+        self._fetch = fetch
+        self.asked: set[str] = set()
+        self._fetches: list[asyncio.Future[_ChunkRows]] = []
+
+    def ask(self, ids: list[str], holders: dict[str, int]) -> None:
+        """The rows of the chunks `ids` not asked for yet, from `holders` (chunk -> its shard)."""
+        new = [c for c in ids if c not in self.asked]
+        if new:
+            self.asked.update(new)
+            self._fetches.append(_spawn(self._fetch(new, holders)))
+
+    async def read(self) -> _ChunkRows:
+        rows: _ChunkRows = {}
+        for fetch in self._fetches:
+            rows |= await fetch
+        return rows
+
+
+class _Stated:
+    """What the relations kept pass on to the chunks stating them: per relation, the most that
+    reached it along a path from either end (times the far end's boost, for the type the question
+    names) plus its weaker end's weight (`Weights.both_ends`). Computed for all relations at once."""
+
+    def __init__(self, edges: list[EdgeOut], factors: np.ndarray, paths: Paths, w: Weights) -> None:
+        weight = paths.weight
+        self.edges = edges
+        self.forward, self.backward = paths.forward, paths.backward
+        ends = np.array([(weight.get(e.source, 0.0), weight.get(e.target, 0.0)) for e in edges]).reshape(-1, 2)
+        self.both = w.both_ends * factors * np.minimum(ends[:, 0], ends[:, 1])
+        self.points = np.maximum(self.forward, self.backward) + self.both  # every boost 1
+
+    def evidence(self, boost: dict[str, float] | None) -> ChunkEvidence:
+        """The chunks' relation evidence, with these boosts (None: every one 1); the points stay
+        with the relations for `top`."""
+        if boost is not None:
+            target = np.array([boost.get(e.target, 1.0) for e in self.edges])
+            source = np.array([boost.get(e.source, 1.0) for e in self.edges])
+            self.points = np.maximum(self.forward * target, self.backward * source) + self.both
+        evidence = ChunkEvidence()
+        for e, points in zip(self.edges, self.points.tolist()):
+            evidence.states(e.chunks, points)
+        return evidence
+
+    def top(self, n: int) -> list[EdgeOut]:
+        """The `n` relations with the most points (of the last `evidence`), ties by (source, type, target)."""
+        points = self.points.tolist()
+        order = sorted(range(len(points)), key=lambda i: (-points[i], self.edges[i].source, self.edges[i].type, self.edges[i].target))
+        return [self.edges[i] for i in order[:n]]
+
+
 class Retriever:
     def __init__(
         self, client: ShardClient, graph: GraphReads, embedder: EmbedderProvider, weights: Weights | None = None
@@ -148,15 +210,29 @@ class Retriever:
             return await s.vector_hits(vec, w.candidates, "chunks", after, status, consistency=level)
 
         async def entity_matches() -> tuple[list[Hit], list[EntityOut], list[EdgeOut]]:
-            # The matched entities' relations come with their names: the seeds are among them, so
-            # the first hop's relations need no round of their own.
-            hits = await s.text_hits(req.question, w.seed_entities, "entities", after, status, consistency=level)
-            ids = [h.id for h in hits]
-            rows, edges = await asyncio.gather(
-                self.graph.entities(ids, after, status, consistency=level),
-                self.graph.edges(ids, "both", None, after, status, consistency=level),
+            # The rows and relations of the matched entities the question names come with their
+            # BM25 scores (each shard sends those of its best few): the seeds are among them (the
+            # others cannot seed: `name_coverage`), so neither the seeds' names nor the first hop's
+            # relations need a round of their own — unless a shard held more of the top k than the
+            # few it sent (`GRAPH_SHARE`).
+            k, n = w.seed_entities, self.client.num_shards
+            found = await s.bm25(
+                req.question, k, "entities", after, status, consistency=level, graph_edges=EDGES_PER_SHARD,
+                graph_named=max(0.0, w.min_coverage), graph_top=min(k, -(-GRAPH_SHARE * k // n) + 1),
             )
-            return hits, rows, edges
+            rows, edges = list(found.rows or []), found.edges
+            if found.unsent or edges is None:
+                unsent = found.unsent
+                more_rows, more_edges = await asyncio.gather(
+                    self.graph.entities(unsent, after, status, consistency=level),
+                    self.graph.edges(
+                        unsent if edges is not None else [*(e.id for e in rows), *unsent],
+                        "both", None, after, status, consistency=level,
+                    ),
+                )
+                rows += more_rows
+                edges = more_edges if edges is None else edges + more_edges
+            return found.hits, rows, edges
 
         chunk_bm25, chunk_vec, (entity_bm25, matched_rows, matched_edges) = await asyncio.gather(
             s.bm25(req.question, w.candidates, "chunks", after, status, consistency=level),
@@ -176,24 +252,31 @@ class Retriever:
         reached, edges, factors, paths = x.reached, x.edges, x.factors, x.paths
         weight = paths.weight
         finals = x.finals or self._finals(list(reached), set(matched), after, status, level)
+        holders = x.holders | hit_shard
+        # What each relation's chunks get as evidence, before the entities' types are known (every
+        # boost 1): most often it is final, and the top k by text and relations alone most often the
+        # top k, so the rows of those whose shard is known are asked for now, beside the final round.
+        rows = _Rows(lambda ids, holders: self._chunks(ids, {}, holders, after, status, level))
+        stated = _Stated(edges, factors, paths, w)
+        unboosted = stated.evidence(None)
+        rows.ask([c for c, _ in fuse(direct, unboosted.scores(w), req.k, w) if c in holders], holders)
         # Asked for more entities than were reached, maybe: the reached ones' part (an entity's
         # answer does not depend on the others asked with it, unless mentions were cut at the limit).
         entity_rows = [e for e in await finals.rows if e.id in reached]
         entities = {e.id: e for e in entity_rows} | {i: matched[i] for i in reached if i in matched}
         question = stems(req.question)
-        boost = {i: 1.0 + w.type_boost * type_named(e.type, question) for i, e in entities.items()}
-        evidence = ChunkEvidence()
-        edge_score: dict[tuple[str, str, str], float] = {}
-        for e, f, fwd, bwd in zip(edges, factors.tolist(), paths.forward.tolist(), paths.backward.tolist()):
-            ws, wt = weight.get(e.source, 0.0), weight.get(e.target, 0.0)
-            points = max(fwd * boost.get(e.target, 1.0), bwd * boost.get(e.source, 1.0)) + w.both_ends * f * min(ws, wt)
-            edge_score[(e.source, e.type, e.target)] = points
-            evidence.states(e.chunks, points)
-        # The top k by text and relations alone is most often the top k: the rows of those whose
-        # shard is known are asked for while the mentions are awaited; any others, after.
-        holders = x.holders | hit_shard
-        early = fuse(direct, evidence.scores(w), req.k, w)
-        early_rows = _spawn(self._chunks([c for c, _ in early if c in holders], {}, holders, after, status, level))
+        named: dict[str, bool] = {}  # per entity type
+        boost: dict[str, float] = {}
+        for i, e in entities.items():
+            if e.type not in named:
+                named[e.type] = type_named(e.type, question)
+            boost[i] = 1.0 + w.type_boost * named[e.type]
+        if any(b != 1.0 for b in boost.values()):
+            # The question names a type some entities have: the relations into them count more.
+            evidence = stated.evidence(boost)
+            rows.ask([c for c, _ in fuse(direct, evidence.scores(w), req.k, w) if c in holders], holders)
+        else:
+            evidence = unboosted
         mentions, whole = await finals.mentions
         if whole or finals.of == set(reached):
             mentions = [m for m in mentions if m.entity_id in reached]
@@ -207,12 +290,11 @@ class Retriever:
             evidence.mentions(m.chunk_id, weight.get(m.entity_id, 0.0) * spec.get(m.entity_id, 0.0) * boost.get(m.entity_id, 1.0))
         ranked = fuse(direct, evidence.scores(w), req.k, w)
         located = {m.chunk_id: m.document_id for m in mentions}
-        chunks = await early_rows
+        chunks = await rows.read()
         missing = [c for c, _ in ranked if c not in chunks]
         if missing:
             chunks |= await self._chunks(missing, located, holders, after, status, level)
-        top_edges = sorted(edges, key=lambda e: (-edge_score[(e.source, e.type, e.target)], e.source, e.type, e.target))
-        return self._reply(req, ranked, chunks, entities, reached, top_edges[:CONTEXT_RELATIONS], status)
+        return self._reply(req, ranked, chunks, entities, reached, stated.top(CONTEXT_RELATIONS), status)
 
     def _finals(
         self, reached: list[str], matched: set[str], after: Tokens, status: Status, level: Consistency
@@ -318,7 +400,7 @@ class Retriever:
             # Best first: the next round expands the best-weighted entities not expanded yet, also
             # those reached earlier whose weight rose once a longer path through them was seen.
             waiting = [x for x in reached if x not in expanded]
-            frontier = sorted(waiting, key=lambda x: (-weight.get(x, 0.0), x))[:BEAM]
+            frontier = heapq.nsmallest(BEAM, waiting, key=lambda x: (-weight.get(x, 0.0), x))
         if finals is not None and not finals.of >= set(reached):
             # Cannot happen (the rounds sent early were sent only for every entity the weights could
             # choose); kept so that a mistake costs a round, not a wrong answer.

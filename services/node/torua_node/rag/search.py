@@ -8,10 +8,20 @@ corpus statistics of every shard first, then scoring with the global IDF and ave
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from torua.errors import BadRequest
-from torua.model import Consistency, Hit, SearchReply, TextSearchRequest, Tokens, VectorSearchRequest
+from torua.model import (
+    Consistency,
+    EdgeOut,
+    EntityOut,
+    Hit,
+    SearchReply,
+    TextSearchRequest,
+    Tokens,
+    VectorSearchRequest,
+)
 from torua.shardwire import merge_hits
 from torua_node.rag.ranking import global_bm25, rrf
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
@@ -25,6 +35,7 @@ from torua_node.shard.protocol import (
     ShardTextStats,
     ShardVector,
     Target,
+    TextReply,
 )
 from torua_node.storage.textindex import query_terms
 
@@ -37,6 +48,12 @@ HYBRID_MIN_DEPTH = 30  # each list fused by hybrid search is at least this deep 
 class TextHits:
     hits: list[Hit]
     corpus_size: int  # documents (chunks or entities) the statistics were taken over, all shards
+    # Asked with `graph_edges` (entities): the rows of the hits the text names (`graph_named`), and
+    # the relations touching them — None when a shard had `graph_edges` of them (maybe more) —
+    # except for the hits `unsent`, which their shard ranked below `graph_top` (nothing known).
+    rows: list[EntityOut] | None = None
+    edges: list[EdgeOut] | None = None
+    unsent: list[str] = field(default_factory=list)
 
 
 class Search:
@@ -80,18 +97,35 @@ class Search:
         status: Status,
         *,
         consistency: Consistency = "strong",
+        graph_edges: int = 0,
+        graph_named: float = 0.0,
+        graph_top: int = 0,
     ) -> TextHits:
         """BM25 in two rounds: global corpus statistics first, then scoring with them on every shard
-        that answered the first."""
+        that answered the first. `graph_edges` (entities): the second round also brings the rows
+        and relations of the global top k that the text names (`ShardText.graph_edges`: each shard
+        sends those of its best `graph_top`; the hits ranked below that on their shard are
+        `unsent`)."""
         terms = query_terms(text)
         if not terms:
             return TextHits(hits=[], corpus_size=0)
         ask = {s: ShardTextStats(terms=terms, target=target, after=token(after, s), consistency=consistency) for s in range(self.client.num_shards)}
         stats = await self.client.fan_out(TEXT_STATS, ask, status)
         idf, avg = global_bm25([(st.df, st.n_docs, st.total_length) for st in stats.values()], terms)
-        score = {s: ShardText(idf=idf, avg_length=avg, k=k, target=target, after=token(after, s), consistency=consistency) for s in stats}
-        hits = _merged(await self.client.fan_out(TEXT, score, status), k)
-        return TextHits(hits=hits, corpus_size=sum(st.n_docs for st in stats.values()))
+        score = {
+            s: ShardText(
+                idf=idf, avg_length=avg, k=k, target=target, after=token(after, s), consistency=consistency,
+                graph_edges=graph_edges, graph_named=graph_named, graph_top=graph_top,
+            )
+            for s in stats
+        }
+        replies = await self.client.fan_out(TEXT, score, status)
+        hits = _merged(replies, k)
+        corpus = sum(st.n_docs for st in stats.values())
+        if not graph_edges:
+            return TextHits(hits=hits, corpus_size=corpus)
+        rows, edges, unsent = _graph_of(hits, replies, graph_edges, graph_top)
+        return TextHits(hits=hits, corpus_size=corpus, rows=rows, edges=edges, unsent=unsent)
 
     async def embed(self, text: str) -> list[float]:
         """The query text as the cluster's embedder sees it (on a thread: it may be a model or HTTP)."""
@@ -133,6 +167,34 @@ class Search:
         return SearchReply(hits=rrf([bm25, vec], req.k), partial=is_partial(status), shards=status)
 
 
-def _merged(replies: dict[int, HitsReply], k: int) -> list[Hit]:
+def _graph_of(
+    hits: list[Hit], replies: dict[int, TextReply], limit: int, top: int
+) -> tuple[list[EntityOut], list[EdgeOut] | None, list[str]]:
+    """Of the rows and relations each shard sent for its best `top` hits (0: all), those of the
+    global top k (`hits`): what an entities and an edges round for the named ones would answer (a
+    shard holds its entities' relations, at both ends); and the hits a shard ranked below its `top`,
+    which sent nothing. Relations None when a shard sent `limit` (maybe cut)."""
+    sent = {s: {i for i, _ in (r.hits[:top] if top else r.hits)} for s, r in replies.items()}
+    kept: dict[int, set[str]] = {}
+    unsent: list[str] = []
+    for h in hits:
+        if h.id in sent[h.shard]:
+            kept.setdefault(h.shard, set()).add(h.id)
+        else:
+            unsent.append(h.id)
+    rows: list[EntityOut] = []
+    edges: list[EdgeOut] | None = []
+    for s, ids in kept.items():
+        reply = replies[s]
+        rows.extend(e for e in reply.entities if e.id in ids)
+        if edges is not None:
+            if len(reply.edges) >= limit:
+                edges = None
+            else:
+                edges.extend(e for e in reply.edges if e.source in ids or e.target in ids)
+    return rows, edges, unsent
+
+
+def _merged(replies: Mapping[int, HitsReply], k: int) -> list[Hit]:
     # The one merge, shared with the Python client's direct vector search (torua.shardwire).
     return merge_hits(replies, k)

@@ -53,7 +53,7 @@ from torua.subjects import APPLIED_RESET, WAL_STREAM, wal_subject
 from torua.version import __version__
 from torua_node.router.backpressure import ApplyLag
 from torua_node.router.cache import ResultCache
-from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
+from torua_node.router.client import EmbedderProvider, LocalCalls, ShardClient, Status, is_partial, token
 from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
 from torua_node.router.readpoint import reading
@@ -61,9 +61,8 @@ from torua_node.router.split import kv_shard, split_delete, split_kv, split_upse
 from torua_node.shard.protocol import (
     GET,
     KV_GET,
-    EntityReply,
     HostedVector,
-    KVValueReply,
+    NodeShards,
     ShardGet,
     ShardKVGet,
 )
@@ -93,19 +92,20 @@ class _FannedOut(Protocol):
 CachedReply = TypeVar("CachedReply", bound=_FannedOut)
 
 
-class LocalShards(Protocol):
-    """The shard replicas hosted in this process (wired by the node): a point read of a shard with a
-    serving replica here is answered in-process, without a NATS round trip, under the same rules as
-    the shard's endpoint (strong by default, `after`, 404). None: no replica here can answer it now
-    (none hosted, not serving, or not caught up in time), so ask the shard's queue group."""
-
-    async def get(self, shard: int, req: ShardGet) -> EntityReply | None: ...
-
-    async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None: ...
+class LocalShards(LocalCalls, Protocol):
+    """The shard replicas hosted in this process (wired by the node, `node/replicas.py`): the
+    router's requests to a shard with a serving replica here are answered in-process (`LocalCalls`),
+    and the node answers for all of them at once the client's direct search and other routers'
+    fan-out rounds."""
 
     async def vector(self, req: HostedVector) -> RawReply:
         """`torua.shard.all.vector`: the asked shards this node serves (`shard/api.search_hosted`), a
         `HostedHits` encoded (without shards where it would not fit in one message)."""
+        ...
+
+    async def batch(self, req: NodeShards) -> RawReply:
+        """`torua.shard.node.<id>.batch`: one operation for several shards served here, a
+        `NodeShardsReply` encoded."""
         ...
 
 
@@ -120,7 +120,6 @@ class DataApi:
         clock: HybridClock | None = None,
         queries: Queries | None = None,
         lag: ApplyLag | None = None,
-        local: LocalShards | None = None,
     ) -> None:
         self.js = js
         self.client = client
@@ -132,7 +131,6 @@ class DataApi:
         # by it (docs/consistency.md, "Convergence").
         self.clock = clock or HybridClock()
         self.lag = lag or ApplyLag(max_lag=0)  # write backpressure; off unless the node sets a limit
-        self.local = local  # point reads from this node's own replicas (None: always over NATS)
 
     def cached(
         self, name: str, handler: Callable[[CachedRequest], Awaitable[CachedReply]]
@@ -236,15 +234,13 @@ class DataApi:
     async def get(self, req: GetRequest) -> GetReply:
         shard = self.client.owner(req.id)
         sreq = ShardGet(id=req.id, embedding=req.embedding, after=token(req.after, shard), consistency=req.consistency)
-        local = await self.local.get(shard, sreq) if self.local is not None else None
-        reply = local if local is not None else await self.client.call(shard, GET, sreq)
+        reply = await self.client.call(shard, GET, sreq)  # in-process when a replica serves here
         return GetReply(entity=reply.entity, shard=shard)
 
     async def kv_get(self, req: KVGetRequest) -> KVReply:
         shard = kv_shard(req.key, self.client.num_shards)
         sreq = ShardKVGet(key=req.key, after=token(req.after, shard), consistency=req.consistency)
-        local = await self.local.kv_get(shard, sreq) if self.local is not None else None
-        reply = local if local is not None else await self.client.call(shard, KV_GET, sreq)
+        reply = await self.client.call(shard, KV_GET, sreq)
         return KVReply(key=req.key, value=reply.value)
 
     async def neighbors(self, req: NeighborsRequest) -> NeighborsReply:

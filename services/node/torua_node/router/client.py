@@ -4,16 +4,23 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
 (`torua_node.shard.protocol`) through these few methods, so it runs the same over NATS
 (`NatsShardClient`) and over an in-memory fake in unit tests.
 
-- `call(shard, op, request, timeout?)`: one request to one shard's queue group. Over NATS, a 503 (no
+- `call(shard, op, request, timeout?)`: one request to one shard's queue group. A shard whose replica
+  serves in this process (`LocalCalls`, the node's `LocalReads`) is answered there by the shard
+  endpoint's own handler, without a message; one that is not serving, or answers 503, is asked over
+  NATS as below. Over NATS, a 503 (no
   replica caught up), no responders or a timeout is retried once after 50 ms — not a 503 from a full
   queue (`Overloaded`), which is raised at once; after that, or for any other error reply, the error
   is raised as the `ToruaError` of its code. A reply too large for one message arrives in parts
   (`protocol.PAGED_HEADER`): the others are fetched from the replica that holds them and joined.
-- `fan_out(op, requests, status)`: one request per shard, concurrently, under the one error policy
+- `fan_out(op, requests, status)`: the shards' requests concurrently, under the one error policy
   of `torua_node.router.fanout` (shared with distributed Cypher execution): a client error (4xx,
   the request's fault, the same on every shard) is raised; anything else (503, timeout, no
   responders, 5xx) marks that shard `ok=False` with the reason in `status` and the reply becomes
-  partial — never a silent gap; a shard that failed is not asked again in the same request.
+  partial — never a silent gap; a shard that failed is not asked again in the same request. Over
+  NATS, the shards served here are asked in-process, and the others' requests go in one message per
+  node (`torua.shard.node.<id>.batch`, `NodeShards`) where one node serves several of them; a shard
+  that node does not answer (`left`), or every shard of a node that does not answer at all, is asked
+  of its queue group as above.
 - `token(tokens, shard)`: the write token a read carries for one shard (`after`, 0: no wait).
 
 `EmbedderProvider` is the other thing the read and write paths need from the cluster: the embedder
@@ -25,7 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -36,17 +43,26 @@ from torua import subjects
 from torua.embedders import EmbedderSettings, make_embedder
 from torua.embedding import Embedder
 from torua.endpoints import encode, error_of
-from torua.errors import Overloaded, Unavailable, error_for_code
+from torua.errors import Overloaded, ToruaError, Unavailable, error_for_code
 from torua.hashing import shard_for
 from torua.model import Tokens
 from torua.wire import Reply, ShardMap
 from torua_node.router.fanout import Status, gather, is_partial
 from torua_node.router.readpoint import LogEnds, StreamLogEnds, pinned
-from torua_node.shard.protocol import PAGED_HEADER, Op, ShardPage, ShardRequest, page_subject
+from torua_node.shard.protocol import (
+    PAGED_HEADER,
+    NodeShards,
+    NodeShardsReply,
+    Op,
+    ShardPage,
+    ShardRequest,
+    page_subject,
+)
 
 __all__ = [
     "ShardClient",
     "NatsShardClient",
+    "LocalCalls",
     "EmbedderProvider",
     "ClusterEmbedder",
     "Status",
@@ -110,15 +126,124 @@ def by_owner(client: ShardClient, keys: Iterable[str]) -> dict[int, list[str]]:
     return groups
 
 
+class LocalCalls(Protocol):
+    """The shard replicas serving in this process (the node's `LocalReads`): `op` answered by the
+    replica's own endpoint handler, in-process, under the same rules; None: no replica here answers
+    it now (none hosted, not serving, or a 503), so ask the shard's queue group. Errors are raised as
+    the `ToruaError` the same answer over NATS would be; replies are only read, never changed."""
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (in the shard map)."""
+        ...
+
+    def serving(self, shard: int) -> bool:
+        """Whether a replica of `shard` serves here now."""
+        ...
+
+    async def call(self, shard: int, op: Op[Q, R], request: Q) -> R | None: ...
+
+
 class NatsShardClient(ShardClient):
     """Shard requests over NATS to `torua.shard.<n>.<op>` (the shard's queue group: any live,
-    caught-up replica answers)."""
+    caught-up replica answers), or in-process to a replica serving here (`local`)."""
 
-    def __init__(self, nc: NATS, shardmap: Callable[[], ShardMap | None], timeout: float = SHARD_TIMEOUT_S) -> None:
+    def __init__(self, nc: NATS, shardmap: Callable[[], ShardMap | None], timeout: float = SHARD_TIMEOUT_S,
+                 local: LocalCalls | None = None, per_node: bool = True) -> None:
         self.nc = nc
         self._shardmap = shardmap
         self.timeout = timeout
         self.log_ends: LogEnds | None = StreamLogEnds(nc)
+        self.local = local
+        self.per_node = per_node  # a round's requests to other nodes in one message each (`_batch`)
+        self._turn = 0  # spreads rounds over a shard's replicas on other nodes
+        self._placement: tuple[ShardMap, dict[int, list[str]]] | None = None
+
+    async def fan_out(self, op: Op[Q, R], requests: Mapping[int, Q], status: Status) -> dict[int, R]:
+        """As `ShardClient.fan_out`; shards served here in-process (`call`), and the requests to shards
+        of one other node in one message to it (`_batch`) where it serves more than one of them."""
+        by_node = self._by_node([s for s in requests if (st := status.get(str(s))) is None or st.ok])
+        if not by_node:
+            return await super().fan_out(op, requests, status)
+        batches = {node: asyncio.ensure_future(self._batch(node, op, {s: requests[s] for s in shards}))
+                   for node, shards in by_node.items()}
+        for task in batches.values():
+            task.add_done_callback(_retrieved)  # a round cancelled meanwhile: its failure is nobody's
+        node_of = {s: node for node, shards in by_node.items() for s in shards}
+
+        async def one(shard: int, request: Q) -> R:
+            node = node_of.get(shard)
+            if node is not None:
+                got = (await batches[node]).get(shard)
+                if isinstance(got, ToruaError):
+                    raise got
+                if got is not None:
+                    return got
+            return await self.call(shard, op, await pinned(shard, request))
+
+        return await gather({s: partial(one, s, req) for s, req in requests.items()}, status)
+
+    def _by_node(self, shards: list[int]) -> dict[str, list[int]]:
+        """The shards (not served here) that share a serving node with another, grouped by one node
+        each: the nodes serving most of them first (fewest messages), equal ones taken in turn."""
+        local = self.local
+        if local is None or not self.per_node or len(shards) < 2:
+            return {}
+        smap = self._shardmap()
+        if smap is None:
+            return {}
+        if self._placement is None or self._placement[0] is not smap:
+            self._placement = (smap, {e.id: list(e.active or e.hosts()) for e in smap.shards})
+        where = self._placement[1]
+        me = local.node_id
+        left = {s: [n for n in where.get(s, ()) if n != me] for s in shards if not local.serving(s)}
+        if all(len(nodes) <= 1 for nodes in left.values()):  # one replica elsewhere each (R=1): no choice
+            by: dict[str, list[int]] = {}
+            for s, nodes in left.items():
+                if nodes:
+                    by.setdefault(nodes[0], []).append(s)
+            return {n: group for n, group in by.items() if len(group) > 1}
+        self._turn += 1
+        groups: dict[str, list[int]] = {}
+        while len(left) > 1:
+            count: dict[str, int] = {}
+            for nodes in left.values():
+                for n in nodes:
+                    count[n] = count.get(n, 0) + 1
+            if not count:
+                break
+            ranked = sorted(count)
+            turn = self._turn % len(ranked)
+            node = max(ranked, key=lambda n: (count[n], -((ranked.index(n) - turn) % len(ranked))))
+            if count[node] < 2:
+                break  # a message for one shard is its queue group's
+            groups[node] = [s for s, nodes in left.items() if node in nodes]
+            for s in groups[node]:
+                del left[s]
+        return groups
+
+    async def _batch(self, node: str, op: Op[Q, R], requests: dict[int, Q]) -> dict[int, R | ToruaError]:
+        """One message to `node` for these shards (each at the request's read point): the replies and
+        errors it sent, by shard. A shard missing from the answer — left by the node, or all of them
+        when it did not answer — is the caller's to ask its queue group. Never raises but for
+        cancellation."""
+        try:
+            asks = {s: msgspec.Raw(encode(await pinned(s, r))) for s, r in requests.items()}
+            data = encode(NodeShards(op=op.name, shards=asks))
+            msg = await self.nc.request(subjects.shard_node(node), data, timeout=self.timeout)
+            if error_of(msg.headers, msg.data) is not None:
+                return {}  # busy, or a node that does not know the operation: the queue groups answer
+            answer = msgspec.json.decode(msg.data, type=NodeShardsReply)
+            out: dict[int, R | ToruaError] = {}
+            for s, raw in answer.shards.items():
+                if s in requests:
+                    out[s] = msgspec.json.decode(raw, type=op.reply)
+            for s, err in answer.errors.items():
+                if s in requests:
+                    out[s] = error_for_code(err.code, err.description, err.retry_after_ms)
+            return out
+        except (NoRespondersError, NatsTimeout, ToruaError, msgspec.DecodeError, msgspec.ValidationError):
+            return {}
 
     def shardmap(self) -> ShardMap:
         smap = self._shardmap()
@@ -131,6 +256,11 @@ class NatsShardClient(ShardClient):
         return self.shardmap().num_shards
 
     async def call(self, shard: int, op: Op[Q, R], request: Q, timeout: float | None = None) -> R:
+        if self.local is not None:
+            # The handler's own waits bound it (a strong read's wait, a query's time limit).
+            reply = await self.local.call(shard, op, request)
+            if reply is not None:
+                return reply
         data = encode(request)
         wait = timeout or self.timeout
         # The one retry by hand: tenacity's AsyncRetrying, built per call, cost about 80 µs of the
@@ -176,6 +306,11 @@ class NatsShardClient(ShardClient):
                 raise error_for_code(err.code, err.description, err.retry_after_ms)
             data.append(msg.data)
         return b"".join(data)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class EmbedderProvider(Protocol):

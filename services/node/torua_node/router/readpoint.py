@@ -132,9 +132,9 @@ async def pinned(shard: int, request: Q) -> Q:
 
 class StreamLogEnds(LogEnds):
     """Log ends from one look at the whole stream for every shard at once (`shard/readindex.StreamEnds`,
-    shared with this process's replicas): while nothing was written since the last look, a request's
-    eight shards cost one short JetStream reply instead of two each (`readindex.log_state`); a shard
-    written meanwhile costs one or two more, after it."""
+    shared with this process's replicas, the one way strong reads learn log ends): while nothing was
+    written since the last look, a request's eight shards cost one short JetStream reply; a shard
+    written meanwhile costs one or two more."""
 
     def __init__(self, nc: NATS) -> None:
         super().__init__(_no_fetch)

@@ -11,7 +11,8 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import msgspec
 import numpy as np
@@ -49,18 +50,20 @@ from torua_node.shard.protocol import (
     ShardText,
     ShardTextStats,
     ShardVector,
+    TextReply,
     TextStatsReply,
+    name_coverage,
 )
 from torua_node.shard.readindex import LogLook, stream_ends
 from torua_node.shard.worker import ShardQueries
 from torua_node.storage import reads
-from torua_node.storage.chunks import chunks_by_ids, mentions_of
+from torua_node.storage.chunkview import ChunkView
 from torua_node.storage.graphview import GraphView
 from torua_node.storage.store import ShardStore
 from torua_node.storage.textindex import TextIndex
 from torua_node.storage.vectors import VectorIndex
 
-__all__ = ["ServedReplica", "ShardApi", "start_shard_service", "search_hosted"]
+__all__ = ["ServedReplica", "ShardApi", "start_shard_service", "search_hosted", "Served", "SHARD_OPS", "served_op", "served_named"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class ServedReplica(Protocol):
     entity_text: TextIndex
     chunk_text: TextIndex
     graph: GraphView
+    chunk_view: ChunkView
     queries: ShardQueries
 
     async def wait_applied(self, seq: int) -> None:
@@ -152,7 +156,9 @@ class ShardApi:
 
     async def _ready(self, req: ShardRequest) -> int:
         """Wait until the replica is as fresh as `req` asks: every write acknowledged before it
-        (strong, the default) or its write token `after` (eventual). Returns the applied sequence
+        (strong, the default: `wait_strong`, which learns its shard's log end from the node's one
+        look at the stream for all its shards, readindex.StreamEnds — one JetStream request while
+        nothing was written) or its write token `after` (eventual). Returns the applied sequence
         the answer is at least as of (taken before reading: an apply finishing meanwhile only makes
         the data newer)."""
         if req.consistency == "strong":
@@ -162,29 +168,6 @@ class ShardApi:
                 await self.replica.check_log_id(req.log_id)
             await self.replica.wait_applied(req.after)
         return self.replica.applied_seq
-
-    async def _ready_search(self, req: ShardRequest) -> int:
-        """`_ready` for the search operations, which a request sends to every shard at once: a
-        strong one learns its shard's log end from the node's one look for all its replicas
-        (`readindex.stream_ends`: one JetStream request while nothing was written, instead of two
-        per shard), with the same guarantee. A log that holds less of the shard than this replica
-        applied, or another log than it follows, is left to `_ready` (which checks it)."""
-        r = self.replica
-        if req.consistency != "strong":
-            return await self._ready(req)
-        applied = r.applied_seq  # before the look: the log's end then is at least this
-        try:
-            look = await stream_ends(r.nc).get((r.shard,))
-        except Exception as exc:  # noqa: BLE001 - NATS unreachable or the stream missing: retryable
-            raise Unavailable(
-                f"shard {r.shard} replica on {r.node_id} could not learn the end of its log "
-                f"({type(exc).__name__}); retry, or read with consistency eventual"
-            ) from None
-        end = look.ends.get(r.shard, 0)
-        if end < applied or r.log_id != look.log_id:
-            return await self._ready(req)
-        await r.wait_applied(max(req.after, end))
-        return r.applied_seq
 
     async def get(self, req: ShardGet) -> EntityReply:
         r = self.replica
@@ -215,7 +198,7 @@ class ShardApi:
 
     async def vector(self, req: ShardVector) -> HitsReply:
         self.check_dim(req.vector)
-        seq = await self._ready_search(req)
+        seq = await self._ready(req)
         return HitsReply(hits=self.nearest(req.vector, req.k, req.target), applied_seq=seq)
 
     def check_dim(self, vector: list[float]) -> None:
@@ -231,27 +214,33 @@ class ShardApi:
 
     async def text_stats(self, req: ShardTextStats) -> TextStatsReply:
         r = self.replica
-        seq = await self._ready_search(req)
+        seq = await self._ready(req)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
         df, n_docs, total = index.stats(req.terms)
         return TextStatsReply(df=df, n_docs=n_docs, total_length=total, applied_seq=seq)
 
-    async def text(self, req: ShardText) -> HitsReply:
+    async def text(self, req: ShardText) -> TextReply:
         r = self.replica
-        seq = await self._ready_search(req)
+        seq = await self._ready(req)
         index = r.chunk_text if req.target == "chunks" else r.entity_text
-        return HitsReply(hits=index.search(req.idf, req.avg_length, req.k), applied_seq=seq)
+        hits = index.search(req.idf, req.avg_length, req.k)
+        if req.target != "entities" or not req.graph_edges or not hits:
+            return TextReply(hits=hits, applied_seq=seq)
+        # The named hits' rows and relations, from the same state as the hits (no await in between):
+        # an entity's relations are all stored with it, so this shard holds every one of them.
+        rows = r.graph.entities_by_ids([i for i, _ in (hits[: req.graph_top] if req.graph_top else hits)])
+        if req.graph_named > 0:
+            rows = [e for e in rows if (name_coverage(e.name, req.idf) or 0.0) >= req.graph_named]
+        edges = r.graph.edges([e.id for e in rows], "both", None, req.graph_edges)
+        return TextReply(hits=hits, applied_seq=seq, entities=rows, edges=edges)
 
     async def mentions(self, req: ShardMentions) -> MentionsReply:
-        r = self.replica
         seq = await self._ready(req)
-        found = await r.store.call(mentions_of, req.entity_ids, req.limit)
-        return MentionsReply(mentions=found, applied_seq=seq)
+        return MentionsReply(mentions=self.replica.chunk_view.mentions_of(req.entity_ids, req.limit), applied_seq=seq)
 
     async def chunks(self, req: ShardChunks) -> ChunksReply:
-        r = self.replica
         seq = await self._ready(req)
-        return ChunksReply(chunks=await r.store.call(chunks_by_ids, req.ids), applied_seq=seq)
+        return ChunksReply(chunks=self.replica.chunk_view.chunks_by_ids(req.ids), applied_seq=seq)
 
     async def chunk_stems(self, req: ShardChunkStems) -> ChunkStemsReply:
         r = self.replica
@@ -428,17 +417,8 @@ async def start_shard_service(replica: ServedReplica) -> ServiceHandle:
     api = ShardApi(replica)
     n = replica.shard
     eps = [
-        _endpoint(n, p.GET, api.pages(api.get)),
-        _endpoint(n, p.ENTITIES, api.pages(api.entities)),
-        _endpoint(n, p.EDGES, api.pages(api.edges)),
-        _endpoint(n, p.KV_GET, api.pages(api.kv_get)),
-        _endpoint(n, p.VECTOR, api.pages(api.vector)),
-        _endpoint(n, p.TEXT_STATS, api.pages(api.text_stats)),
-        _endpoint(n, p.TEXT, api.pages(api.text)),
-        _endpoint(n, p.MENTIONS, api.pages(api.mentions)),
-        _endpoint(n, p.CHUNKS, api.pages(api.chunks)),
-        _endpoint(n, p.CHUNK_STEMS, api.pages(api.chunk_stems)),
-        _endpoint(n, p.QUERY, api.pages(api.query)),
+        # One endpoint per operation of SHARD_OPS, the table in-process callers use too (LocalReads).
+        *(_endpoint(n, served.op, api.pages(served.handler(api))) for served in SHARD_OPS),
         # Parts of large replies are held by this replica only: its own subject, no queue group.
         Endpoint(p.PAGE_OP, p.page_subject(n, replica.node_id), api.page, ShardPage,
                  "One more part of a reply too large for one message", None, True),
@@ -452,3 +432,49 @@ async def start_shard_service(replica: ServedReplica) -> ServiceHandle:
         metadata={"shard": str(n), "node_id": replica.node_id},
     )
 
+
+
+@dataclass(frozen=True, slots=True)
+class Served(Generic[Q, R]):
+    """One operation a replica serves: its `Op` and `ShardApi`'s handler of it (`handler(api)`, the
+    bound method: looked up on each use). The shard's endpoints (`start_shard_service`) and the
+    router's in-process calls to a replica in its own process (`node/replicas.py` `LocalReads`)
+    both take them from SHARD_OPS, so they cannot disagree about which handler answers an op.
+
+    `in_process`: whether a router in the replica's own process may call the handler directly. Not a
+    query: its admission (`ShardQueries.admit`, a bounded queue per replica) must see every router's
+    parts in the order they arrive, or each node's router would take its own shards' places first,
+    and a query admitted on some shards and refused on others holds its places until its time limit;
+    and its run must not be cancelled with its caller (the worker must read the answer to what it was
+    sent), as over NATS it is not."""
+
+    op: p.Op[Q, R]
+    handler: Callable[[ShardApi], Callable[[Q], Awaitable[R]]]
+    in_process: bool = True
+
+
+SHARD_OPS: tuple[Served[Any, Any], ...] = (
+    Served(p.GET, lambda api: api.get),
+    Served(p.ENTITIES, lambda api: api.entities),
+    Served(p.EDGES, lambda api: api.edges),
+    Served(p.KV_GET, lambda api: api.kv_get),
+    Served(p.VECTOR, lambda api: api.vector),
+    Served(p.TEXT_STATS, lambda api: api.text_stats),
+    Served(p.TEXT, lambda api: api.text),
+    Served(p.MENTIONS, lambda api: api.mentions),
+    Served(p.CHUNKS, lambda api: api.chunks),
+    Served(p.CHUNK_STEMS, lambda api: api.chunk_stems),
+    Served(p.QUERY, lambda api: api.query, in_process=False),
+)
+_SERVED_BY_NAME: dict[str, Served[Any, Any]] = {served.op.name: served for served in SHARD_OPS}
+
+
+def served_op(op: p.Op[Q, R]) -> Served[Q, R] | None:
+    """The SHARD_OPS entry of `op` (None: not a shard endpoint's operation)."""
+    served = _SERVED_BY_NAME.get(op.name)
+    return None if served is None or served.op != op else cast("Served[Q, R]", served)
+
+
+def served_named(name: str) -> Served[Any, Any] | None:
+    """The SHARD_OPS entry of the operation called `name` (None: no such operation)."""
+    return _SERVED_BY_NAME.get(name)

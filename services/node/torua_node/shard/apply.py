@@ -72,6 +72,14 @@ from torua_node.shard.wal import (
     decode_entry,
     fingerprint,
 )
+from torua_node.storage.chunkview import (
+    ChunkRow,
+    ChunkView,
+    MentionChange,
+    chunk_dropped,
+    entity_cleared,
+    mentioned,
+)
 from torua_node.storage.graphview import EntityRow, RelKey, RelValue, entity_row, relation_item
 from torua_node.storage.keyspace import known_keys, table_size
 from torua_node.storage.schema import (
@@ -166,6 +174,8 @@ class ApplyResult:
     entity_rows: list[EntityRow] = field(default_factory=list)
     relations: list[tuple[RelKey, RelValue]] = field(default_factory=list)
     relations_removed: list[RelKey] = field(default_factory=list)
+    chunk_rows: list[ChunkRow] = field(default_factory=list)
+    mentions: list[MentionChange] = field(default_factory=list)  # in the order apply made them
     error: str | None = None
 
     def update_indexes(self, entities: VectorIndex, chunks: VectorIndex) -> None:
@@ -183,6 +193,9 @@ class ApplyResult:
     def update_graph(self, view: GraphView) -> None:
         view.apply(zip(self.entity_ids, self.entity_rows), self.entities_removed, self.relations,
                    self.relations_removed)
+
+    def update_chunks(self, view: ChunkView) -> None:
+        view.apply(zip(self.chunk_ids, self.chunk_rows), self.chunks_removed, self.mentions)
 
 
 class _Poison(Exception):
@@ -229,17 +242,20 @@ def _memory(conn: kuzu.Connection) -> _Memory:
 @dataclass(slots=True)
 class _Delta:
     """Net changes for the in-memory indexes, key -> the row stored (upsert) or None (removed);
-    later changes win. Entities: vector, text and graph row; chunks: (float32 bytes, indexed text);
-    relations: (source, type, target) -> the relation (its graph edge)."""
+    later changes win. Entities: vector, text and graph row; chunks: vector, text and chunk row;
+    relations: (source, type, target) -> the relation (its graph edge); mentions: what happened to
+    them, in order (`storage/chunkview.py` replays it: mentions change in ways whose order matters)."""
 
     entities: dict[str, WalEntity | None] = field(default_factory=dict)
-    chunks: dict[str, tuple[bytes, str] | None] = field(default_factory=dict)
+    chunks: dict[str, WalChunk | None] = field(default_factory=dict)
     relations: dict[tuple[str, str, str], WalRelation | None] = field(default_factory=dict)
+    mentions: list[MentionChange] = field(default_factory=list)
 
     def merge(self, other: _Delta) -> None:
         _put_last(self.entities, other.entities.items())  # "last change last": a deterministic order
         _put_last(self.chunks, other.chunks.items())
         self.relations.update(other.relations)  # a set of edges: their order does not matter
+        self.mentions += other.mentions
 
 
 @dataclass(slots=True)
@@ -437,7 +453,10 @@ def _finish(result: ApplyResult, delta: _Delta, dim: int) -> ApplyResult:
         {k: None if e is None else (e.embedding, entity_text(e.name, e.description)) for k, e in delta.entities.items()},
         dim)
     r.entity_rows = [entity_row(e.name, e.type, e.description, e.properties) for e in ents]
-    r.chunk_ids, r.chunk_vectors, r.chunk_texts, r.chunks_removed = _split(delta.chunks, dim)
+    r.chunk_ids, r.chunk_vectors, r.chunk_texts, r.chunks_removed = _split(
+        {k: None if c is None else (c.embedding, c.text) for k, c in delta.chunks.items()}, dim)
+    r.chunk_rows = [(c.document_id, c.text, c.position) for c in delta.chunks.values() if c is not None]
+    r.mentions = delta.mentions
     # Built here, on the shard thread: the event loop only links them into the view.
     r.relations = [relation_item(x.source, x.type, x.target, x.weight + 0.0, x.properties, x.chunks)
                    for x in delta.relations.values() if x is not None]
@@ -590,6 +609,7 @@ def _delete_entities(conn: kuzu.Connection, ids: list[str], version: int, delta:
     near_chunks = run(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity {id: u_id})"
                             " WHERE c.stub RETURN DISTINCT c.id", t, keys)[0]
     run(conn, "MATCH (c:Chunk)-[m:MENTIONS]->(e:Entity {id: u_id}) DELETE m", t, keys)
+    delta.mentions += map(entity_cleared, found)
     named = {entity_version_key(i): i for i in found}
     live = _stored(conn, VERSION, list(named))
     # Stubs have no Version row; a stored entity newer than the delete stays as it is.
@@ -620,6 +640,7 @@ def _delete_documents(conn: kuzu.Connection, ids: list[str], delta: _Delta) -> N
         near = run(conn, "MATCH (c:Chunk {id: u_id})-[:MENTIONS]->(e:Entity) WHERE e.stub"
                          " RETURN DISTINCT e.id", ct, table_size(conn, CHUNK.name))[0]
         _delete_nodes(conn, CHUNK, ct)
+        delta.mentions += map(chunk_dropped, chunks)  # real chunks and stubs: with all their mentions
         for i in chunks:
             delta.chunks.pop(i, None)
             delta.chunks[i] = None
@@ -781,7 +802,7 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         _upsert_nodes(conn, CHUNK, _node_rows(CHUNK, chunks))
         for c in chunks:
             delta.chunks.pop(c.id, None)
-            delta.chunks[c.id] = (c.embedding, c.text)
+            delta.chunks[c.id] = c
     if relations or seg.mentions:
         ends = dict.fromkeys(i for s, _, t in relations for i in (s, t))
         ends.update(dict.fromkeys(e for _, e in seg.mentions))
@@ -795,6 +816,8 @@ def _apply_upserts(conn: kuzu.Connection, seg: _Upserts, delta: _Delta) -> None:
         _ensure_stubs(conn, CHUNK, list(absent), absent)
         pairs = list(seg.mentions)
         _upsert_edges(conn, MENTIONS, pairs, _pair_rows(pairs))
+        # A chunk absent here becomes a stub with the document of its first mention (`_ensure_stubs`).
+        delta.mentions += (mentioned(c, e, seg.mention_docs[c]) for c, e in pairs)
     if seg.kv:
         _apply_kv(conn, seg.kv)
 

@@ -12,6 +12,7 @@ the router's calls and the shard's endpoints cannot disagree about either.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -39,6 +40,7 @@ from torua.shardwire import (
 from torua.wire import Reply, Request
 from torua_node.cypher.merge import ShardRows
 from torua_node.storage.chunks import ChunkOut, Mention
+from torua_node.storage.textindex import query_terms
 
 __all__ = [
     "Direction",
@@ -58,6 +60,7 @@ __all__ = [
     "ShardQuery",
     "ShardPage",
     "HitsReply",
+    "TextReply",
     "TextStatsReply",
     "MentionsReply",
     "ChunksReply",
@@ -82,10 +85,23 @@ __all__ = [
     "QUERY",
     "PAGED_HEADER",
     "page_subject",
+    "name_coverage",
+    "NodeShards",
+    "NodeShardsReply",
+    "ShardError",
 ]
 
 Direction = Literal["out", "in", "both"]
 Target = Literal["chunks", "entities"]
+
+
+def name_coverage(name: str, asked: Collection[str]) -> float | None:
+    """The share of a name's words (query terms) among `asked`; None for a name without any. What
+    `ShardText.graph_named` is compared with, and how retrieval tells a seed (rag/graphrank.py)."""
+    words = query_terms(name)
+    if not words:
+        return None
+    return sum(1 for t in words if t in asked) / len(words)
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -112,6 +128,15 @@ class ShardText(ShardRequest, kw_only=True):
     avg_length: float
     k: int
     target: Target = "chunks"
+    # Target "entities" only: also the rows of this shard's best `graph_top` hits (0: all k) that the
+    # query names (`TextReply.entities`) and, up to `graph_edges` of them, the relations touching
+    # those, both directions (`TextReply.edges`, ordered by (source, type, target)): retrieval reads
+    # the named entities' neighbourhood next, and saves a round. A hit is named when at least
+    # `graph_named` of its name's words are among the query's terms (the keys of `idf`;
+    # `name_coverage`); 0: every hit. `graph_edges` 0 (the default): the hits alone.
+    graph_edges: Annotated[int, Meta(ge=0)] = 0
+    graph_named: Annotated[float, Meta(ge=0.0)] = 0.0
+    graph_top: Annotated[int, Meta(ge=0)] = 0
 
 
 class ShardMentions(ShardRequest, kw_only=True):
@@ -150,6 +175,15 @@ class TextStatsReply(Reply):
     n_docs: int
     total_length: int
     applied_seq: int
+
+
+class TextReply(HitsReply, omit_defaults=True):
+    """`HitsReply`, and what `ShardText.graph_edges` asks for: the rows of the best `graph_top` hits
+    the query names and the relations touching them, at most `graph_edges` (fewer than that: all of
+    them)."""
+
+    entities: list[EntityOut] = msgspec.field(default_factory=list)
+    edges: list[EdgeOut] = msgspec.field(default_factory=list)
 
 
 class MentionsReply(Reply):
@@ -195,7 +229,7 @@ class EdgesReply(Reply):
 ENTITIES = Op("entities", ShardEntities, EntitiesReply, "Entities by ids")
 EDGES = Op("edges", ShardEdges, EdgesReply, "1-hop edges of ids")
 TEXT_STATS = Op("text_stats", ShardTextStats, TextStatsReply, "BM25 corpus statistics")
-TEXT = Op("text", ShardText, HitsReply, "BM25 top-k with global statistics")
+TEXT = Op("text", ShardText, TextReply, "BM25 top-k with global statistics")
 MENTIONS = Op("mentions", ShardMentions, MentionsReply, "Chunks mentioning entities")
 CHUNKS = Op("chunks", ShardChunks, ChunksReply, "Chunks by ids")
 CHUNK_STEMS = Op("chunk_stems", ShardChunkStems, ChunkStemsReply, "How many given word stems chunks use")
@@ -211,3 +245,34 @@ PAGE_OP = "page"
 def page_subject(shard: int, node: str) -> str:
     """`torua.shard.<n>.page.<node>`: parts of large replies, on the one replica that holds them."""
     return f"torua.shard.{shard}.{PAGE_OP}.{node}"
+
+
+# --- one operation for several shards one node serves (`subjects.shard_node`) ------------------------
+
+
+class NodeShards(Request, kw_only=True):
+    """`torua.shard.node.<node>.batch`: operation `op` (an `Op` name) for each shard in `shards`, its
+    request as that shard's endpoint takes it (JSON, `after` and `log_id` included): a router's
+    fan-out round, one message per node instead of one per shard. The node answers each shard its
+    replica there serves, with the shard endpoint's own handler (the same rules)."""
+
+    op: str
+    shards: dict[int, msgspec.Raw]
+
+
+class ShardError(Reply, omit_defaults=True):
+    """A shard's error in a `NodeShardsReply`: what its endpoint would have answered."""
+
+    code: int
+    description: str
+    retry_after_ms: int | None = None
+
+
+class NodeShardsReply(Reply, omit_defaults=True):
+    """The node's answer to `NodeShards`: each shard's reply (the op's reply JSON) or error; `left`:
+    the shards it did not answer (no replica serving there now, not caught up in time, or the reply
+    would not fit in one message), for the router to ask their queue groups as it would have."""
+
+    shards: dict[int, msgspec.Raw] = msgspec.field(default_factory=dict)
+    errors: dict[int, ShardError] = msgspec.field(default_factory=dict)
+    left: list[int] = msgspec.field(default_factory=list)

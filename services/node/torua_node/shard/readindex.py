@@ -2,9 +2,13 @@
 
 Like etcd's ReadIndex. A write is acknowledged once JetStream has stored it, so the last sequence of
 the shard's log subject, read after a request arrived, covers every write acknowledged before that;
-the replica then waits until it has applied that far. Concurrent reads share one JetStream request,
+the replica then waits until it has applied that far. Concurrent reads share one look at the log,
 but never one that began before they arrived (it might miss a write acknowledged in between):
-a read that arrives while a request is in flight waits for the next one.
+a read that arrives while a look is in flight waits for the next one (`LogEnd`).
+
+One way to look (`StreamEnds`, one per connection: a node's replicas, searches and router share
+it): the stream's info, and per shard a question only when the shard may have been written since
+its end was learnt, so a strong read costs one short JetStream request while nothing is written.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -24,7 +28,7 @@ from nats.js.errors import APIError, ServiceUnavailableError
 from torua.retention import log_id_of
 from torua.subjects import WAL_STREAM, wal_subject
 
-__all__ = ["LogEnd", "LogState", "log_state", "LogLook", "StreamEnds", "stream_ends"]
+__all__ = ["LogEnd", "LogState", "LogLook", "StreamEnds", "stream_ends", "ShardEnd"]
 
 T = TypeVar("T")
 
@@ -85,116 +89,150 @@ def _retrieve(fut: asyncio.Future[T]) -> None:
         fut.exception()
 
 
-# --- the end of one shard's log, cheaply -----------------------------------------------------------
+# --- the ends of shards' logs, one look for all -----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class LogState:
-    """What one look at the log found: its identity (creation time, `torua.retention.log_id_of`),
-    the stream's last sequence, and the last sequence on the shard's subject (`end`)."""
+    """One shard's log as a look found it: the log's identity (creation time,
+    `torua.retention.log_id_of`) and the last sequence on the shard's subject (`end`)."""
 
     log_id: int
-    stream_last: int
     end: int
-
-
-async def log_state(nc: NATS, subject: str, known: LogState | None) -> LogState:
-    """The log's state now, given an earlier look `known` (None: none).
-
-    JetStream's "last message on a subject" returns the whole entry (up to a megabyte, base64),
-    which made a strong point read cost several round trips' worth of bytes. So the question asked
-    is smaller: is there an entry on the subject after `known.end`? Usually there is none, and the
-    answer is a short 404; only when there is does the last entry get fetched. The stream's info,
-    asked at the same time, tells whether the log is still the one `known` looked at (re-created:
-    another identity; shrunk: a last sequence below `known.end`) — then `known` says nothing."""
-    info_reply, next_seq = await asyncio.gather(
-        _api(nc, f"{JS_API}.STREAM.INFO.{WAL_STREAM}", b""),
-        _seq_of(nc, {"seq": known.end + 1, "next_by_subj": subject}) if known is not None and known.end else _none(),
-    )
-    info = _decode_info(info_reply)
-    if info.error is not None:
-        raise _api_error(info.error)
-    state = LogState(log_id=log_id_of(_utc(info.created)), stream_last=info.state.last_seq, end=0)
-    same_log = known is not None and known.log_id == state.log_id and state.stream_last >= known.end
-    if same_log and known is not None and known.end and next_seq is None:
-        return LogState(state.log_id, state.stream_last, known.end)
-    end = await _seq_of(nc, {"last_by_subj": subject})
-    return LogState(state.log_id, state.stream_last, end or 0)
-
-
-# --- the ends of many shards' logs, one look for all -------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class LogLook:
-    """What one look at the log found for several shards: its identity and each shard's end."""
+    """What one look at the log found for several shards: its identity, each asked shard's end, and
+    the stream's last sequence."""
 
     log_id: int
     ends: dict[int, int]
+    last: int = 0
 
 
 class StreamEnds:
-    """The ends of every shard's log that this process reads, learnt together: one STREAM.INFO for
+    """The ends of the shards' logs that this process reads, learnt together: one STREAM.INFO for
     all of them while nothing was written, shared by concurrent callers, never a look that began
-    before the caller asked (`LogEnd`).
+    before the caller asked (`LogEnd`). The one way Torua learns a log end for a strong read:
+    replicas' reads (`ShardEnd`), the node's searches and routers' read points all use their
+    connection's (`stream_ends`).
 
     For each shard it remembers its end and a stream position `through` up to which that end is
     known to be the last entry of the shard's subject (no entry of the shard in `(end, through]`).
-    A look asks the stream's last sequence first; a shard whose `through` reaches it has the same
-    end, with no request of its own. Only a shard whose `through` is behind is looked at further,
-    after that answer (so what it finds holds through it): is there an entry after its end
-    (a short 404 when not), and only if there is, the last one. Another log (re-created: another
-    identity) or one that shrank below a known end forgets what was known of it.
+    A look asks the stream's info: a shard whose `through` reaches the stream's last sequence keeps
+    its end, with no request of its own (so while nothing is written a look is one short request).
+    Any other shard is asked "is there an entry after your end?" (a short 404 when not; only if
+    there is is its last entry fetched, which brings the whole entry): beside the info when its
+    `through` is already behind the last sequence seen by an earlier look (the question is needed
+    whatever the info says) or while the stream moves (the last look saw writes: asked at once, a
+    look under writes costs the info and the question side by side, not one after the other),
+    after the info otherwise. Every question is sent after
+    the look began, so what it finds holds for every write acknowledged before the callers asked.
+    JetStream may answer a question sent beside the info before the info, so its answer holds
+    through the last sequence an earlier look saw (`seen`), not through the info's; one sent after
+    the info's answer holds through the info's. A caller may say what it knows (a replica: the
+    position it applied, an entry of its shard in its log), which spares fetching an entry it has
+    already applied.
 
-    So a search asking every shard a node serves costs one short JetStream request per look
-    instead of two per shard (`log_state`, which point reads still use)."""
+    Another log (re-created: another identity) forgets everything known of the old one; a log
+    whose last sequence is below a known end (it lost entries) forgets that end, and a caller's
+    position beyond the log's end is not used: the end found is then below what the caller
+    applied, which a replica takes as a sign to check its log (`ShardReplica.wait_strong`)."""
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._log_id: int | None = None
+        self._last = 0  # the stream's last sequence in the newest info received (log `_log_id`)
+        self._moving = False  # that info showed writes since the info before it
         self._ends: dict[int, int] = {}
         self._through: dict[int, int] = {}
-        self._wanted: set[int] = set()
+        # The next look's shards, each with the positions its callers know (log identity, sequence).
+        self._wanted: dict[int, list[tuple[int | None, int]]] = {}
         self._look: LogEnd[LogLook] = LogEnd(self._fetch)
 
-    async def get(self, shards: Iterable[int]) -> LogLook:
-        """The log's identity and these shards' ends, read after this call began."""
-        return await asyncio.shield(self.next(shards))
+    async def get(self, shards: Iterable[int], known: Mapping[int, tuple[int | None, int]] | None = None) -> LogLook:
+        """The log's identity and these shards' ends, read after this call began. `known`: per
+        shard, a position (log identity, sequence) known to hold an entry of the shard."""
+        return await asyncio.shield(self.next(shards, known))
 
-    def next(self, shards: Iterable[int]) -> asyncio.Future[LogLook]:
+    def next(self, shards: Iterable[int], known: Mapping[int, tuple[int | None, int]] | None = None) -> asyncio.Future[LogLook]:
         """The future of the look that begins after this call, which includes these shards (shared:
         shield it before awaiting it from a task that may be cancelled)."""
-        self._wanted.update(shards)
+        for shard in shards:
+            self._wanted.setdefault(shard, [])
+        for shard, position in (known or {}).items():
+            self._wanted.setdefault(shard, []).append(position)
         return self._look.next()
 
     async def _fetch(self) -> LogLook:
-        # One look at a time (LogEnd's runner), so the remembered state is updated in order.
-        info = _decode_info(await _api(self._nc, f"{JS_API}.STREAM.INFO.{WAL_STREAM}", b""))
-        if info.error is not None:
-            raise _api_error(info.error)
-        log_id, last = log_id_of(_utc(info.created)), info.state.last_seq
-        if log_id != self._log_id:
-            self._log_id = log_id
+        # One look at a time (LogEnd's runner), so the remembered state is updated in order. Taken
+        # before the first await: exactly the callers of this look (they asked before it began).
+        wanted, self._wanted = self._wanted, {}
+        log_id, seen = self._log_id, self._last
+        # Asked beside the info: the shards whose end is not known through the last sequence an
+        # earlier look saw, and every shard while the stream moves (the last look saw writes: the
+        # info will most likely show more). Each question is sent after that info was received, so
+        # what it finds holds through `seen` as well (if the log is still `log_id`: the info tells).
+        early = {
+            s: asyncio.ensure_future(self._end_after(s, self._known(s, log_id, wanted[s])))
+            for s in wanted
+            if log_id is not None and (self._moving or s not in self._ends or self._through.get(s, -1) < seen)
+        }
+        try:
+            info = _decode_info(await _api(self._nc, f"{JS_API}.STREAM.INFO.{WAL_STREAM}", b""))
+            if info.error is not None:
+                raise _api_error(info.error)
+            answers = dict(zip(early, await asyncio.gather(*early.values()))) if early else {}
+        except BaseException:
+            for question in early.values():
+                question.cancel()
+            await asyncio.gather(*early.values(), return_exceptions=True)
+            raise
+        now, last = log_id_of(_utc(info.created)), info.state.last_seq
+        if now != log_id:  # another log: nothing known of the old one holds, nor what was asked of it
             self._ends.clear()
             self._through.clear()
+            answers.clear()
         for shard in [s for s, end in self._ends.items() if end > last]:  # the log lost entries
             del self._ends[shard]
             self._through.pop(shard, None)
-        behind = [s for s in self._wanted if self._through.get(s, -1) < last]
-        if behind:
-            await asyncio.gather(*(self._look_at(s, last) for s in behind))
-        return LogLook(log_id, dict(self._ends))
+        self._moving = now == log_id and last > seen
+        self._log_id, self._last = now, last
+        later: list[tuple[int, int | None]] = []
+        for shard, positions in wanted.items():
+            answer = answers.get(shard)
+            if answer is not None and (answer[1] is None or answer[1] <= last):
+                self._learnt(shard, answer[0], seen)
+            elif shard not in self._ends or self._through.get(shard, -1) < last:
+                later.append((shard, self._known(shard, now, positions, last)))
+        if later:
+            found = await asyncio.gather(*(self._end_after(s, k) for s, k in later))
+            for (shard, _), (end, _) in zip(later, found):
+                self._learnt(shard, end, last)  # asked after the info: holds through `last`
+        return LogLook(now, {s: self._ends.get(s, 0) for s in wanted}, last)
 
-    async def _look_at(self, shard: int, last: int) -> None:
-        """Shard `shard`'s end as of stream position `last` or later (asked after `last` was read)."""
+    def _known(self, shard: int, log_id: int | None, positions: list[tuple[int | None, int]],
+               last: int | None = None) -> int | None:
+        """The highest position known to hold an entry of the shard in the log `log_id` and not
+        beyond its last sequence `last`: the remembered end and the callers' positions."""
+        known = [self._ends[shard]] if shard in self._ends else []
+        known += [seq for lid, seq in positions if lid is not None and lid == log_id and seq]
+        return max((k for k in known if last is None or k <= last), default=None)
+
+    async def _end_after(self, shard: int, known: int | None) -> tuple[int, int | None]:
+        """(the shard's end as JetStream answers, `known`): "is there an entry after `known`?"
+        (None: nothing known), and only if there is, the last entry's sequence."""
         subject = wal_subject(shard)
-        known = self._ends.get(shard)
         if known is not None and await _seq_of(self._nc, {"seq": known + 1, "next_by_subj": subject}) is None:
-            self._through[shard] = last
-            return
-        end = await _seq_of(self._nc, {"last_by_subj": subject}) or 0
+            return known, known
+        return await _seq_of(self._nc, {"last_by_subj": subject}) or 0, known
+
+    def _learnt(self, shard: int, end: int, through: int) -> None:
+        """The shard's end is `end`, with no entry of the shard after it through stream position
+        `through`."""
         self._ends[shard] = end
-        self._through[shard] = max(last, end)
+        self._through[shard] = max(through, end)
 
     async def close(self) -> None:
         await self._look.close()
@@ -204,15 +242,30 @@ _shared: weakref.WeakKeyDictionary[NATS, StreamEnds] = weakref.WeakKeyDictionary
 
 
 def stream_ends(nc: NATS) -> StreamEnds:
-    """The `StreamEnds` of this connection: every replica of a node shares one."""
+    """The `StreamEnds` of this connection: the node's replicas and its router share one."""
     ends = _shared.get(nc)
     if ends is None:
         ends = _shared[nc] = StreamEnds(nc)
     return ends
 
 
-async def _none() -> None:
-    return None
+class ShardEnd:
+    """One shard's log end for a replica's strong reads: its connection's `StreamEnds`, told the
+    replica's position (`position()`: the log it follows and the sequence it applied)."""
+
+    def __init__(self, nc: NATS, shard: int, position: Callable[[], tuple[int | None, int]] | None = None) -> None:
+        self._nc = nc
+        self.shard = shard
+        self._position = position
+
+    async def get(self) -> LogState:
+        """The shard's log and its end, read after this call began."""
+        known = {self.shard: self._position()} if self._position is not None else None
+        look = await stream_ends(self._nc).get((self.shard,), known)
+        return LogState(look.log_id, look.ends.get(self.shard, 0))
+
+    async def close(self) -> None:
+        """Nothing of its own: the connection's look is shared (and ends with its callers)."""
 
 
 async def _api(nc: NATS, subject: str, payload: bytes) -> bytes:

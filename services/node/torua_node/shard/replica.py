@@ -42,7 +42,7 @@ from torua_node.settings import QueryLimits, SnapshotPolicy
 from torua_node.shard.api import start_shard_service
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.logcheck import LogView, behind_purge, log_id_of, log_problem
-from torua_node.shard.readindex import LogEnd, LogState, log_state
+from torua_node.shard.readindex import ShardEnd
 from torua_node.shard.snapshot import (
     SnapshotCorrupt,
     Snapshots,
@@ -52,6 +52,7 @@ from torua_node.shard.snapshot import (
 )
 from torua_node.shard.wal import fingerprint
 from torua_node.shard.worker import ShardQueries, copy_database
+from torua_node.storage.chunkview import ChunkView, load_chunk_view
 from torua_node.storage.digest import content_digest
 from torua_node.storage.graphview import GraphView, load_graph_view
 from torua_node.storage.schema import (
@@ -108,8 +109,11 @@ class ShardReplica:
         self.chunk_text = TextIndex()
         # Entities and edges in memory: get (without embedding), entities and edges read it, not Kuzu.
         self.graph = GraphView()
+        # Chunk rows and mentions in memory: retrieval's chunk and mention reads read it, not Kuzu.
+        self.chunk_view = ChunkView()
         self._applied = asyncio.Condition()
-        self.log_end = LogEnd(self._strong_end)  # strong reads: the current end of the shard's log
+        # Strong reads: the current end of the shard's log, from the node's one look at the stream.
+        self.log_end = ShardEnd(nc, shard, lambda: (self.log_id, self.applied_seq))
         self._task: asyncio.Task[None] | None = None
         self._service: ServiceHandle | None = None
         self._closing = False
@@ -162,6 +166,7 @@ class ShardReplica:
         self.entity_index, self.chunk_index = await self.store.call(load_indexes, self.dim)
         self.entity_text, self.chunk_text = await self.store.call(load_text_indexes)
         self.graph = await self.store.call(load_graph_view)
+        self.chunk_view = await self.store.call(load_chunk_view)
         self.state = "recovering"
         self._task = asyncio.create_task(self._follow_log(), name=f"wal-{self.shard}")
 
@@ -196,7 +201,10 @@ class ShardReplica:
 
     async def wait_strong(self, after: int) -> None:
         """Wait until this replica reflects every write acknowledged before the call (and `after`):
-        learn the end of the shard's log now, then wait to apply that far."""
+        learn the end of the shard's log now (`log_end`: the node's one look at the stream for all
+        its shards, readindex.StreamEnds, told this replica's position), then wait to apply that
+        far. An end below what this replica applied, or another log than it follows, checks the
+        log first (and stops the replica if it is not the log it applied)."""
         self._check_serving()
         applied = self.applied_seq  # before the request: the log's end then is at least this
         try:
@@ -298,13 +306,6 @@ class ShardReplica:
             # The router read another log than this replica follows (one of the two is stale): ask again.
             raise Unavailable(f"shard {self.shard} replica on {self.node_id} follows another log than the read "
                               "was pinned to; retry")
-
-    async def _strong_end(self) -> LogState:
-        """The log's state for strong reads (readindex.log_state), this replica's own position
-        serving as the earlier look: when nothing was written since, two short replies."""
-        applied, log_id = self.applied_seq, self.log_id
-        known = LogState(log_id, applied, applied) if log_id is not None and applied else None
-        return await log_state(self.nc, wal_subject(self.shard), known)
 
     async def _log_end(self) -> int:
         try:
@@ -423,6 +424,7 @@ class ShardReplica:
         result.update_indexes(self.entity_index, self.chunk_index)
         result.update_text_indexes(self.entity_text, self.chunk_text)
         result.update_graph(self.graph)  # before applied_seq moves: reads at it see the batch
+        result.update_chunks(self.chunk_view)
         for seq, err in result.failures:
             self.failures += 1
             self.error = f"entry {seq} skipped: {err}"
