@@ -21,12 +21,11 @@ from hypothesis import strategies as st
 from tests.conftest import SCRATCH_DIR
 from tests.unit.test_apply import C_IDS, DIM, E_IDS, chunk, ent, entry, temp_db, wal
 from tests.unit.test_convergence import v
-from tests.unit.test_graphview import BOOM, EXAMPLES, fail_marked_entries, s_write
+from tests.unit.test_graphview import BOOM, EXAMPLES, Replica, fail_marked_entries, s_write
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import WalDocument, WalEntry, WalMention
 from torua_node.storage.chunks import ChunkOut, Mention
 from torua_node.storage.chunkview import ChunkView, load_chunk_view
-from torua_node.storage.schema import init_schema
 
 CHUNK_IDS = [*C_IDS, "absent"]
 ENTITY_IDS = [*E_IDS, "absent"]
@@ -119,35 +118,6 @@ def test_a_view_loaded_at_open_holds_every_real_chunk_and_mention() -> None:
         assert_same_answers(view, conn)
 
 
-class Replica:
-    """A database and its chunk view, applied to as a replica does: a batch that stops early is
-    delivered again, from its position, to the database reopened."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.view = path, ChunkView()
-        self._open()
-
-    def _open(self) -> None:
-        self.db = kuzu.Database(str(self.path), buffer_pool_size=128 * 1024 * 1024, max_db_size=1 << 34)
-        self.conn = kuzu.Connection(self.db)
-        init_schema(self.conn, DIM)
-
-    def close(self) -> None:
-        self.conn.close()
-        self.db.close()
-
-    def apply(self, batch: list[tuple[int, bytes]]) -> None:
-        for _ in range(len(batch) + 1):
-            result = apply_batch(self.conn, batch, DIM)
-            result.update_chunks(self.view)
-            if result.error is None:
-                return
-            batch = [(seq, raw) for seq, raw in batch if seq > result.applied_seq]
-            self.close()
-            self._open()
-        raise AssertionError(f"no progress applying {batch[0][0]}: {result.error}")
-
-
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(st.tuples(s_write(), st.integers(0, 4)), min_size=2, max_size=10),
@@ -167,8 +137,8 @@ def test_after_the_entry_by_entry_fallback_the_view_answers_what_kuzu_answers(
         stack.callback(alone.close)
         for lo, hi in itertools.pairwise(bounds):
             batched.apply(log[lo:hi])
-            assert_same_answers(batched.view, batched.conn)
+            assert_same_answers(batched.chunks, batched.conn)
         for item in log:
             alone.apply([item])
-        assert batched.view.contents() == alone.view.contents() == load_chunk_view(alone.conn).contents()
+        assert batched.chunks.contents() == alone.chunks.contents() == load_chunk_view(alone.conn).contents()
 

@@ -41,6 +41,7 @@ from torua_node.shard import apply as apply_mod
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import WalEntry
 from torua_node.storage import reads
+from torua_node.storage.chunkview import ChunkView
 from torua_node.storage.digest import content_digest
 from torua_node.storage.graphview import GraphView, load_graph_view
 from torua_node.storage.schema import init_schema
@@ -191,11 +192,11 @@ def fail_marked_entries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Replica:
-    """A database and its graph view, applied to as a replica does: a batch that stops early
-    (`ApplyResult.error`) is delivered again, from its position, to the database reopened."""
+    """A database with its graph and chunk views, applied to as a replica does: a batch that stops
+    early (`ApplyResult.error`) is delivered again, from its position, to the database reopened."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.view = path, GraphView()
+        self.path, self.view, self.chunks = path, GraphView(), ChunkView()
         self._open()
 
     def _open(self) -> None:
@@ -211,6 +212,7 @@ class Replica:
         for _ in range(len(batch) + 1):  # each delivery applies at least one more entry
             result = apply_batch(self.conn, batch, DIM)
             result.update_graph(self.view)
+            result.update_chunks(self.chunks)
             if result.error is None:
                 return
             batch = [(seq, raw) for seq, raw in batch if seq > result.applied_seq]

@@ -21,18 +21,12 @@ from torua.wire import ReplicaStatus, Reply
 from torua_node.settings import QueryLimits, SnapshotPolicy
 from torua_node.shard.api import MAX_REPLY_BYTES, ShardApi, search_hosted, served_named, served_op
 from torua_node.shard.protocol import (
-    GET,
-    KV_GET,
-    EntityReply,
     HostedHits,
     HostedVector,
-    KVValueReply,
     NodeShards,
     NodeShardsReply,
     Op,
     ShardError,
-    ShardGet,
-    ShardKVGet,
     ShardRequest,
 )
 from torua_node.shard.replica import RestoreNeeded, ShardReplica
@@ -207,15 +201,13 @@ class LocalReads:
         replica = self._replicas.replicas.get(shard)
         return replica is not None and replica.state == "active"
 
-    async def get(self, shard: int, req: ShardGet) -> EntityReply | None:
-        return await self.call(shard, GET, req)
-
-    async def kv_get(self, shard: int, req: ShardKVGet) -> KVValueReply | None:
-        return await self.call(shard, KV_GET, req)
-
     async def call(self, shard: int, op: Op[Q, R], req: Q, *, outcome: str = "local") -> R | None:
-        """`op` answered by this node's serving replica of `shard`; None: ask its queue group.
-        `outcome`: what `counts` calls an answer given here ("local": to this node's router)."""
+        """`op` answered by this node's serving replica of `shard`; None: not served here, ask its
+        queue group. A 503 (not caught up in time, stopped serving, queue full) is raised, as the
+        shard's first answer: the caller asks again where another replica may answer, once, as it
+        would after a 503 over NATS (waiting here and then twice more there made a lagging shard cost
+        three waits). `outcome`: what `counts` calls an answer given here ("local": to this node's
+        router)."""
         replica = self._replicas.replicas.get(shard)
         if replica is None:
             self._apis.pop(shard, None)
@@ -230,7 +222,7 @@ class LocalReads:
             reply = await served.handler(self._api(shard, replica))(req)
         except Unavailable:  # not caught up in time, stopped serving, queue full: another may answer
             self.counts[op.name, "fallback"] += 1
-            return None
+            raise
         except ToruaError as exc:
             self.counts[op.name, outcome] += 1
             raise error_for_code(exc.code, exc.description, getattr(exc, "retry_after_ms", None)) from None
@@ -248,9 +240,9 @@ class LocalReads:
 
     async def batch(self, req: NodeShards) -> RawReply:
         """`torua.shard.node.<id>.batch` (`NodeShards`): each shard's request answered as `call`
-        answers it (so as its endpoint would); a shard not answered here (no replica serving, a 503)
-        is `left` for the router to ask its queue group, as are those whose replies would not fit in
-        one message with the others (the queue group's endpoint sends a large reply in parts)."""
+        answers it (so as its endpoint would, errors and 503s included); a shard not served here is
+        `left` for the router to ask its queue group, as are those whose replies would not fit in one
+        message with the others (the queue group's endpoint sends a large reply in parts)."""
         served = served_named(req.op)
         if served is None:
             raise BadRequest(f"unknown shard operation {req.op!r}")

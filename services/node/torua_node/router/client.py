@@ -6,8 +6,8 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
 
 - `call(shard, op, request, timeout?)`: one request to one shard's queue group. A shard whose replica
   serves in this process (`LocalCalls`, the node's `LocalReads`) is answered there by the shard
-  endpoint's own handler, without a message; one that is not serving, or answers 503, is asked over
-  NATS as below. Over NATS, a 503 (no
+  endpoint's own handler, without a message; one not serving here is asked over NATS as below, and
+  a 503 from one here counts as the first answer (asked once more, over NATS). Over NATS, a 503 (no
   replica caught up), no responders or a timeout is retried once after 50 ms — not a 503 from a full
   queue (`Overloaded`), which is raised at once; after that, or for any other error reply, the error
   is raised as the `ToruaError` of its code. A reply too large for one message arrives in parts
@@ -20,7 +20,8 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
   NATS, the shards served here are asked in-process, and the others' requests go in one message per
   node (`torua.shard.node.<id>.batch`, `NodeShards`) where one node serves several of them; a shard
   that node does not answer (`left`), or every shard of a node that does not answer at all, is asked
-  of its queue group as above.
+  of its queue group as above; a 503 in its answer counts as the shard's first, and the shard is
+  asked once more.
 - `token(tokens, shard)`: the write token a read carries for one shard (`after`, 0: no wait).
 
 `EmbedderProvider` is the other thing the read and write paths need from the cluster: the embedder
@@ -128,9 +129,10 @@ def by_owner(client: ShardClient, keys: Iterable[str]) -> dict[int, list[str]]:
 
 class LocalCalls(Protocol):
     """The shard replicas serving in this process (the node's `LocalReads`): `op` answered by the
-    replica's own endpoint handler, in-process, under the same rules; None: no replica here answers
-    it now (none hosted, not serving, or a 503), so ask the shard's queue group. Errors are raised as
-    the `ToruaError` the same answer over NATS would be; replies are only read, never changed."""
+    replica's own endpoint handler, in-process, under the same rules; None: no replica here serves
+    it now (none hosted, or not serving), so ask the shard's queue group. Errors, 503s included, are
+    raised as the `ToruaError` the same answer over NATS would be (a 503 then counts as the shard's
+    first answer); replies are only read, never changed."""
 
     @property
     def node_id(self) -> str:
@@ -175,6 +177,8 @@ class NatsShardClient(ShardClient):
             node = node_of.get(shard)
             if node is not None:
                 got = (await batches[node]).get(shard)
+                if _first_try_failed(got):
+                    return await self._again(shard, op, encode(await pinned(shard, request)), self.timeout)
                 if isinstance(got, ToruaError):
                     raise got
                 if got is not None:
@@ -256,13 +260,18 @@ class NatsShardClient(ShardClient):
         return self.shardmap().num_shards
 
     async def call(self, shard: int, op: Op[Q, R], request: Q, timeout: float | None = None) -> R:
+        wait = timeout or self.timeout
         if self.local is not None:
             # The handler's own waits bound it (a strong read's wait, a query's time limit).
-            reply = await self.local.call(shard, op, request)
+            try:
+                reply = await self.local.call(shard, op, request)
+            except Unavailable as exc:
+                if not _first_try_failed(exc):
+                    raise
+                return await self._again(shard, op, encode(request), wait)
             if reply is not None:
                 return reply
         data = encode(request)
-        wait = timeout or self.timeout
         # The one retry by hand: tenacity's AsyncRetrying, built per call, cost about 80 µs of the
         # event loop per shard request (a 3-hop read makes dozens, a retrieval a hundred).
         try:
@@ -270,8 +279,14 @@ class NatsShardClient(ShardClient):
         except Overloaded:
             raise  # a full queue is answered at once: retries would only add to the load
         except Unavailable:
-            await asyncio.sleep(RETRY_AFTER_S)
-        return await self._request(shard, op, data, wait)
+            pass
+        return await self._again(shard, op, data, wait)
+
+    async def _again(self, shard: int, op: Op[Q, R], data: bytes, timeout: float) -> R:
+        """The one retry after a 503 (from a replica here, a node's batch or the queue group): over
+        NATS after a pause, where another replica may answer."""
+        await asyncio.sleep(RETRY_AFTER_S)
+        return await self._request(shard, op, data, timeout)
 
     async def _request(self, shard: int, op: Op[Q, R], data: bytes, timeout: float) -> R:
         try:
@@ -306,6 +321,12 @@ class NatsShardClient(ShardClient):
                 raise error_for_code(err.code, err.description, err.retry_after_ms)
             data.append(msg.data)
         return b"".join(data)
+
+
+def _first_try_failed(answer: object) -> bool:
+    """A 503 that another try may not get: not caught up in time, stopping (not a full queue, which
+    is answered at once and retrying would only add to)."""
+    return isinstance(answer, Unavailable) and not isinstance(answer, Overloaded)
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
