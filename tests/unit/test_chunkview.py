@@ -11,6 +11,7 @@ import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without im
 import itertools
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import kuzu
 import msgspec
@@ -21,11 +22,14 @@ from hypothesis import strategies as st
 from tests.conftest import SCRATCH_DIR
 from tests.unit.test_apply import C_IDS, DIM, E_IDS, chunk, ent, entry, temp_db, wal
 from tests.unit.test_convergence import v
-from tests.unit.test_graphview import BOOM, EXAMPLES, Replica, fail_marked_entries, s_write
+from tests.unit.test_graphview import BOOM, EXAMPLES, Replica, fail_marked_entries, s_edge_query, s_write
+from tests.unit.test_graphview import assert_same_answers as assert_same_graph
 from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import WalDocument, WalEntry, WalMention
 from torua_node.storage.chunks import ChunkOut, Mention
 from torua_node.storage.chunkview import ChunkView, load_chunk_view
+from torua_node.storage.digest import content_digest
+from torua_node.storage.graphview import GraphView, load_graph_view
 
 CHUNK_IDS = [*C_IDS, "absent"]
 ENTITY_IDS = [*E_IDS, "absent"]
@@ -61,17 +65,26 @@ def assert_same_answers(view: ChunkView, conn: kuzu.Connection) -> None:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(writes=st.lists(s_write(), min_size=1, max_size=10), cuts=st.lists(st.integers(0, 10), max_size=2))
-def test_the_maintained_view_answers_what_kuzu_answers_after_every_batch(writes: list[WalEntry], cuts: list[int]) -> None:
+@given(
+    writes=st.lists(s_write(), min_size=1, max_size=10),
+    cuts=st.lists(st.integers(0, 10), max_size=2),
+    queries=st.lists(s_edge_query(), min_size=1, max_size=2),
+)
+def test_the_maintained_views_answer_what_kuzu_answers_after_every_batch(
+    writes: list[WalEntry], cuts: list[int], queries: list[tuple[list[str], Any, Any, int]]
+) -> None:
+    """The graph view (storage/graphview.py) and the chunk view, each after every batch."""
     log = wal(*writes)
     bounds = sorted({0, len(log), *(c % (len(log) + 1) for c in cuts)})
-    view = ChunkView()
+    graph, chunks = GraphView(), ChunkView()
     with temp_db() as conn:
         for lo, hi in itertools.pairwise(bounds):
             result = apply_batch(conn, log[lo:hi], DIM)
             assert result.error is None
-            result.update_chunks(view)
-            assert_same_answers(view, conn)
+            result.update_graph(graph)
+            result.update_chunks(chunks)
+            assert_same_graph(graph, conn, queries)
+            assert_same_answers(chunks, conn)
 
 
 def test_each_way_mentions_change_reaches_the_view() -> None:
@@ -122,12 +135,13 @@ def test_a_view_loaded_at_open_holds_every_real_chunk_and_mention() -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(st.tuples(s_write(), st.integers(0, 4)), min_size=2, max_size=10),
        cuts=st.lists(st.integers(0, 10), max_size=2))
-def test_after_the_entry_by_entry_fallback_the_view_answers_what_kuzu_answers(
+def test_after_the_entry_by_entry_fallback_the_views_answer_what_kuzu_answers(
     monkeypatch: pytest.MonkeyPatch, writes: list[tuple[WalEntry, int]], cuts: list[int]
 ) -> None:
-    """Batches whose transaction failed on one entry (rolled back, then applied entry by entry, the
-    failing one skipped): the view is Kuzu's after every batch, and at the end the same as a replica's
-    that applied the log one entry at a time."""
+    """The graph and chunk views after batches whose transaction failed on one entry (rolled back,
+    then applied entry by entry, the failing one skipped), deletes among them: the same as Kuzu after
+    every batch, and at the end the same views and content as a replica that applied the log one
+    entry at a time (so nothing but the failing entries was skipped)."""
     fail_marked_entries(monkeypatch)
     log = wal(*(msgspec.structs.replace(e, request_id=BOOM) if mark == 0 else e for e, mark in writes))
     bounds = sorted({0, len(log), *(c % (len(log) + 1) for c in cuts)})
@@ -138,7 +152,10 @@ def test_after_the_entry_by_entry_fallback_the_view_answers_what_kuzu_answers(
         for lo, hi in itertools.pairwise(bounds):
             batched.apply(log[lo:hi])
             assert_same_answers(batched.chunks, batched.conn)
+            assert_same_graph(batched.view, batched.conn, [])
         for item in log:
             alone.apply([item])
         assert batched.chunks.contents() == alone.chunks.contents() == load_chunk_view(alone.conn).contents()
+        assert batched.view.contents() == alone.view.contents() == load_graph_view(alone.conn).contents()
+        assert content_digest(batched.conn) == content_digest(alone.conn)
 

@@ -1,24 +1,19 @@
 """The in-memory graph view (storage/graphview.py), kept in step with apply, answers exactly what
 storage/reads.py answers from Kuzu: differential, on real Kuzu, after every batch of random writes
-(upserts and deletes of every kind, versions out of order), and equal to a view rebuilt from the
-database."""
+(upserts and deletes of every kind, versions out of order; the properties, which check the chunk
+view too, are in test_chunkview.py), and equal to a view rebuilt from the database."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util  # noqa: F401 - kuzu 0.11.3 uses importlib.util without importing it
 import itertools
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import kuzu
-import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SCRATCH_DIR
 from tests.unit.test_apply import (
     C_IDS,
     D_IDS,
@@ -42,7 +37,6 @@ from torua_node.shard.apply import apply_batch
 from torua_node.shard.wal import WalEntry
 from torua_node.storage import reads
 from torua_node.storage.chunkview import ChunkView
-from torua_node.storage.digest import content_digest
 from torua_node.storage.graphview import GraphView, load_graph_view
 from torua_node.storage.schema import init_schema
 
@@ -105,26 +99,6 @@ def assert_same_answers(
     for ids, direction, types, limit in [*fixed, *queries]:
         got = view.edges(ids, direction, types, limit)
         assert got == reads.edges(conn, ids, direction, types, limit), (ids, direction, types, limit)
-
-
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    writes=st.lists(s_write(), min_size=1, max_size=10),
-    cuts=st.lists(st.integers(0, 10), max_size=2),
-    queries=st.lists(s_edge_query(), min_size=1, max_size=2),
-)
-def test_the_maintained_view_answers_what_kuzu_answers_after_every_batch(
-    writes: list[WalEntry], cuts: list[int], queries: list[tuple[list[str], Any, Any, int]]
-) -> None:
-    log = wal(*writes)
-    bounds = sorted({0, len(log), *(c % (len(log) + 1) for c in cuts)})
-    view = GraphView()
-    with temp_db() as conn:
-        for lo, hi in itertools.pairwise(bounds):
-            result = apply_batch(conn, log[lo:hi], DIM)
-            assert result.error is None
-            result.update_graph(view)
-            assert_same_answers(view, conn, queries)
 
 
 def test_cascades_of_deletes_and_stubs_reach_the_view() -> None:
@@ -219,35 +193,6 @@ class Replica:
             self.close()
             self._open()
         raise AssertionError(f"no progress applying {batch[0][0]}: {result.error}")
-
-
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(
-    writes=st.lists(st.tuples(s_write(), st.integers(0, 4)), min_size=2, max_size=10),
-    cuts=st.lists(st.integers(0, 10), max_size=2),
-)
-def test_after_the_entry_by_entry_fallback_the_view_answers_what_kuzu_answers(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, writes: list[tuple[WalEntry, int]], cuts: list[int]
-) -> None:
-    """The graph view after batches whose transaction failed on one entry (rolled back, then applied
-    entry by entry, the failing one skipped), deletes among them: the same as Kuzu after every
-    batch, and at the end the same view and content as a replica that applied the log one entry at
-    a time (so nothing but the failing entries was skipped)."""
-    fail_marked_entries(monkeypatch)
-    log = wal(*(msgspec.structs.replace(e, request_id=BOOM) if mark == 0 else e for e, mark in writes))
-    bounds = sorted({0, len(log), *(c % (len(log) + 1) for c in cuts)})
-    with tempfile.TemporaryDirectory(dir=SCRATCH_DIR) as d, contextlib.ExitStack() as stack:
-        batched, alone = Replica(Path(d) / "a"), Replica(Path(d) / "b")
-        stack.callback(batched.close)
-        stack.callback(alone.close)
-        for lo, hi in itertools.pairwise(bounds):
-            batched.apply(log[lo:hi])
-            assert_same_answers(batched.view, batched.conn, [])
-        for item in log:
-            alone.apply([item])
-        assert batched.view.contents() == alone.view.contents() == load_graph_view(alone.conn).contents()
-        assert content_digest(batched.conn) == content_digest(alone.conn)
 
 
 def test_a_delete_retried_alone_after_a_failed_batch_reaches_the_view(monkeypatch: pytest.MonkeyPatch) -> None:
