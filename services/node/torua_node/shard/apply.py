@@ -72,14 +72,7 @@ from torua_node.shard.wal import (
     decode_entry,
     fingerprint,
 )
-from torua_node.storage.chunkview import (
-    ChunkRow,
-    ChunkView,
-    MentionChange,
-    chunk_dropped,
-    entity_cleared,
-    mentioned,
-)
+from torua_node.storage.chunkview import ChunkRow, MentionChange, chunk_dropped, entity_cleared, mentioned
 from torua_node.storage.graphview import EntityRow, RelKey, RelValue, entity_row, relation_item
 from torua_node.storage.keyspace import known_keys, table_size
 from torua_node.storage.schema import (
@@ -110,6 +103,7 @@ from torua_node.storage.tables import (
 )
 
 if TYPE_CHECKING:
+    from torua_node.storage.chunkview import ChunkView
     from torua_node.storage.graphview import GraphView
     from torua_node.storage.textindex import TextIndex
     from torua_node.storage.vectors import VectorIndex

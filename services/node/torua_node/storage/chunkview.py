@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import kuzu
 
 from torua_node.storage.chunks import ChunkOut, Mention
-from torua_node.storage.store import execute
+from torua_node.storage.store import all_columns
 
 __all__ = ["ChunkView", "ChunkRow", "MentionChange", "mentioned", "chunk_dropped", "entity_cleared",
            "load_chunk_view"]
@@ -155,13 +155,11 @@ class ChunkView:
 def load_chunk_view(conn: kuzu.Connection) -> ChunkView:
     """The view of what the database holds: one scan of the real chunks, one of the mentions."""
     view = ChunkView()
-    t = execute(conn, "MATCH (c:Chunk) WHERE NOT c.stub RETURN c.id, c.document_id, c.text, c.position").get_as_arrow(0)
-    cols = [c.to_pylist() for c in t.columns]
-    del t
+    cols = all_columns(conn, "MATCH (c:Chunk) WHERE NOT c.stub RETURN c.id, c.document_id, c.text, c.position")
     rows = [(i, (d or "", text or "", p or 0)) for i, d, text, p in zip(*cols)]
     del cols
-    t = execute(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) RETURN c.id, e.id, c.document_id").get_as_arrow(0)
-    mentions = [mentioned(c, e, d or "") for c, e, d in zip(*(col.to_pylist() for col in t.columns))]
-    del t
+    cols = all_columns(conn, "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) RETURN c.id, e.id, c.document_id")
+    mentions = [mentioned(c, e, d or "") for c, e, d in zip(*cols)]
+    del cols
     view.apply(rows, (), mentions)
     return view

@@ -26,7 +26,7 @@ import msgspec
 
 from torua.model import EdgeOut, EntityOut
 from torua_node.storage.reads import Direction, edge_out, entity_out
-from torua_node.storage.store import execute
+from torua_node.storage.store import all_columns
 
 __all__ = ["GraphView", "EntityRow", "RelKey", "RelValue", "entity_row", "relation_item", "load_graph_view"]
 
@@ -180,20 +180,16 @@ class GraphView:
 def load_graph_view(conn: kuzu.Connection) -> GraphView:
     """The view of what the database holds: one scan of the real entities, one of the edges."""
     view = GraphView()
-    t = execute(
+    cols = all_columns(
         conn, "MATCH (e:Entity) WHERE NOT e.stub RETURN e.id, e.name, e.type, e.description, e.properties"
-    ).get_as_arrow(0)
-    cols = [c.to_pylist() for c in t.columns]
-    del t
+    )
     entities = [(i, entity_row(n, ty, d, p)) for i, n, ty, d, p in zip(*cols)]
     del cols
-    t = execute(
+    cols = all_columns(
         conn,
         "MATCH (a:Entity)-[r:RELATES]->(b:Entity)"
         " RETURN a.id, r.type, b.id, r.weight, r.properties, r.chunks",
-    ).get_as_arrow(0)
-    cols = [c.to_pylist() for c in t.columns]
-    del t
+    )
     relations = [
         relation_item(s, ty, d, w, p, msgspec.json.decode(ch) if ch else ())
         for s, ty, d, w, p, ch in zip(*cols)

@@ -26,6 +26,7 @@ __all__ = [
     "is_transient",
     "execute",
     "all_rows",
+    "all_columns",
     "memory_database",
 ]
 
@@ -55,6 +56,13 @@ def execute(conn: kuzu.Connection, statement: str, params: dict[str, Any] | None
 def all_rows(conn: kuzu.Connection, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
     """Every row of one statement's result, each a list (Kuzu's default: never rows as dicts)."""
     return cast("list[list[Any]]", execute(conn, statement, params).get_all())
+
+
+def all_columns(conn: kuzu.Connection, statement: str) -> list[list[Any]]:
+    """Every column of one statement's result, each a list: by way of Arrow, which a whole-table scan
+    (the in-memory views' loads) takes several times faster than row by row."""
+    table = execute(conn, statement).get_as_arrow(0)
+    return [c.to_pylist() for c in table.columns]
 
 
 @contextmanager
