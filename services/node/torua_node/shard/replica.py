@@ -44,6 +44,7 @@ from torua_node.shard.apply import apply_batch
 from torua_node.shard.logcheck import LogView, behind_purge, log_id_of, log_problem
 from torua_node.shard.readindex import ShardEnd
 from torua_node.shard.snapshot import (
+    EntriesSince,
     SnapshotCorrupt,
     Snapshots,
     checkpoint_and_copy,
@@ -140,8 +141,7 @@ class ShardReplica:
         self._snapshots = Snapshots(nc)
         self._snapshot_lock = asyncio.Lock()
         self._snapshot_task: asyncio.Task[None] | None = None
-        self._since_snapshot = 0
-        self._snapshot_base = 0  # position of the newest snapshot of the shard this replica knows of
+        self._since_snapshot = EntriesSince()
         self.restored_from: int | None = None  # the snapshot position this database was restored from
         # Called (with the shard) when the log was purged past this replica's position: its owner
         # discards the database and opens the replica again, which restores a snapshot.
@@ -160,7 +160,7 @@ class ShardReplica:
             await self._restore_snapshot()
         await self.store.open(lambda conn: init_schema(conn, self.dim))
         self.applied_seq, self.log_id, self.applied_fp = await self.store.call(read_log_position)
-        self._snapshot_base = self.restored_from or 0
+        self._since_snapshot = EntriesSince(self.restored_from or 0)
         if self.applied_seq and await self._purged_past_start():
             raise RestoreNeeded(f"shard {self.shard}: the log was purged past this replica's position {self.applied_seq}")
         self.entity_index, self.chunk_index = await self.store.call(load_indexes, self.dim)
@@ -438,7 +438,7 @@ class ShardReplica:
             self.applied_seq = result.applied_seq
             self._applied.notify_all()
         await self.nc.publish(shard_applied(self.shard), str(self.applied_seq).encode())
-        self._since_snapshot += len(batch)
+        self._since_snapshot.applied(self.applied_seq, len(batch))
         self._maybe_snapshot()
         log.debug("shard %d applied %d entries in %.1f ms", self.shard, len(batch), (time.perf_counter() - started) * 1e3)
         if result.error is not None:
@@ -530,21 +530,23 @@ class ShardReplica:
 
     def _maybe_snapshot(self) -> None:
         every = self.snapshot_policy.every
-        if not every or self._since_snapshot < every or self.state not in ("active", "recovering"):
+        if not every or self._since_snapshot.count < every or self.state not in ("active", "recovering"):
             return
         if self._snapshot_task is None or self._snapshot_task.done():
             self._snapshot_task = asyncio.create_task(self._auto_snapshot(), name=f"snapshot-{self.shard}")
 
     async def _auto_snapshot(self) -> None:
+        every = self.snapshot_policy.every
         try:
-            # Another replica of the shard may have taken one meanwhile: then count from it.
-            newest = max((m.seq for m in await self._snapshots.list(self.shard)), default=0)
-            if newest > self._snapshot_base:
-                self._snapshot_base, self._since_snapshot = newest, 0
-                return
-            await self.snapshot()
+            # Entries applied while a snapshot was taken count towards the next one, which may be due
+            # at once.
+            while self._since_snapshot.count >= every and self.state in ("active", "recovering"):
+                # Another replica of the shard may have taken one meanwhile: then count from it.
+                self._since_snapshot.snapshot_at(max((m.seq for m in await self._snapshots.list(self.shard)), default=0))
+                if self._since_snapshot.count >= every:
+                    await self.snapshot()
         except Exception as exc:  # noqa: BLE001 - retried later; the log is kept until a snapshot exists
-            self._since_snapshot = self.snapshot_policy.every // 2  # not again at the very next batch
+            self._since_snapshot.postpone(every // 2)  # not again at the very next batch
             log.warning("shard %d: snapshot failed (%s: %s)", self.shard, type(exc).__name__, exc,
                         extra={"shard": self.shard})
 
@@ -560,6 +562,7 @@ class ShardReplica:
                         if m.log_id == self.log_id and m.seq >= self.applied_seq]
             if existing:
                 meta = max(existing, key=lambda m: m.seq)
+                self._since_snapshot.snapshot_at(meta.seq)
                 return SnapshotTaken(shard=self.shard, seq=meta.seq, bytes=meta.size, node=self.node_id)
             dest = self.store.path.parent / "snapshot"
             shutil.rmtree(dest, ignore_errors=True)
@@ -573,7 +576,7 @@ class ShardReplica:
                 file = dest / self.store.path.name
                 meta = await asyncio.to_thread(meta_for, self.shard, pos, file)
                 await self._snapshots.upload(file, meta)
-                self._snapshot_base, self._since_snapshot = max(self._snapshot_base, meta.seq), 0
+                self._since_snapshot.snapshot_at(meta.seq)
                 await self._snapshots.prune(self.shard, self.snapshot_policy.keep)
                 log.info("shard %d snapshot at %d: %d bytes, copied in %.0f ms, stored in %.0f ms", self.shard,
                          meta.seq, meta.size, (copied - started) * 1e3, (time.perf_counter() - copied) * 1e3,

@@ -28,6 +28,7 @@ import asyncio
 import builtins
 import hashlib
 import os
+from collections import deque
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
@@ -43,6 +44,7 @@ from torua_node.storage.store import Conn
 
 __all__ = [
     "FORMAT",
+    "EntriesSince",
     "SnapshotCorrupt",
     "file_sha256",
     "verify",
@@ -50,6 +52,47 @@ __all__ = [
     "checkpoint_and_copy",
     "Snapshots",
 ]
+
+class EntriesSince:
+    """How many entries a replica applied past the newest snapshot of its shard it knows of: when
+    that reaches TORUA_SNAPSHOT_EVERY, it takes the next one.
+
+    A snapshot is taken at the position of its checkpoint, while applying goes on; the entries
+    applied meanwhile are past it and still count. (Counting from zero when the snapshot is stored
+    lost them: under load the next snapshot came after about twice as many entries, and the last
+    ones before the writes stopped were never covered.) Log sequences are shared by all shards, so
+    the count keeps each applied batch's last sequence and size, not a difference of sequences."""
+
+    __slots__ = ("_batches", "_postponed", "_total", "base")
+
+    def __init__(self, base: int = 0) -> None:
+        self.base = base  # position of the newest snapshot known
+        self._batches: deque[tuple[int, int]] = deque()  # (last sequence, entries) of batches past base
+        self._total = 0  # entries in _batches
+        self._postponed = 0  # entries not counted after a failed snapshot
+
+    @property
+    def count(self) -> int:
+        return self._total - self._postponed
+
+    def applied(self, last_seq: int, entries: int) -> None:
+        if last_seq > self.base:
+            self._batches.append((last_seq, entries))
+            self._total += entries
+
+    def snapshot_at(self, seq: int) -> None:
+        """A snapshot of the shard at `seq` exists (this replica's, or another's): count from it."""
+        if seq <= self.base:
+            return
+        self.base, self._postponed = seq, 0
+        while self._batches and self._batches[0][0] <= seq:
+            self._total -= self._batches.popleft()[1]
+
+    def postpone(self, to: int) -> None:
+        """A snapshot failed: count as if only `to` entries were applied past the newest, so the next
+        try comes after more entries, not at the very next batch."""
+        self._postponed = max(0, self._total - to)
+
 
 # The database file after CHECKPOINT (its WAL empty): Kuzu's own format, opened as it is.
 FORMAT = "kuzu-0.11-file"
