@@ -12,7 +12,7 @@ import pytest
 from tests.unit.fake_shards import FakeShards
 from tests.unit.test_retrieve import CHUNKS, ENTITIES, QUESTION, RELATIONS, Embedding
 from torua.errors import Unavailable
-from torua.model import Entity, NeighborsRequest, Relation, RetrieveRequest, TextSearchRequest
+from torua.model import Entity, NeighborsReply, NeighborsRequest, Relation, RetrieveRequest, TextSearchRequest
 from torua_node.rag.retrieve import Retriever
 from torua_node.rag.search import Search
 from torua_node.router.api import DataApi
@@ -253,6 +253,91 @@ async def test_rounds_carry_the_identity_of_the_log_their_end_was_read_from() ->
     await data_api(fake).neighbors(NeighborsRequest(ids=["n0"], hops=3, direction="out"))
     assert fake.calls
     assert all(req.log_id == 7 for _, _, req in fake.calls)
+
+
+class QuietEnds(IdentifiedEnds):
+    """Ends of a log (identity 7 until `moved_to`) that the last look saw quiet: a read point's
+    first rounds are sent before their ends are known (`readpoint.early`)."""
+
+    def __init__(self, logs: Logs) -> None:
+        super().__init__(logs)
+        self.identity = 7
+        self.calm = True
+
+    def log_id(self, shard: int) -> int | None:
+        return self.identity
+
+    def quiet(self, shard: int) -> bool:
+        return self.calm
+
+
+async def _first_round(logs: Logs, fake: FakeShards, applied: int, ends: QuietEnds | None = None) -> NeighborsReply:
+    """A one-hop read over 4 shards whose replicas applied `applied`, its looks held until its first
+    round went out; returns the reply once the looks found the end `logs.base`."""
+    fake.log_ends = ends or QuietEnds(logs)
+    for shard in fake.shards:
+        shard.applied_seq = applied
+    logs.hold = True
+    read = asyncio.create_task(data_api(fake).neighbors(NeighborsRequest(ids=["n0"], hops=1, direction="out")))
+    for _ in range(4):
+        await asyncio.wait_for(logs.begun.get(), 5)  # every shard's look is out (prefetched)
+    for _ in range(100):  # the first round goes out meanwhile, or never
+        if fake.calls:
+            break
+        await asyncio.sleep(0)
+    sent_before_the_end = list(fake.calls)
+    for _ in range(4):
+        logs.gate.release()
+    reply = await asyncio.wait_for(read, 5)
+    assert sent_before_the_end == fake.calls[: len(sent_before_the_end)]
+    return reply
+
+
+async def test_a_quiet_shards_first_round_goes_before_its_log_end_and_is_kept_at_or_past_it() -> None:
+    logs = Logs()
+    fake = chain_graph(logs)
+    reply = await _first_round(logs, fake, applied=logs.base)
+    edges = fake.ops(p.EDGES.name)
+    assert edges[0][1].consistency == "eventual" and edges[0][1].after == 0 and edges[0][1].log_id == 7
+    assert [n.id for n in reply.nodes] == ["n0", "n1"] and not reply.partial
+    # Asked once: the replica had applied the end the look found.
+    assert len(edges) == 1
+
+
+async def test_an_early_answer_behind_the_log_end_is_asked_again_pinned() -> None:
+    logs = Logs()
+    fake = chain_graph(logs)
+    reply = await _first_round(logs, fake, applied=logs.base - 1)
+    edges = fake.ops(p.EDGES.name)
+    assert [(r.after, r.consistency) for _, r in edges] == [(0, "eventual"), (logs.base, "eventual")]
+    assert [n.id for n in reply.nodes] == ["n0", "n1"]
+
+
+async def test_an_early_answer_from_another_log_is_asked_again_pinned_to_the_looks() -> None:
+    logs = Logs()
+    fake = chain_graph(logs)
+    ends = QuietEnds(logs)
+    real_fetch = logs.fetch
+
+    async def recreated(shard: int) -> int:
+        end = await real_fetch(shard)
+        ends.identity = 8  # the look finds the stream re-created since the last one
+        return end
+
+    ends._fetch = recreated
+    await _first_round(logs, fake, applied=logs.base + 5, ends=ends)
+    edges = fake.ops(p.EDGES.name)
+    assert [(r.log_id, r.after) for _, r in edges] == [(7, 0), (8, logs.base)]
+
+
+async def test_a_shard_the_last_look_saw_written_waits_for_its_end() -> None:
+    logs = Logs()
+    fake = chain_graph(logs)
+    ends = QuietEnds(logs)
+    ends.calm = False
+    await _first_round(logs, fake, applied=logs.base, ends=ends)
+    edges = fake.ops(p.EDGES.name)
+    assert [(r.after, r.log_id) for _, r in edges] == [(logs.base, 7)]  # pinned, once
 
 
 class Replica:

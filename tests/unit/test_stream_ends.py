@@ -18,6 +18,8 @@ from torua.retention import log_id_of
 from torua.shardwire import HitsReply, merge_hits
 from torua.streams import ensure_wal_stream
 from torua.subjects import WAL_STREAM, wal_subject
+from torua_node.router.readpoint import StreamLogEnds, every_shard, pinned, reading
+from torua_node.shard.protocol import ShardTextStats
 from torua_node.shard.readindex import StreamEnds
 
 
@@ -123,6 +125,32 @@ async def test_concurrent_callers_share_looks_and_each_sees_writes_acknowledged_
         look = await ends.get([i % 4])
         assert look.ends[i % 4] == ack.seq  # acknowledged before the call: reflected
     await ends.close()
+
+
+async def test_a_read_point_learns_every_shards_end_from_one_look_when_it_prefetches_them(nc: NATS) -> None:
+    """A round's shards are pinned one after another (those served here, then each node's batch):
+    learnt on demand, a shard asked after the look began waits for a second look; prefetched at the
+    start of the read (`every_shard`), all ends come from the one look."""
+    await ensure_wal_stream(nc)
+    ends = StreamLogEnds(nc)
+    seen = await js_requests(nc)
+    ask = ShardTextStats(terms=["x"], consistency="strong")
+
+    async def first_round() -> list[int]:
+        early = await pinned(0, ask)  # the look begins here...
+        late = await asyncio.gather(*(pinned(s, ask) for s in (1, 2, 3)))  # ...these come after it
+        return [r.after for r in (early, *late)]
+
+    with reading(ends):
+        await first_round()
+    await settled(nc)
+    assert seen["STREAM.INFO"] == 2
+    seen.clear()
+    with reading(ends, prefetch=every_shard(4, "strong")):
+        await first_round()
+    await settled(nc)
+    assert seen["STREAM.INFO"] == 1
+    assert every_shard(4, "eventual") == range(0)  # eventual reads learn no log end
 
 
 def test_merged_hits_equal_one_ranking_of_all_shards_answers() -> None:

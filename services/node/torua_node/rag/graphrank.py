@@ -34,6 +34,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 
 import numpy as np
 
@@ -196,52 +197,85 @@ def spread(seeds: Mapping[str, float], edges: Sequence[EdgeOut], factors: np.nda
     equally good arrivals, the lowest type and direction is remembered). What each relation
     carried, each way, is its weight as evidence: a relation off every path (a U-turn) carries
     nothing."""
-    carried = np.zeros(2 * len(edges))
+    m = len(edges)
+    carried = np.zeros(2 * m)
     if not seeds:
-        return Paths({}, carried[: len(edges)], carried[len(edges) :])
-    nodes = sorted(set(seeds) | {e.source for e in edges} | {e.target for e in edges})
-    index = {n: i for i, n in enumerate(nodes)}
-    seed_ids = sorted(seeds)
-    weights = np.zeros((len(seed_ids), len(nodes)))
-    for row, s in enumerate(seed_ids):
-        weights[row, index[s]] = seeds[s]
-    if edges:
-        types = {t: i for i, t in enumerate(sorted({e.type for e in edges}))}
-        a = np.array([index[e.source] for e in edges])
-        b = np.array([index[e.target] for e in edges])
-        t = np.array([types[e.type] for e in edges])
-        src, dst = np.concatenate([a, b]), np.concatenate([b, a])
-        f = np.concatenate([factors, factors])
-        arrive = np.concatenate([2 * t, 2 * t + 1])  # how a step arrives: type and direction
-        u_turn = np.concatenate([2 * t + 1, 2 * t])  # the same type, walked the other way
-        came_by = np.full(weights.shape, -1)
+        return Paths({}, carried[:m], carried[m:])
+    # Synchronous rounds over every seed and relation, done sparsely: the same products and maxima,
+    # so the same floats (for finite seeds and factors). A step can change something only if its
+    # source's weight for that seed rose in the round before (else what it carries was counted then,
+    # and is no more than what it arrives at holds already): each round follows only those.
+    sources = [e.source for e in edges]
+    targets = [e.target for e in edges]
+    nodes = sorted(set(seeds).union(sources, targets))
+    index = dict(zip(nodes, range(len(nodes))))
+    n_nodes, n_seeds = len(nodes), len(seeds)
+    weights = np.zeros((n_seeds, n_nodes))  # per seed (any order: seeds do not interact), per node
+    flat = weights.reshape(-1)  # a view: cell seed * n_nodes + node
+    node = np.fromiter(map(index.__getitem__, seeds), np.intp, n_seeds)
+    cells = node + np.arange(0, n_seeds * n_nodes, n_nodes)  # the cells whose weight rose
+    flat[cells] = list(seeds.values())
+    if m and hops > 0:
+        kinds = [e.type for e in edges]
+        types = sorted(set(kinds))
+        type_index = dict(zip(types, range(len(types))))
+        src = np.fromiter(map(index.__getitem__, sources + targets), np.intp, 2 * m)
+        dst = np.concatenate((src[m:], src[:m]))
+        t = np.fromiter(map(type_index.__getitem__, kinds), np.intp, m)
+        # Steps (each relation both ways) grouped by the node they leave: a node's are
+        # last[node] - deg[node] .. last[node] - 1 in this order (int16 sorts by radix: faster).
+        order = np.argsort(src.astype(np.int16) if n_nodes < 2**15 else src, kind="stable")
+        src = src[order]
+        deg = np.bincount(src, minlength=n_nodes)
+        last = deg.cumsum()
+        move = dst[order] - src  # a step from cell c arrives at cell c + move
+        f = np.concatenate((factors, factors))[order]
+        arrive = np.concatenate((2 * t, 2 * t + 1))[order]  # how a step arrives: type and direction
+        u_turn = arrive ^ 1  # the same type, walked the other way
         none = 2 * len(types)
-        # Steps grouped by the node they arrive at (stable: within a group, in step order), so that a
-        # node's best incoming step is one reduction over its group rather than a scatter per step.
-        order = np.argsort(dst, kind="stable")
-        into = dst[order]
-        starts = np.flatnonzero(np.r_[True, into[1:] != into[:-1]])
-        reached = into[starts]  # the nodes some step arrives at
-        src, f, arrive, u_turn = src[order], f[order], arrive[order], u_turn[order]
-        unsort = np.empty_like(order)
-        unsort[order] = np.arange(len(order))
-        best = np.zeros(weights.shape)  # per node: its best incoming step, per seed (0: none)
-        how = np.full(weights.shape, none)  # the best step's arrival, lowest on ties
-        for _ in range(hops):
-            cand = np.where(came_by[:, src] != u_turn, weights[:, src] * f, 0.0)
-            carried = np.maximum(carried, cand.max(axis=0)[unsort])
-            best[:, reached] = np.maximum(np.maximum.reduceat(cand, starts, axis=1), 0.0)
-            ties = np.where((cand == best[:, into]) & (cand > 0), arrive, none)
-            how[:, reached] = np.minimum.reduceat(ties, starts, axis=1)
-            came_by = np.where(best > weights, how, came_by)
-            weights = np.maximum(weights, best)
-    if len(seed_ids) > 1:
-        ordered = -np.sort(-weights, axis=0)
-        total = ordered[0] + w.second_seed * ordered[1]
-    else:
-        total = weights[0]
-    weight = {n: v for n, v in zip(nodes, total.tolist()) if v > 0}
-    return Paths(weight, carried[: len(edges)], carried[len(edges) :])
+        came = np.full(flat.shape, -1)  # per cell: how its best path arrived
+        out = np.zeros(2 * m)  # carried, per step in this order
+        rose = np.zeros(flat.shape, dtype=bool)  # to list each cell that rose once
+        negative = min(seeds.values()) < 0
+        for r in range(hops):
+            if r:
+                node = cells % n_nodes
+            cnt = deg[node]
+            ends = cnt.cumsum()
+            total = int(ends[-1])
+            pos = (last[node] - ends).repeat(cnt)  # every step out of every cell in `cells`
+            pos += np.arange(total)
+            cell = cells.repeat(cnt)
+            cand = flat[cell] * f[pos]
+            if r:  # nothing has arrived anywhere before the first round
+                cand[came[cell] == u_turn[pos]] = 0.0
+            np.maximum.at(out, pos, cand)
+            if negative and r == 0:  # a round sets every weight to at least its best arrival, or 0
+                np.maximum(weights, 0.0, out=weights)
+            key = cell + move[pos]
+            better = (cand > flat[key]).nonzero()[0]  # only these can change their cell
+            if not len(better):
+                break
+            key, cand = key[better], cand[better]
+            np.maximum.at(flat, key, cand)
+            if r == hops - 1:  # how paths arrived matters no more
+                break
+            tie = cand == flat[key]  # the best arrivals; the lowest type and direction is remembered
+            key = key[tie]
+            came[key] = none
+            np.minimum.at(came, key, arrive[pos[better[tie]]])
+            rose[key] = True
+            cells = rose.nonzero()[0]
+            rose[cells] = False
+        carried[order] = out
+    # Per node, its best seed's path plus `second_seed` x the second best (the best taken out once).
+    total_w = weights.max(axis=0)
+    if n_seeds > 1:
+        flat[weights.argmax(axis=0) * n_nodes + np.arange(n_nodes)] = -np.inf
+        total_w += w.second_seed * weights.max(axis=0)
+    keep = total_w > 0
+    weight = dict(zip(compress(nodes, keep.tolist()), total_w[keep].tolist()))
+    return Paths(weight, carried[:m], carried[m:])
 
 
 def specificity(mentioned_by: Mapping[str, int], corpus_chunks: int) -> dict[str, float]:

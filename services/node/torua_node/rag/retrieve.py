@@ -16,8 +16,10 @@ read point (`router/readpoint.py`: each shard's log end is learnt once per quest
    shards holding the few chunks stating each relation type count how many of the question's word
    stems each one uses (`chunk_stems`, from their text indexes: no chunk is read from the database),
    which tells how relevant the type is, and one for the relations of the best-weighted entities not
-   expanded yet (sent with the counts' round when the weights cannot change which entities those
-   are);
+   expanded yet — sent with the counts' round when the weights cannot change which entities those
+   are, and otherwise asked beside it for a guess of them (`AHEAD` entities, by the weights the last
+   round left carried one relation further), so that only the entities the guess missed cost a
+   round of their own (none, most often);
 3. the names and types of every entity reached, and the chunks mentioning them, concurrently — sent
    with the last hop's counts' round, for every entity that hop may reach (the ones it does not
    reach are dropped from the answer);
@@ -25,7 +27,7 @@ read point (`router/readpoint.py`: each shard's log end is learnt once per quest
    relations alone (most often the top k) as soon as the weights are known, beside the final round
    (and those the entities' types lift, once they are known), any others after the mentions.
 
-Eleven sequential rounds for three hops before, seven or eight now, with the same answer; every one
+Eleven sequential rounds for three hops before, five to eight now, with the same answer; every one
 is answered from the replicas' memory (graph view, chunk view, text and vector indexes), none reads
 a shard's database.
 """
@@ -77,8 +79,9 @@ from torua_node.rag.graphrank import (
 )
 from torua_node.rag.search import Search
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, by_owner, is_partial, token
+from torua_node.router.fanout import answered
 from torua_node.router.graph import EDGES_PER_SHARD, GraphReads
-from torua_node.router.readpoint import reading
+from torua_node.router.readpoint import every_shard, reading
 from torua_node.shard.protocol import (
     CHUNK_STEMS,
     CHUNKS,
@@ -100,6 +103,9 @@ CONTEXT_RELATIONS = 20
 # The last hop's final round is asked for every entity it may reach, at most this many, while the
 # hop's relevance round runs; the ones not reached are dropped from its answer.
 AHEAD_LIMIT = 4 * EXPAND_LIMIT
+# While a hop's relevance round is out, the relations of the entities the next frontier most likely
+# holds are asked for beside it: this many, the best by the weights before that round's answer.
+AHEAD = 2 * BEAM
 # Each shard sends the rows and relations of its best GRAPH_SHARE x (its share of the top k) + 1
 # entity matches with their scores: a shard holding more of the top k costs a round.
 GRAPH_SHARE = 2
@@ -128,6 +134,47 @@ class _Expansion:
     paths: Paths
     finals: _Finals | None  # the final round, when it could be asked early: for all entities reached, maybe more
     holders: dict[str, int]  # chunks stating relations -> the shard holding each
+
+
+class _EdgesAhead:
+    """Relations already read this request, per entity (all of each one's, both directions), from
+    rounds sent ahead of their hop on a guess of its frontier: a frontier among them needs no round
+    of its own, and one partly among them asks only for the rest. An entity whose shard failed to
+    answer such a round is not known (its hop asks again, and only then can it make the reply
+    partial)."""
+
+    def __init__(self) -> None:
+        self._of: dict[str, list[EdgeOut]] = {}
+        self._asked: list[tuple[list[str], Status, asyncio.Future[list[EdgeOut]]]] = []
+
+    def ask(self, ids: list[str], fetch: Callable[[list[str], Status], Coroutine[Any, Any, list[EdgeOut]]]) -> None:
+        new = [i for i in ids if i not in self._of]
+        if new:
+            status: Status = {}
+            self._asked.append((new, status, _spawn(fetch(new, status))))
+
+    async def split(self, frontier: list[str], owner: Callable[[str], int], status: Status) -> tuple[list[EdgeOut], list[str]]:
+        """The relations of the frontier's entities already read, and the entities still to ask."""
+        wanted = set(frontier)
+        for ids, asked_status, fetch in self._asked:
+            if wanted.isdisjoint(ids):
+                continue  # its answer is kept for later when it comes; not waited for now
+            edges = await fetch
+            fine = {i for i in ids if (st := asked_status.get(str(owner(i)))) is not None and st.ok}
+            of: dict[str, list[EdgeOut]] = {i: [] for i in fine}
+            for e in edges:
+                for end in {e.source, e.target} & fine:
+                    of[end].append(e)
+            self._of.update(of)
+            for shard in {owner(i) for i in fine & wanted}:
+                answered(status, shard, asked_status[str(shard)].applied_seq)
+        self._asked = [a for a in self._asked if not a[2].done() or wanted.isdisjoint(a[0])]
+        known = [e for i in frontier if i in self._of for e in self._of[i]]
+        return known, [i for i in frontier if i not in self._of]
+
+    def cancel(self) -> None:
+        for _, _, fetch in self._asked:
+            fetch.cancel()
 
 
 class _Rows:
@@ -198,7 +245,10 @@ class Retriever:
 
     async def retrieve(self, req: RetrieveRequest) -> RetrieveReply:
         status: Status = {}
-        with reading(self.client.log_ends):  # ten rounds or so: one log end per shard
+        # Ten rounds or so at one read point: every shard's log end learnt by one look, at once (the
+        # first round reads every shard; learnt shard by shard, those asked after the look began
+        # would wait for a second one).
+        with reading(self.client.log_ends, prefetch=every_shard(self.client.num_shards, req.consistency)):
             return await self._retrieve(req, status)
 
     async def _retrieve(self, req: RetrieveRequest, status: Status) -> RetrieveReply:
@@ -234,6 +284,9 @@ class Retriever:
                 edges = more_edges if edges is None else edges + more_edges
             return found.hits, rows, edges
 
+        # The question's words as the cluster's embedder sees them, for the relation types' relevance
+        # (graph expansion), embedded on a thread beside the first round rather than after it.
+        question_words = _spawn(self._question_words(req.question))
         chunk_bm25, chunk_vec, (entity_bm25, matched_rows, matched_edges) = await asyncio.gather(
             s.bm25(req.question, w.candidates, "chunks", after, status, consistency=level),
             vector_hits(),
@@ -248,7 +301,7 @@ class Retriever:
         # (leaving out entities' names measured worse: documentation names things in lower case).
         asked = stems(" ".join(t for t in req.question.split() if not t[:1].isupper()))
         first_hop = [e for e in matched_edges if e.source in seeds or e.target in seeds]
-        x = await self._expand(req, seeds, names, asked, hit_shard, first_hop, set(matched), status)
+        x = await self._expand(req, seeds, names, asked, hit_shard, first_hop, set(matched), question_words, status)
         reached, edges, factors, paths = x.reached, x.edges, x.factors, x.paths
         weight = paths.weight
         finals = x.finals or self._finals(list(reached), set(matched), after, status, level)
@@ -316,6 +369,7 @@ class Retriever:
         hit_shard: dict[str, int],
         first_hop: list[EdgeOut],
         matched: set[str],
+        question_words: asyncio.Future[tuple[list[str], np.ndarray]],
         status: Status,
     ) -> _Expansion:
         """The seeds' neighbourhood, guided by the question: every relation of the frontier is
@@ -343,10 +397,12 @@ class Retriever:
         edges: list[EdgeOut] = []
         factors = np.zeros(0)
         paths: Paths | None = None
+        weight: dict[str, float] = dict(seeds)  # the entities' weights as the last round left them
         named = {t for i in seeds for t in tokenize(names.get(i, ""))}
         stem_list = sorted(asked)
         words: asyncio.Future[np.ndarray] | None = None
         hop_edges: asyncio.Future[list[EdgeOut]] | None = None  # the next hop's relations, asked early
+        guessed = _EdgesAhead()  # relations asked on a guess of the next frontier
         finals: _Finals | None = None
         for hop in range(1, req.hops + 1):
             if not frontier:
@@ -356,14 +412,16 @@ class Retriever:
             elif hop_edges is not None:
                 hop_found, hop_edges = await hop_edges, None
             else:
-                hop_found = await self.graph.edges(frontier, "both", None, after, status, consistency=level)
+                hop_found, rest = await guessed.split(frontier, self.client.owner, status)
+                if rest:
+                    hop_found += await self.graph.edges(rest, "both", None, after, status, consistency=level)
             for e in hop_found:
                 found[(e.source, e.type, e.target)] = e
             expanded.update(frontier)
             edges = [e for _, e in sorted(found.items())]
             if words is None and edges:
                 # On a thread, during the round below.
-                words = _spawn(self._word_vectors(req.question, named))
+                words = _spawn(self._word_vectors(question_words, named))
             # Re-chosen every round from all relations seen (freezing each type's first choice
             # measured worse); only chunks not read yet are fetched.
             stated = stating_chunks(edges, self.w.stating_chunks, UNTYPED_RELATION)
@@ -384,28 +442,28 @@ class Retriever:
                 # now rather than for the ones reached after this round.
                 ahead = [*reached, *sorted(new)]
                 finals = self._finals(ahead, matched, after, status, level)
-            labels, used = await asyncio.gather(
-                self._relevance(words, edges), self._stems_used(unread, stem_list, hit_shard, after, status, level)
-            )
+            counting = unread and stem_list
+            used_soon = _spawn(self._stems_used(unread, stem_list, hit_shard, after, status, level))
+            labels = await self._relevance(words, edges)
+            if counting and hop < req.hops and hop_edges is None:
+                # While the counts are out: the next frontier as the weights stand without them (most
+                # often the same, or nearly), its relations asked for now; the frontier the counts
+                # give is read from them, and only what the guess missed costs a round.
+                guess = self._guess(weight, hop_found, stated, uses, labels, new, room, reached, expanded)
+                guessed.ask(guess, lambda ids, st: self.graph.edges(ids, "both", None, after, st, consistency=level))
+            used = await used_soon
             read.update(unread)
             for c, (n, s) in used.items():
                 uses[c], holders[c] = n, s
-            lexical = lexical_relevance_of(stated, uses)
-            relevance = {t: max(labels.get(t, 0.0), lexical.get(t, 0.0)) for t in labels.keys() | lexical.keys()}
-            factors = relation_factors(edges, relevance, self.w)
-            paths = spread(seeds, edges, factors, req.hops, self.w)
+            factors, paths, best, frontier = self._choose(seeds, edges, stated, uses, labels, req.hops, new, room, reached, expanded)
             weight = paths.weight
-            best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[:room]
             reached.update(dict.fromkeys(best, hop))
-            # Best first: the next round expands the best-weighted entities not expanded yet, also
-            # those reached earlier whose weight rose once a longer path through them was seen.
-            waiting = [x for x in reached if x not in expanded]
-            frontier = heapq.nsmallest(BEAM, waiting, key=lambda x: (-weight.get(x, 0.0), x))
         if finals is not None and not finals.of >= set(reached):
             # Cannot happen (the rounds sent early were sent only for every entity the weights could
             # choose); kept so that a mistake costs a round, not a wrong answer.
             finals.cancel()
             finals = None
+        guessed.cancel()  # guesses of a hop that did not come (no entity left to expand)
         kept = [(e, f) for e, f in zip(edges, factors.tolist()) if e.source in reached and e.target in reached]
         kept_edges, kept_factors = [e for e, _ in kept], np.array([f for _, f in kept])
         if paths is None or len(kept) < len(edges):
@@ -413,12 +471,66 @@ class Retriever:
         # else: every relation is between reached entities, and the last round spread over them all.
         return _Expansion(reached, kept_edges, kept_factors, paths, finals, holders)
 
-    async def _word_vectors(self, question: str, named: set[str]) -> np.ndarray:
-        """The question's words as the cluster's embedder sees them, once per question (stop words
-        too: "where" is close to BORN_IN), but not the words of the seeds' names ("Vosmi Works" says
-        nothing about WORKS_FOR)."""
-        words = [t for t in dict.fromkeys(tokenize(question)) if t not in named]
-        return await asyncio.to_thread(self.embedder().embed, words) if words else np.zeros((0, self.embedder.dim))
+    def _choose(
+        self,
+        seeds: dict[str, float],
+        edges: list[EdgeOut],
+        stated: dict[str, list[str]],
+        uses: dict[str, int],
+        labels: dict[str, float],
+        hops: int,
+        new: set[str],
+        room: int,
+        reached: dict[str, int],
+        expanded: set[str],
+    ) -> tuple[np.ndarray, Paths, list[str], list[str]]:
+        """With the relation types' relevance from their labels and these counts: what each relation
+        passes on, the paths from the seeds, the new entities reached (the best `room`), and the next
+        frontier."""
+        factors = relation_factors(edges, _relevance_of(labels, stated, uses), self.w)
+        paths = spread(seeds, edges, factors, hops, self.w)
+        best, frontier = _next(paths.weight, new, room, reached, expanded, BEAM)
+        return factors, paths, best, frontier
+
+    def _guess(
+        self,
+        weight: dict[str, float],
+        hop_found: list[EdgeOut],
+        stated: dict[str, list[str]],
+        uses: dict[str, int],
+        labels: dict[str, float],
+        new: set[str],
+        room: int,
+        reached: dict[str, int],
+        expanded: set[str],
+    ) -> list[str]:
+        """The `AHEAD` entities the next frontier most likely holds, cheaply: the weights the last
+        round left, carried one relation further along this hop's relations, with the counts known
+        so far (a full spread here cost as much CPU as the round it saves)."""
+        guess = dict(weight)
+        factors = relation_factors(hop_found, _relevance_of(labels, stated, uses), self.w).tolist()
+        for e, f in zip(hop_found, factors):
+            a, b = weight.get(e.source, 0.0) * f, weight.get(e.target, 0.0) * f
+            if a > guess.get(e.target, 0.0):
+                guess[e.target] = a
+            if b > guess.get(e.source, 0.0):
+                guess[e.source] = b
+        return _next(guess, new, room, reached, expanded, AHEAD)[1]
+
+    async def _question_words(self, question: str) -> tuple[list[str], np.ndarray]:
+        """The question's words (stop words too: "where" is close to BORN_IN) and their vectors, as
+        the cluster's embedder sees them, once per question."""
+        words = list(dict.fromkeys(tokenize(question)))
+        rows = await asyncio.to_thread(self.embedder().embed, words) if words else np.zeros((0, self.embedder.dim))
+        return words, rows
+
+    async def _word_vectors(
+        self, question_words: Awaitable[tuple[list[str], np.ndarray]], named: set[str]
+    ) -> np.ndarray:
+        """The question's words' vectors but those of the seeds' names ("Vosmi Works" says nothing
+        about WORKS_FOR). Each word is embedded alone, so leaving rows out equals embedding fewer."""
+        words, rows = await question_words
+        return rows[[i for i, t in enumerate(words) if t not in named]]
 
     async def _relevance(
         self, word_vectors: Awaitable[np.ndarray] | None, edges: list[EdgeOut]
@@ -546,6 +658,23 @@ class Retriever:
             shards=status,
             tokens_used=used,
         )
+
+
+def _relevance_of(labels: dict[str, float], stated: dict[str, list[str]], uses: dict[str, int]) -> dict[str, float]:
+    """Each relation type's relevance: the closer of its label's and its stating chunks' words."""
+    lexical = lexical_relevance_of(stated, uses)
+    return {t: max(labels.get(t, 0.0), lexical.get(t, 0.0)) for t in labels.keys() | lexical.keys()}
+
+
+def _next(
+    weight: dict[str, float], new: set[str], room: int, reached: dict[str, int], expanded: set[str], beam: int
+) -> tuple[list[str], list[str]]:
+    """By these weights: the new entities reached (the best `room`), and the next frontier — the `beam`
+    best-weighted entities reached and not expanded yet, also those reached earlier whose weight rose
+    once a longer path through them was seen."""
+    best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[:room]
+    waiting = [x for x in (*reached, *best) if x not in expanded]
+    return best, heapq.nsmallest(beam, waiting, key=lambda x: (-weight.get(x, 0.0), x))
 
 
 def build_context(chunks: list[RetrievedChunk], edges: list[EdgeOut], names: dict[str, str], budget: int) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from torua.model import (
 from torua.shardwire import merge_hits
 from torua_node.rag.ranking import global_bm25, rrf
 from torua_node.router.client import EmbedderProvider, ShardClient, Status, is_partial, token
-from torua_node.router.readpoint import reading
+from torua_node.router.readpoint import every_shard, reading
 from torua_node.shard.protocol import (
     TEXT,
     TEXT_STATS,
@@ -145,7 +145,7 @@ class Search:
 
     async def text(self, req: TextSearchRequest) -> SearchReply:
         status: Status = {}
-        with reading(self.client.log_ends):  # two rounds: one log end per shard
+        with reading(self.client.log_ends, prefetch=every_shard(self.client.num_shards, req.consistency)):  # two rounds
             hits = await self.text_hits(req.text, req.k, req.target, req.after, status, consistency=req.consistency)
         return SearchReply(hits=hits, partial=is_partial(status), shards=status)
 
@@ -160,7 +160,7 @@ class Search:
 
         # BM25's two rounds and the embedding with its round are independent: concurrently, at one
         # read point (one log end per shard for the three rounds).
-        with reading(self.client.log_ends):
+        with reading(self.client.log_ends, prefetch=every_shard(self.client.num_shards, req.consistency)):
             bm25, vec = await asyncio.gather(
                 self.text_hits(req.text, depth, req.target, req.after, status, consistency=req.consistency), vector()
             )

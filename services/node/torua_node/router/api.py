@@ -56,7 +56,7 @@ from torua_node.router.cache import ResultCache
 from torua_node.router.client import EmbedderProvider, LocalCalls, ShardClient, Status, is_partial, token
 from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
-from torua_node.router.readpoint import reading
+from torua_node.router.readpoint import every_shard, reading
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
 from torua_node.shard.protocol import (
     GET,
@@ -247,7 +247,7 @@ class DataApi:
         status: Status = {}
         # A round per hop, then the entities: one log end per shard, all learnt beside the first round
         # (from the second round on, most shards are read).
-        every = range(self.client.num_shards) if req.consistency == "strong" and req.hops > 0 else ()
+        every = every_shard(self.client.num_shards, req.consistency) if req.hops > 0 else ()
         with reading(self.client.log_ends, prefetch=every):
             found = await self.graph.traverse(
                 req.ids, req.hops, req.direction, req.types, req.limit, req.after, status, consistency=req.consistency

@@ -22,6 +22,9 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
   that node does not answer (`left`), or every shard of a node that does not answer at all, is asked
   of its queue group as above; a 503 in its answer counts as the shard's first, and the shard is
   asked once more.
+- Within a read point (`router/readpoint.py`), each shard's request is pinned to the log end the
+  point learnt for it, or sent before that is known where the point allows (`readpoint.early`: the
+  shard's log was quiet), its answer kept if it `reaches` the point and asked again, pinned, if not.
 - `token(tokens, shard)`: the write token a read carries for one shard (`after`, 0: no wait).
 
 `EmbedderProvider` is the other thing the read and write paths need from the cluster: the embedder
@@ -49,7 +52,7 @@ from torua.hashing import shard_for
 from torua.model import Tokens
 from torua.wire import Reply, ShardMap
 from torua_node.router.fanout import Status, gather, is_partial
-from torua_node.router.readpoint import LogEnds, StreamLogEnds, pinned
+from torua_node.router.readpoint import LogEnds, StreamLogEnds, at_read_point, early, pinned, reaches
 from torua_node.shard.protocol import (
     PAGED_HEADER,
     NodeShards,
@@ -113,7 +116,7 @@ class ShardClient(Protocol):
         Within `readpoint.reading`, strong requests are sent at the request's read point."""
 
         async def one(shard: int, request: Q) -> R:
-            return await self.call(shard, op, await pinned(shard, request))
+            return await at_read_point(shard, request, partial(self.call, shard, op))
 
         return await gather({s: partial(one, s, req) for s, req in requests.items()}, status)
 
@@ -167,7 +170,9 @@ class NatsShardClient(ShardClient):
         by_node = self._by_node([s for s in requests if (st := status.get(str(s))) is None or st.ok])
         if not by_node:
             return await super().fan_out(op, requests, status)
-        batches = {node: asyncio.ensure_future(self._batch(node, op, {s: requests[s] for s in shards}))
+        # Sent before the read point knows their log ends where it may (readpoint.early).
+        first = {s: sent for s, r in requests.items() if (sent := early(s, r)) is not None}
+        batches = {node: asyncio.ensure_future(self._batch(node, op, {s: first.get(s) or requests[s] for s in shards}))
                    for node, shards in by_node.items()}
         for task in batches.values():
             task.add_done_callback(_retrieved)  # a round cancelled meanwhile: its failure is nobody's
@@ -175,14 +180,17 @@ class NatsShardClient(ShardClient):
 
         async def one(shard: int, request: Q) -> R:
             node = node_of.get(shard)
-            if node is not None:
-                got = (await batches[node]).get(shard)
-                if _first_try_failed(got):
-                    return await self._again(shard, op, encode(await pinned(shard, request)), self.timeout)
-                if isinstance(got, ToruaError):
-                    raise got
-                if got is not None:
-                    return got
+            if node is None:
+                return await at_read_point(shard, request, partial(self.call, shard, op))
+            got = (await batches[node]).get(shard)
+            if _first_try_failed(got):
+                return await self._again(shard, op, encode(await pinned(shard, request)), self.timeout)
+            if isinstance(got, ToruaError):
+                raise got
+            sent = first.get(shard)
+            if got is not None and (sent is None or await reaches(shard, sent, got)):
+                return got
+            # Left by the node, or sent early and answered behind the read point: asked again, pinned.
             return await self.call(shard, op, await pinned(shard, request))
 
         return await gather({s: partial(one, s, req) for s, req in requests.items()}, status)

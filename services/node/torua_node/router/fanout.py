@@ -30,7 +30,7 @@ from typing import TypeVar
 from torua.errors import ToruaError
 from torua.model import ShardStatus
 
-__all__ = ["Status", "gather", "fail", "is_client_error", "is_partial", "reason", "MAX_REASON_LEN"]
+__all__ = ["Status", "gather", "answered", "fail", "is_client_error", "is_partial", "reason", "MAX_REASON_LEN"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def is_partial(status: Status) -> bool:
     return any(not st.ok for st in status.values())
 
 
-def _answered(status: Status, shard: int, applied_seq: int | None) -> None:
+def answered(status: Status, shard: int, applied_seq: int | None) -> None:
+    """Record an answer of `shard` as of `applied_seq` (one of several rounds: the oldest counts)."""
     seen = status.get(str(shard))
     if seen is None:
         status[str(shard)] = ShardStatus(ok=True, applied_seq=applied_seq)
@@ -85,7 +86,7 @@ async def gather(calls: Mapping[int, Callable[[], Awaitable[R]]], status: Status
     for s, r in zip(shards, results):
         if not isinstance(r, BaseException):
             out[s] = r
-            _answered(status, s, _applied_seq(r))
+            answered(status, s, _applied_seq(r))
         elif not isinstance(r, Exception):
             raise r  # cancellation, KeyboardInterrupt: never a shard's failure
         elif is_client_error(r):
