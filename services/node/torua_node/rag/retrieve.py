@@ -672,7 +672,8 @@ def _next(
     """By these weights: the new entities reached (the best `room`), and the next frontier — the `beam`
     best-weighted entities reached and not expanded yet, also those reached earlier whose weight rose
     once a longer path through them was seen."""
-    best = sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[:room]
+    # All of them when they fit (in id order: which are reached does not depend on the weights).
+    best = sorted(new) if len(new) <= room else sorted(new, key=lambda x: (-weight.get(x, 0.0), x))[:room]
     waiting = [x for x in (*reached, *best) if x not in expanded]
     return best, heapq.nsmallest(beam, waiting, key=lambda x: (-weight.get(x, 0.0), x))
 

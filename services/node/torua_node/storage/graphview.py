@@ -25,7 +25,7 @@ import kuzu
 import msgspec
 
 from torua.model import EdgeOut, EntityOut
-from torua_node.storage.reads import Direction, edge_out, entity_out
+from torua_node.storage.reads import EMPTY_JSON, Direction, edge_out, entity_out
 from torua_node.storage.store import all_columns
 
 __all__ = ["GraphView", "EntityRow", "RelKey", "RelValue", "entity_row", "relation_item", "load_graph_view"]
@@ -39,7 +39,6 @@ RelValue = tuple[float, str, tuple[str, ...]]
 _Adjacency = dict[str, dict[RelKey, RelValue]]
 
 _intern = sys.intern
-_EMPTY_JSON = "{}"
 
 
 def entity_row(
@@ -51,7 +50,7 @@ def entity_row(
         name or "",
         _intern(type_ or ""),
         description or "",
-        _EMPTY_JSON if props == _EMPTY_JSON else props,
+        EMPTY_JSON if props == EMPTY_JSON else props,
     )
 
 
@@ -62,7 +61,7 @@ def relation_item(
     chunk ids, a few edges each, are not: it would cost apply more than it saves)."""
     return (
         (_intern(source), _intern(type_), _intern(target)),
-        (weight, _EMPTY_JSON if properties == _EMPTY_JSON else properties, tuple(chunks)),
+        (weight, EMPTY_JSON if properties == EMPTY_JSON else properties, tuple(chunks)),
     )
 
 

@@ -14,7 +14,7 @@ from torua_node.storage.keyspace import table_size
 from torua_node.storage.statements import id_rows, run
 from torua_node.storage.store import all_rows
 
-__all__ = ["get_entity", "entities_by_ids", "edges", "kv_get", "entity_out", "edge_out"]
+__all__ = ["EMPTY_JSON", "get_entity", "entities_by_ids", "edges", "kv_get", "entity_out", "edge_out"]
 
 Direction = Literal["out", "in", "both"]
 _ENTITY_COLS = "e.id, e.name, e.type, e.description, e.properties"
@@ -78,8 +78,11 @@ def _rows(columns: list[list[Any]]) -> list[list[Any]]:
     return [list(row) for row in zip(*columns)]
 
 
+EMPTY_JSON = "{}"  # the stored properties of most entities and relations
+
+
 def _props(text: str | None) -> dict[str, Any]:
-    if not text:
+    if not text or text == EMPTY_JSON:  # no decode for the common case: reads build many edges
         return {}
     value = msgspec.json.decode(text)
     return value if isinstance(value, dict) else {"value": value}
