@@ -111,6 +111,11 @@ class StaticEmbedder:
         self._tokenizer: Any = None
         self._lock = threading.Lock()
 
+    @property
+    def inline(self) -> bool:
+        """Cheap enough to run on a request's event loop (`embedding.embed_soon`) once loaded."""
+        return self._table is not None
+
     def warm(self) -> None:
         """Load the table and tokenizer now (about 0.2 s) rather than on the first embed call."""
         with self._lock:

@@ -7,6 +7,7 @@ travels in the log, so every replica stores the same vector.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from typing import Protocol
@@ -14,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import xxhash
 
-__all__ = ["Embedder", "HashEmbedder", "tokenize"]
+__all__ = ["Embedder", "HashEmbedder", "embed_soon", "tokenize"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -31,8 +32,21 @@ class Embedder(Protocol):
         ...
 
 
+async def embed_soon(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """`embedder.embed(texts)` for a request served on an event loop: on a thread, as a model or an
+    HTTP endpoint would stall every other request, unless the embedder says its work is cheap
+    (`inline`: hashing or table lookups, loaded) — then here, for the thread costs more than the
+    work: it waits for the busy loop to let go of the GIL, 1–2 ms measured against 0.03 ms to embed a
+    question with the static table."""
+    if getattr(embedder, "inline", False):
+        return embedder.embed(texts)
+    return await asyncio.to_thread(embedder.embed, texts)
+
+
 class HashEmbedder:
     """Feature hashing of words, word bigrams and character trigrams into `dim` signed buckets."""
+
+    inline = True  # cheap enough to run on a request's event loop (`embed_soon`)
 
     def __init__(self, dim: int) -> None:
         self.dim = dim

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,6 +24,7 @@ from torua.embedders import (
     StaticEmbedder,
     make_embedder,
 )
+from torua.embedding import embed_soon
 from torua.errors import ConfigError, InternalError
 from torua.llm import LLMError
 from torua.settings import load_settings
@@ -164,3 +166,26 @@ print(json.dumps({"shape": list(v.shape), "similar": float(v[0] @ v[1]), "unrela
     assert got["shape"] == [4, 384] and got["empty"] == 0.0 and abs(got["norm"] - 1) < 1e-4
     assert got["similar"] > got["unrelated"] + 0.2
     assert "384-dimensional vectors but this cluster's embedding_dim is 64" in got["mismatch"]
+
+
+class _ThreadRecorder:
+    """An embedder that records the thread it ran on."""
+
+    def __init__(self, inline: bool) -> None:
+        self.dim, self.inline, self.threads = 4, inline, []  # type: ignore[var-annotated]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        return np.zeros((len(texts), self.dim), np.float32)
+
+
+async def test_a_cheap_embedder_runs_on_the_event_loop_and_any_other_on_a_thread() -> None:
+    here = threading.get_ident()
+    cheap, costly = _ThreadRecorder(inline=True), _ThreadRecorder(inline=False)
+    await embed_soon(cheap, ["a"])
+    await embed_soon(costly, ["a"])
+    assert cheap.threads == [here] and costly.threads != [here]
+    static = StaticEmbedder(8)
+    assert not static.inline  # not loaded yet: loading (0.2 s) happens on a thread
+    await embed_soon(static, ["warm"])
+    assert static.inline and HashEmbedder(8).inline

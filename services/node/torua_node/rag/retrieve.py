@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from torua.chunking import approx_tokens
-from torua.embedding import tokenize
+from torua.embedding import embed_soon, tokenize
 from torua.model import (
     UNTYPED_RELATION,
     Consistency,
@@ -521,7 +521,7 @@ class Retriever:
         """The question's words (stop words too: "where" is close to BORN_IN) and their vectors, as
         the cluster's embedder sees them, once per question."""
         words = list(dict.fromkeys(tokenize(question)))
-        rows = await asyncio.to_thread(self.embedder().embed, words) if words else np.zeros((0, self.embedder.dim))
+        rows = await embed_soon(self.embedder(), words) if words else np.zeros((0, self.embedder.dim))
         return words, rows
 
     async def _word_vectors(
@@ -547,7 +547,7 @@ class Retriever:
             self._type_vectors.clear()
         new = [t for t in types if t not in self._type_vectors]
         if new:
-            rows = await asyncio.to_thread(self.embedder().embed, [type_label(t) for t in new])
+            rows = await embed_soon(self.embedder(), [type_label(t) for t in new])
             self._type_vectors.update(zip(new, rows))
         relevance = relation_relevance(np.stack([self._type_vectors[t] for t in types]), words)
         return {t: float(r) for t, r in zip(types, relevance)}

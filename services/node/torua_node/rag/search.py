@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from torua.embedding import embed_soon
 from torua.errors import BadRequest
 from torua.model import (
     Consistency,
@@ -128,8 +129,8 @@ class Search:
         return TextHits(hits=hits, corpus_size=corpus, rows=rows, edges=edges, unsent=unsent)
 
     async def embed(self, text: str) -> list[float]:
-        """The query text as the cluster's embedder sees it (on a thread: it may be a model or HTTP)."""
-        rows = await asyncio.to_thread(self.embedder().embed, [text])
+        """The query text as the cluster's embedder sees it (on a thread if it is a model or HTTP)."""
+        rows = await embed_soon(self.embedder(), [text])
         return [float(x) for x in rows[0]]
 
     async def vector(self, req: VectorSearchRequest) -> SearchReply:
