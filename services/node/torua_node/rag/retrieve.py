@@ -284,14 +284,15 @@ class Retriever:
                 edges = more_edges if edges is None else edges + more_edges
             return found.hits, rows, edges
 
-        # The question's words as the cluster's embedder sees them, for the relation types' relevance
-        # (graph expansion), embedded on a thread beside the first round rather than after it.
-        question_words = _spawn(self._question_words(req.question))
-        chunk_bm25, chunk_vec, (entity_bm25, matched_rows, matched_edges) = await asyncio.gather(
+        first_round = asyncio.gather(
             s.bm25(req.question, w.candidates, "chunks", after, status, consistency=level),
             vector_hits(),
             entity_matches(),
         )
+        # The question's words as the cluster's embedder sees them, for the relation types' relevance
+        # (graph expansion): embedded once the first round is out, not after it comes back.
+        question_words = _spawn(self._question_words(req.question))
+        chunk_bm25, chunk_vec, (entity_bm25, matched_rows, matched_edges) = await first_round
         direct = direct_scores(chunk_bm25.hits, chunk_vec, w)
         matched = {e.id: e for e in matched_rows}
         names = {i: e.name for i, e in matched.items()}
