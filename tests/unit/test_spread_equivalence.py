@@ -22,20 +22,14 @@ from torua_node.rag.graphrank import Paths, Weights, spread
 
 W = Weights()
 
-# Captured calls: files of pickled (seeds, edges, factors, hops, weights) tuples, one after another.
-CAPTURES = os.environ.get("TORUA_SPREAD_CAPTURES", "/tmp/rt/spread.*.pkl")
+# Calls captured from a running router, if given (a glob): files of pickled (seeds, edges, factors,
+# hops, weights) tuples, one after another.
+CAPTURES = os.environ.get("TORUA_SPREAD_CAPTURES", "")
 
 
 def _reference_spread(seeds: Mapping[str, float], edges: Sequence[EdgeOut], factors: np.ndarray, hops: int, w: Weights) -> Paths:
-    """Every entity's weight: its best path of at most `hops` relations from any seed (the product
-    of the seed's weight and the factors along it), plus `second_seed` x its best path from another
-    seed. Relations are followed both ways, but a path never turns straight back along the type it
-    came by (A -WORKS_FOR-> B <-WORKS_FOR- C relates B's employees to each other, not a chain a
-    question describes, and at a hub it would outweigh the real next hop). Rounds are synchronous,
-    so a path is never longer than `hops`, and nothing depends on the order of `edges` (between
-    equally good arrivals, the lowest type and direction is remembered). What each relation
-    carried, each way, is its weight as evidence: a relation off every path (a U-turn) carries
-    nothing."""
+    """`graphrank.spread` as it was before its rounds followed only the steps whose source rose
+    (commit 72725e6), verbatim but for this docstring: dense rounds over every seed and step."""
     carried = np.zeros(2 * len(edges))
     if not seeds:
         return Paths({}, carried[: len(edges)], carried[len(edges) :])
@@ -183,6 +177,6 @@ def captured() -> list[tuple[dict[str, float], list[EdgeOut], np.ndarray, int, W
 def test_spread_is_the_reference_on_captured_inputs() -> None:
     calls = captured()
     if not calls:
-        pytest.skip(f"no captured calls at {CAPTURES}")
+        pytest.skip(f"no captured calls (TORUA_SPREAD_CAPTURES={CAPTURES!r})")
     for seeds, edges, factors, hops, w in calls:
         assert_same(spread(seeds, edges, factors, hops, w), _reference_spread(seeds, edges, factors, hops, w))
