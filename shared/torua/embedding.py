@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import xxhash
 
-__all__ = ["Embedder", "HashEmbedder", "embed_soon", "tokenize"]
+__all__ = ["INLINE_MAX_CHARS", "Embedder", "HashEmbedder", "embed_soon", "tokenize"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -32,13 +32,18 @@ class Embedder(Protocol):
         ...
 
 
+# The most text `embed_soon` embeds on the event loop (a question and its words are far less): more
+# goes to a thread even for a cheap embedder, so a long search text cannot hold up other requests.
+INLINE_MAX_CHARS = 8192
+
+
 async def embed_soon(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """`embedder.embed(texts)` for a request served on an event loop: on a thread, as a model or an
     HTTP endpoint would stall every other request, unless the embedder says its work is cheap
-    (`inline`: hashing or table lookups, loaded) — then here, for the thread costs more than the
-    work: it waits for the busy loop to let go of the GIL, 1–2 ms measured against 0.03 ms to embed a
-    question with the static table."""
-    if getattr(embedder, "inline", False):
+    (`inline`: hashing or table lookups, loaded) and the texts are short — then here, for the thread
+    costs more than the work: it waits for the busy loop to let go of the GIL, 1–2 ms measured
+    against 0.03 ms to embed a question with the static table."""
+    if getattr(embedder, "inline", False) and sum(map(len, texts)) <= INLINE_MAX_CHARS:
         return embedder.embed(texts)
     return await asyncio.to_thread(embedder.embed, texts)
 

@@ -24,7 +24,7 @@ from torua.embedders import (
     StaticEmbedder,
     make_embedder,
 )
-from torua.embedding import embed_soon
+from torua.embedding import INLINE_MAX_CHARS, embed_soon
 from torua.errors import ConfigError, InternalError
 from torua.llm import LLMError
 from torua.settings import load_settings
@@ -184,7 +184,8 @@ async def test_a_cheap_embedder_runs_on_the_event_loop_and_any_other_on_a_thread
     cheap, costly = _ThreadRecorder(inline=True), _ThreadRecorder(inline=False)
     await embed_soon(cheap, ["a"])
     await embed_soon(costly, ["a"])
-    assert cheap.threads == [here] and costly.threads != [here]
+    await embed_soon(cheap, ["a" * (INLINE_MAX_CHARS + 1)])  # a long text: a thread, even for a cheap one
+    assert cheap.threads[0] == here and costly.threads != [here] and cheap.threads[1] != here
     static = StaticEmbedder(8)
     assert not static.inline  # not loaded yet: loading (0.2 s) happens on a thread
     await embed_soon(static, ["warm"])
