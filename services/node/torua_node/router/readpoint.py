@@ -39,6 +39,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from torua.errors import Unavailable
+from torua.model import Consistency
 from torua_node.shard.protocol import ShardRequest
 from torua_node.shard.readindex import LogEnd, LogLook, StreamEnds, stream_ends
 
@@ -160,7 +161,7 @@ def reading(ends: LogEnds | None, prefetch: Iterable[int] = ()) -> Iterator[None
         _current.reset(token)
 
 
-def every_shard(num_shards: int, consistency: str) -> range:
+def every_shard(num_shards: int, consistency: Consistency) -> range:
     """What a strong read whose first round asks every shard prefetches (`reading`): all their log
     ends from one look. Learnt as each round's request is sent, the shards asked after the look
     began (a node's batch is pinned after the shards served here) would wait for a second look."""
