@@ -6,9 +6,16 @@ import asyncio
 import logging
 from typing import Any
 
-__all__ = ["end_task"]
+__all__ = ["end_task", "retrieved"]
 
 log = logging.getLogger(__name__)
+
+
+def retrieved(fut: asyncio.Future[Any]) -> None:
+    """A done callback for a future whose every waiter may be gone (cancelled, or never awaiting
+    it): its error is marked retrieved, so that asyncio does not report it."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def end_task(task: asyncio.Task[Any], timeout: float) -> None:
@@ -25,5 +32,5 @@ async def end_task(task: asyncio.Task[Any], timeout: float) -> None:
         await asyncio.wait({task}, timeout=min(left, 1.0))
     if not task.done():
         log.warning("task %s still running %.0fs after cancel; going on without it", task.get_name(), timeout)
-    elif not task.cancelled():
-        task.exception()  # retrieved, so that asyncio does not report it at exit
+    else:
+        retrieved(task)  # so that asyncio does not report its error at exit

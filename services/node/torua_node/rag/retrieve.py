@@ -58,6 +58,7 @@ from torua.model import (
     RetrieveRequest,
     Tokens,
 )
+from torua.tasks import retrieved
 from torua_node.rag.graphrank import (
     STEM_LENGTH,
     STEM_MIN_WORD,
@@ -450,14 +451,17 @@ class Retriever:
                 # While the counts are out: the next frontier as the weights stand without them (most
                 # often the same, or nearly), its relations asked for now; the frontier the counts
                 # give is read from them, and only what the guess missed costs a round.
-                guess = self._guess(weight, hop_found, stated, uses, labels, new, room, reached, expanded)
-                guessed.ask(guess, lambda ids, st: self.graph.edges(ids, "both", None, after, st, consistency=level))
+                guess = _one_step(weight, hop_found, relation_factors(hop_found, _relevance_of(labels, stated, uses), self.w))
+                _, likely = _next(guess, new, room, reached, expanded, AHEAD)
+                guessed.ask(likely, lambda ids, st: self.graph.edges(ids, "both", None, after, st, consistency=level))
             used = await used_soon
             read.update(unread)
             for c, (n, s) in used.items():
                 uses[c], holders[c] = n, s
-            factors, paths, best, frontier = self._choose(seeds, edges, stated, uses, labels, req.hops, new, room, reached, expanded)
+            factors = relation_factors(edges, _relevance_of(labels, stated, uses), self.w)
+            paths = spread(seeds, edges, factors, req.hops, self.w)
             weight = paths.weight
+            best, frontier = _next(weight, new, room, reached, expanded, BEAM)
             reached.update(dict.fromkeys(best, hop))
         if finals is not None and not finals.of >= set(reached):
             # Cannot happen (the rounds sent early were sent only for every entity the weights could
@@ -471,52 +475,6 @@ class Retriever:
             paths = spread(seeds, kept_edges, kept_factors, req.hops, self.w)
         # else: every relation is between reached entities, and the last round spread over them all.
         return _Expansion(reached, kept_edges, kept_factors, paths, finals, holders)
-
-    def _choose(
-        self,
-        seeds: dict[str, float],
-        edges: list[EdgeOut],
-        stated: dict[str, list[str]],
-        uses: dict[str, int],
-        labels: dict[str, float],
-        hops: int,
-        new: set[str],
-        room: int,
-        reached: dict[str, int],
-        expanded: set[str],
-    ) -> tuple[np.ndarray, Paths, list[str], list[str]]:
-        """With the relation types' relevance from their labels and these counts: what each relation
-        passes on, the paths from the seeds, the new entities reached (the best `room`), and the next
-        frontier."""
-        factors = relation_factors(edges, _relevance_of(labels, stated, uses), self.w)
-        paths = spread(seeds, edges, factors, hops, self.w)
-        best, frontier = _next(paths.weight, new, room, reached, expanded, BEAM)
-        return factors, paths, best, frontier
-
-    def _guess(
-        self,
-        weight: dict[str, float],
-        hop_found: list[EdgeOut],
-        stated: dict[str, list[str]],
-        uses: dict[str, int],
-        labels: dict[str, float],
-        new: set[str],
-        room: int,
-        reached: dict[str, int],
-        expanded: set[str],
-    ) -> list[str]:
-        """The `AHEAD` entities the next frontier most likely holds, cheaply: the weights the last
-        round left, carried one relation further along this hop's relations, with the counts known
-        so far (a full spread here cost as much CPU as the round it saves)."""
-        guess = dict(weight)
-        factors = relation_factors(hop_found, _relevance_of(labels, stated, uses), self.w).tolist()
-        for e, f in zip(hop_found, factors):
-            a, b = weight.get(e.source, 0.0) * f, weight.get(e.target, 0.0) * f
-            if a > guess.get(e.target, 0.0):
-                guess[e.target] = a
-            if b > guess.get(e.source, 0.0):
-                guess[e.source] = b
-        return _next(guess, new, room, reached, expanded, AHEAD)[1]
 
     async def _question_words(self, question: str) -> tuple[list[str], np.ndarray]:
         """The question's words (stop words too: "where" is close to BORN_IN) and their vectors, as
@@ -667,6 +625,20 @@ def _relevance_of(labels: dict[str, float], stated: dict[str, list[str]], uses: 
     return {t: max(labels.get(t, 0.0), lexical.get(t, 0.0)) for t in labels.keys() | lexical.keys()}
 
 
+def _one_step(weight: dict[str, float], edges: list[EdgeOut], factors: np.ndarray) -> dict[str, float]:
+    """`weight` carried one relation further along `edges` (each passing on its factor), both ways:
+    a cheap guess of the next weights, for the frontier after them (a full spread cost as much CPU
+    as the round the guess saves)."""
+    guess = dict(weight)
+    for e, f in zip(edges, factors.tolist()):
+        a, b = weight.get(e.source, 0.0) * f, weight.get(e.target, 0.0) * f
+        if a > guess.get(e.target, 0.0):
+            guess[e.target] = a
+        if b > guess.get(e.source, 0.0):
+            guess[e.source] = b
+    return guess
+
+
 def _next(
     weight: dict[str, float], new: set[str], room: int, reached: dict[str, int], expanded: set[str], beam: int
 ) -> tuple[list[str], list[str]]:
@@ -704,5 +676,5 @@ def _spawn(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
     """A round sent ahead of its turn; its error is raised where it is awaited (or dropped with the
     request, never reported as unretrieved)."""
     fut = asyncio.ensure_future(coro)
-    fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+    fut.add_done_callback(retrieved)
     return fut

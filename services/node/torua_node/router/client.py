@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -50,6 +50,7 @@ from torua.endpoints import encode, error_of
 from torua.errors import Overloaded, ToruaError, Unavailable, error_for_code
 from torua.hashing import shard_for
 from torua.model import Tokens
+from torua.tasks import retrieved
 from torua.wire import Reply, ShardMap
 from torua_node.router.fanout import Status, gather, is_partial
 from torua_node.router.readpoint import LogEnds, StreamLogEnds, at_read_point, early, pinned, reaches
@@ -175,7 +176,7 @@ class NatsShardClient(ShardClient):
         batches = {node: asyncio.ensure_future(self._batch(node, op, {s: first.get(s) or requests[s] for s in shards}))
                    for node, shards in by_node.items()}
         for task in batches.values():
-            task.add_done_callback(_retrieved)  # a round cancelled meanwhile: its failure is nobody's
+            task.add_done_callback(retrieved)  # a round cancelled meanwhile: its failure is nobody's
         node_of = {s: node for node, shards in by_node.items() for s in shards}
 
         async def one(shard: int, request: Q) -> R:
@@ -335,11 +336,6 @@ def _first_try_failed(answer: object) -> bool:
     """A 503 that another try may not get: not caught up in time, stopping (not a full queue, which
     is answered at once and retrying would only add to)."""
     return isinstance(answer, Unavailable) and not isinstance(answer, Overloaded)
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class EmbedderProvider(Protocol):

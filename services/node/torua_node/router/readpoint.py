@@ -40,6 +40,7 @@ from nats.aio.client import Client as NATS
 
 from torua.errors import Unavailable
 from torua.model import Consistency
+from torua.tasks import retrieved
 from torua_node.shard.protocol import ShardRequest
 from torua_node.shard.readindex import LogEnd, LogLook, StreamEnds, stream_ends
 
@@ -238,7 +239,7 @@ class StreamLogEnds(LogEnds):
                 end.set_result(at)
 
         self._stream.next((shard,)).add_done_callback(settle)
-        end.add_done_callback(_retrieved)  # a prefetched shard no round reads: its error is nobody's
+        end.add_done_callback(retrieved)  # a prefetched shard no round reads: its error is nobody's
         return end
 
     def log_id(self, shard: int) -> int | None:
@@ -250,8 +251,3 @@ class StreamLogEnds(LogEnds):
 
 async def _no_fetch(shard: int) -> int:
     raise AssertionError("StreamLogEnds learns ends by its stream look")
-
-
-def _retrieved(fut: asyncio.Future[int]) -> None:
-    if not fut.cancelled():
-        fut.exception()

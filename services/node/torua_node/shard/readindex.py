@@ -27,6 +27,7 @@ from nats.js.errors import APIError, ServiceUnavailableError
 
 from torua.retention import log_id_of
 from torua.subjects import WAL_STREAM, wal_subject
+from torua.tasks import retrieved
 
 __all__ = ["LogEnd", "LogState", "LogLook", "StreamEnds", "stream_ends", "ShardEnd"]
 
@@ -54,7 +55,7 @@ class LogEnd(Generic[T]):
         it from a task that may be cancelled)."""
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
-            self._next.add_done_callback(_retrieve)
+            self._next.add_done_callback(retrieved)
         waiting = self._next
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name="log-end")
@@ -81,12 +82,6 @@ class LogEnd(Generic[T]):
             await asyncio.gather(self._runner, return_exceptions=True)
         if self._next is not None and not self._next.done():
             self._next.cancel()
-
-
-def _retrieve(fut: asyncio.Future[T]) -> None:
-    # Every caller may have gone (cancelled while shielded): asyncio must not report the error.
-    if not fut.cancelled():
-        fut.exception()
 
 
 # --- the ends of shards' logs, one look for all -----------------------------------------------------
