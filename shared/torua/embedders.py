@@ -88,6 +88,10 @@ def _check_dim(got: int, dim: int, model: str) -> None:
 
 STATIC_DIM = 256  # the bundled WordLlama model's width; a cluster may use its first 64 or 128 alone
 _STATIC_MAX_TOKENS = 8192  # a longer text is embedded by its first 8192 tokens: bounded memory per text
+# Texts shorter than this in all are tokenized one by one on the calling thread: the tokenizer's
+# batch call hands them to its thread pool, which for a question's words cost 1.7x the CPU (0.145
+# against 0.083 ms for 18 words) and waits for a free core; a few chunks' worth gains from the pool.
+_STATIC_BATCH_CHARS = 2048
 
 
 class StaticEmbedder:
@@ -136,7 +140,12 @@ class StaticEmbedder:
         self.warm()
         assert self._table is not None
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, enc in enumerate(self._tokenizer.encode_batch(texts, add_special_tokens=False)):
+        tokenizer = self._tokenizer
+        if sum(map(len, texts)) < _STATIC_BATCH_CHARS:
+            encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        else:
+            encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
+        for row, enc in enumerate(encoded):
             ids = enc.ids[:_STATIC_MAX_TOKENS]
             if ids:
                 out[row] = self._table[ids].mean(axis=0)

@@ -75,6 +75,19 @@ def test_static_embedder_is_deterministic_normalised_and_narrows_by_prefix() -> 
     assert np.allclose(narrow[0], prefix, atol=1e-5)
 
 
+def test_static_embedder_rows_do_not_depend_on_the_batch() -> None:
+    # Short batches are tokenized text by text, long ones by the tokenizer's batch call: a text's
+    # vector is the same either way (a question embedded alone must match the chunks it was
+    # ingested beside).
+    e = StaticEmbedder(64)
+    texts = ["Mira Okonkwo founded the Lantern Guild.", "where", "", "Tessaly"]
+    long = texts + ["the guild's charter " * 40] * 8
+    assert sum(map(len, texts)) < 2048 <= sum(map(len, long))
+    short_rows, long_rows = e.embed(texts), e.embed(long)
+    assert np.array_equal(short_rows, long_rows[: len(texts)])
+    assert np.array_equal(long_rows[-1], e.embed([long[-1]])[0])
+
+
 def test_static_embedder_refuses_a_wider_cluster() -> None:
     with pytest.raises(InternalError, match=f"at most {STATIC_DIM}-dimensional.*TORUA_EMBEDDING_DIM"):
         StaticEmbedder(STATIC_DIM + 1)

@@ -4,7 +4,7 @@ import asyncio
 import signal
 import sys
 
-from torua import eventloop
+from torua import collector, eventloop
 from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
 from torua.metrics import metrics
@@ -30,6 +30,7 @@ def main() -> None:
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port)
         bind(role="coordinator", coordinator=settings.coordinator_id)
+        collector.tune()
         eventloop.run(_run(settings), settings.event_loop)
     except ToruaError as exc:
         print(f"torua coordinator: {exc.description}", file=sys.stderr)

@@ -27,7 +27,7 @@ from functools import partial
 
 from nats.aio.client import Client as NATS
 
-from torua import eventloop, subjects
+from torua import collector, eventloop, subjects
 from torua.endpoints import Endpoint
 from torua.errors import ToruaError
 from torua.logs import bind, setup_logging
@@ -135,6 +135,7 @@ def main() -> None:
         setup_logging(settings.log_level, settings.log_json)
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port)
+        collector.tune()
         node = Node(settings, partial(start_data_api, settings))
         bind(role="node", node_id=node.node_id)
         eventloop.run(_run(node), settings.event_loop)

@@ -13,6 +13,7 @@ from typing import TypeVar
 import msgspec
 from nats.aio.client import Client as NATS
 
+from torua import collector
 from torua.endpoints import RawReply, decode_request, encode
 from torua.errors import BadRequest, InternalError, ToruaError, Unavailable, error_for_code
 from torua.metrics import GaugeReading
@@ -127,6 +128,7 @@ class ReplicaManager:
         replica.store.remove_files()
         del self.replicas[shard]
         self.opened_at.pop(shard, None)
+        collector.release()  # its in-memory indexes are garbage now
         log.info("shard %d replica closed and removed", shard)
 
     async def rebuild(self, shards: list[int], nc: NATS, dim: int) -> list[int]:
@@ -142,6 +144,7 @@ class ReplicaManager:
                 replica.store.remove_files()
                 log.warning("shard %d replica discarded (was at applied_seq %d); rebuilding it from the log",
                             shard, replica.applied_seq)
+            collector.release()
             await asyncio.gather(*(self._open(s, nc, dim) for s in todo))
             for shard in todo:  # routers' caches: positions from before may count in another log
                 await nc.publish(shard_applied(shard), APPLIED_RESET)
