@@ -37,7 +37,7 @@ from torua.embedding import Embedder
 from torua.errors import BadRequest, NotFound, Overloaded
 from torua.extract import Extraction, Extractor, HeuristicExtractor, entity_id
 from torua.model import Chunk, Document, Entity, Relation, Tokens, UpsertReply
-from torua.structure import TOPIC_TYPE, headings, topics_of
+from torua.structure import TOPIC_TYPE, Sections, headings
 from torua.text import entity_embedding_text
 from torua.textfile import decode_text
 
@@ -453,9 +453,9 @@ class Ingester:
         out = [[(c, t, next(it)) for c, t in doc] for doc in chunked]
         if self.opts.topics:
             for unit, ps, doc in zip(units, pieces, out):
-                found_headings = headings(unit.text)
+                sections = Sections(headings(unit.text))
                 for p, (_, _, ex) in zip(ps, doc):
-                    _add_topics(ex, topics_of(found_headings, p.start, p.end))
+                    _add_topics(ex, sections.topics(p.start, p.end))
         return out
 
     def _add_documents(

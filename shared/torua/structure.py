@@ -14,10 +14,10 @@ Markdown ATX headings (`# ...` to `###### ...`, outside code fences) and a YAML 
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
-__all__ = ["Heading", "TOPIC_TYPE", "headings", "topics_of"]
+__all__ = ["Heading", "Sections", "TOPIC_TYPE", "headings"]
 
 TOPIC_TYPE = "topic"
 MAX_TOPIC_CHARS = 120  # a longer "heading" is a paragraph someone marked up: not a topic name
@@ -72,19 +72,30 @@ def headings(text: str) -> list[Heading]:
     return out
 
 
-def topics_of(found: list[Heading], start: int, end: int) -> list[str]:
-    """Headings a chunk `text[start:end]` is under: those in force where it starts (its section and
-    every enclosing one) and those of the sections beginning inside it, in document order."""
-    offsets = [h.offset for h in found]
-    before = bisect_right(offsets, start)
-    path: list[Heading] = []
-    for h in found[:before]:
-        while path and path[-1].level >= h.level:
-            path.pop()
-        path.append(h)
-    inside = [h for h in found[before:] if h.offset < end]
-    names: list[str] = []
-    for h in path + inside:
-        if h.text not in names:
-            names.append(h.text)
-    return names
+class Sections:
+    """A document's headings, indexed once so that each of its chunks' topics costs a binary search
+    (asking `headings` afresh per chunk walked every heading before it: quadratic in a long
+    document)."""
+
+    __slots__ = ("_found", "_offsets", "_paths")
+
+    def __init__(self, found: list[Heading]) -> None:
+        self._found = found
+        self._offsets = [h.offset for h in found]
+        # The section path in force at each heading: it and every enclosing one.
+        paths: list[tuple[Heading, ...]] = []
+        path: tuple[Heading, ...] = ()
+        for h in found:
+            while path and path[-1].level >= h.level:
+                path = path[:-1]
+            path = (*path, h)
+            paths.append(path)
+        self._paths = paths
+
+    def topics(self, start: int, end: int) -> list[str]:
+        """Headings a chunk `text[start:end]` is under: those in force where it starts (its section
+        and every enclosing one) and those of the sections beginning inside it, in document order."""
+        before = bisect_right(self._offsets, start)
+        path = self._paths[before - 1] if before else ()
+        inside = self._found[before : bisect_left(self._offsets, end, lo=before)]
+        return list(dict.fromkeys(h.text for h in (*path, *inside)))

@@ -209,6 +209,19 @@ async def test_a_full_shard_queue_is_a_503_for_the_whole_request() -> None:
     assert err.value.retry_after_ms == 300 and "shard 1" in err.value.description
 
 
+async def test_a_full_shard_queue_is_a_503_at_once_while_other_shards_still_run() -> None:
+    # Shard 0 would take the whole time limit: the refusal is not held back until then (nor turned
+    # into a 408 by it).
+    client = FakeClient()
+    client.delay[0] = 30
+    client.fail[1] = Overloaded("shard 1 has 2 queries running or queued", retry_after_ms=300)
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as err:
+        await Queries(client, QueryLimits(timeout_s=20)).answer(QueryRequest(cypher=COUNT))
+    assert time.monotonic() - started < 1.0
+    assert err.value.retry_after_ms == 300 and "shard 1" in err.value.description
+
+
 async def test_merged_rows_over_the_limit_are_413() -> None:
     client = FakeClient()
     client.big[0] = [["b" * 1000, "b"]]

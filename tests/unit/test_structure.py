@@ -7,11 +7,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from torua.chunking import TokenChunker
 from torua.extract import NullExtractor, entity_id
 from torua.ingest import IngestOptions, _title, ingest_texts
-from torua.structure import TOPIC_TYPE, headings, topics_of
+from torua.structure import TOPIC_TYPE, Heading, Sections, headings
 
 DOC = """---
 title: Jobs and instances
@@ -57,15 +59,42 @@ def test_headings_are_read_cleaned_and_code_is_skipped() -> None:
 
 
 def test_a_chunk_is_under_its_section_path_and_the_sections_it_opens() -> None:
-    found = headings(DOC)
+    topics_of = Sections(headings(DOC)).topics
     at = DOC.index("Arguments.")
-    assert topics_of(found, at, at + 5) == ["Jobs and instances", "Middleware", "TrustedHostMiddleware", "Options"]
+    assert topics_of(at, at + 5) == ["Jobs and instances", "Middleware", "TrustedHostMiddleware", "Options"]
     # A sibling section replaces the previous one at its level and below.
     at = DOC.index("Compression.")
-    assert topics_of(found, at, at + 5) == ["Jobs and instances", "Middleware", "GZip Middleware"]
+    assert topics_of(at, at + 5) == ["Jobs and instances", "Middleware", "GZip Middleware"]
     # A chunk spanning a boundary is under both sections.
     start, end = DOC.index("Enforces"), DOC.index("Arguments.")
-    assert topics_of(found, start, end) == ["Jobs and instances", "Middleware", "TrustedHostMiddleware", "Options"]
+    assert topics_of(start, end) == ["Jobs and instances", "Middleware", "TrustedHostMiddleware", "Options"]
+
+
+def _topics_walked(found: list[Heading], start: int, end: int) -> list[str]:
+    """The definition, walked heading by heading: what `Sections.topics` must equal."""
+    path: list[Heading] = []
+    for h in found:
+        if h.offset > start:
+            break
+        while path and path[-1].level >= h.level:
+            path.pop()
+        path.append(h)
+    names: list[str] = []
+    for h in path + [h for h in found if start < h.offset < end]:
+        if h.text not in names:
+            names.append(h.text)
+    return names
+
+
+_headings = st.lists(st.tuples(st.integers(0, 30), st.integers(1, 6), st.sampled_from("abcde")), max_size=25).map(
+    lambda rows: [Heading(offset, level, text) for offset, level, text in sorted(rows)]
+)
+
+
+@given(_headings, st.integers(0, 40), st.integers(0, 20))
+def test_sections_topics_equal_the_walked_definition(found: list[Heading], start: int, length: int) -> None:
+    assert Sections(found).topics(start, start + length) == _topics_walked(found, start, start + length)
+
 
 
 def test_plain_text_has_no_topics() -> None:

@@ -42,6 +42,7 @@ from torua.errors import BadRequest, Overloaded, QueryTimeout, ResourceLimit
 from torua.hashing import shard_for
 from torua.model import QueryReply, QueryRequest, ShardStatus
 from torua.natsserver import MAX_PAYLOAD
+from torua.tasks import retrieved
 from torua_node.cypher.guard import check_value_sizes
 from torua_node.cypher.lexer import tokenize
 from torua_node.cypher.merge import ShardRows, merge_rows, permute
@@ -126,6 +127,7 @@ class Queries:
         deadline = loop.time() + timeout_s
         seen: dict[int, int] = {}
         overloaded: list[Overloaded] = []
+        refused: asyncio.Future[None] = loop.create_future()  # a shard's queue was full
 
         def timed_out() -> QueryTimeout:
             return QueryTimeout(f"the query ran past its time limit of {timeout_s:g}s and was cancelled on every "
@@ -141,25 +143,36 @@ class Queries:
                 reply = await self.client.call(shard, QUERY, ask, timeout=left + SHARD_MARGIN_S)
             except Overloaded as exc:
                 overloaded.append(exc)
+                if not refused.done():
+                    refused.set_result(None)
                 raise
             seen[shard] = min(seen.get(shard, reply.applied_seq), reply.applied_seq)
             return reply.result
 
         async with self.gate.enter(deadline - loop.time()):
+            run = asyncio.ensure_future(asyncio.wait_for(
+                run_query(req.cypher, req.params, self.client.num_shards, run_on_shard, limits=limits,
+                          timeout_s=max(deadline - loop.time(), 0.001)),
+                max(deadline - loop.time(), 0.001) + SHARD_MARGIN_S,
+            ))
+            run.add_done_callback(retrieved)  # refused meanwhile: its outcome is nobody's
             try:
-                result = await asyncio.wait_for(
-                    run_query(req.cypher, req.params, self.client.num_shards, run_on_shard, limits=limits,
-                              timeout_s=max(deadline - loop.time(), 0.001)),
-                    max(deadline - loop.time(), 0.001) + SHARD_MARGIN_S,
-                )
-            except (TimeoutError, QueryTimeout):
-                # A shard's 408 names what was left of the time when it was asked: name the limit.
-                raise timed_out() from None
+                await asyncio.wait((run, refused), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # A shard refused (or this request was cancelled): the others' answers are not
+                # waited for; each shard stops its own part at the deadline it was given.
+                run.cancel()
         if overloaded:
-            # A shard's queue was full: the caller should back off, not read a partial answer.
+            # A shard's queue was full: the caller should back off at once, not wait for the other
+            # shards' answers to read a partial one (or a 408 when those take the whole time limit).
             wait = max(e.retry_after_ms or 0 for e in overloaded)
             raise Overloaded(f"{overloaded[0].description} (and {len(overloaded) - 1} more shards)"
                              if len(overloaded) > 1 else overloaded[0].description, retry_after_ms=wait)
+        try:
+            result = run.result()
+        except (TimeoutError, QueryTimeout):
+            # A shard's 408 names what was left of the time when it was asked: name the limit.
+            raise timed_out() from None
         for s, st in result.shards.items():
             if st.ok and int(s) in seen:
                 st.applied_seq = seen[int(s)]
