@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NatsServer", "find_nats_server", "start_nats_server", "MAX_PAYLOAD", "DURABLE_SYNC"]
+__all__ = ["DURABLE_SYNC", "MAX_PAYLOAD", "PING_INTERVAL", "PING_MAX", "NatsServer", "find_nats_server", "start_nats_server"]
 
 # KV values up to 1 MiB plus JSON/base64 overhead and batched writes need more than NATS' 1 MiB.
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -25,6 +25,12 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 # default (every 2 minutes) relies on replication to other servers instead (docs/operations.md,
 # "What an acknowledged write survives"; `python -m bench.durability` measures the cost).
 DURABLE_SYNC = "always"
+# How soon the server drops a client that stopped reading (a hung node): a PING every
+# PING_INTERVAL, and the connection closed once PING_MAX go unanswered: 10-15 s (the coordinator's
+# failure detector, TORUA_NODE_TIMEOUT, is faster). A node whose event loop stalled that long
+# reconnects and subscribes again (nats-py does both).
+PING_INTERVAL = "5s"
+PING_MAX = 2
 
 
 def find_nats_server() -> str:
@@ -75,6 +81,11 @@ def _config(
         f"max_payload: {max_payload}",
         # Headroom for max_payload-sized messages in flight.
         "max_pending: 128MB",
+        # A member of a queue group that stops reading (a hung node) keeps getting its share of the
+        # requests until the server drops it as stale: after PING_MAX unanswered PINGs, one every
+        # PING_INTERVAL (defaults 2 min and 2: minutes of stalled reads). docs/operations.md.
+        f"ping_interval: {json.dumps(PING_INTERVAL)}",
+        f"ping_max: {PING_MAX}",
         "jetstream {",
         f"  store_dir: {json.dumps(str(store_dir))}",
         "  max_memory_store: 256MB",
