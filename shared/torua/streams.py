@@ -14,6 +14,7 @@ KV bucket, small, its own; the coordinator applies changed limits to existing st
 
 from __future__ import annotations
 
+import xxhash
 from nats.aio.client import Client as NATS
 from nats.js.api import (
     DiscardPolicy,
@@ -31,10 +32,20 @@ from torua import subjects
 from torua.natsserver import MAX_PAYLOAD
 from torua.subjects import WAL_STREAM, WAL_SUBJECTS
 
-__all__ = ["DUPLICATE_WINDOW_S", "ensure_bucket", "ensure_wal_stream", "ensure_snapshot_bucket"]
+__all__ = [
+    "DUPLICATE_WINDOW_S",
+    "ensure_bucket",
+    "ensure_snapshot_bucket",
+    "ensure_versions_bucket",
+    "ensure_wal_stream",
+    "versions_key",
+]
 
 # A retried write with the same request id within this window is stored once.
 DUPLICATE_WINDOW_S = 600.0
+# Memory for the write versions of the last DUPLICATE_WINDOW_S (~100 bytes each: ~1,100 writes a
+# second sustained); beyond it a write's version comes from the router's clock alone.
+VERSIONS_MAX_BYTES = 64 * 1024 * 1024
 
 
 async def _apply_max_bytes(nc: NATS, stream: str, max_bytes: int | None) -> None:
@@ -83,6 +94,25 @@ async def ensure_wal_stream(nc: NATS, replicas: int = 1, max_bytes: int | None =
             max_bytes=-1 if max_bytes is None else max_bytes,
         )
     )
+
+
+async def ensure_versions_bucket(nc: NATS, replicas: int = 1) -> KeyValue:
+    """The bucket of write versions by request id (`VERSIONS_BUCKET`), created if missing. Kept in
+    memory for the duplicate window: a retry later than that is stored as a new write anyway. If
+    the NATS servers restart within the window, a retry of a write that was stored on some shards
+    only gets a new version on the others (as before the bucket existed)."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(subjects.VERSIONS_BUCKET)
+    except BucketNotFoundError:
+        cfg = KeyValueConfig(bucket=subjects.VERSIONS_BUCKET, history=1, ttl=DUPLICATE_WINDOW_S,
+                             storage=StorageType.MEMORY, replicas=replicas, max_bytes=VERSIONS_MAX_BYTES)
+        return await js.create_key_value(cfg)
+
+
+def versions_key(request_id: str) -> str:
+    """A request id's key in `VERSIONS_BUCKET` (ids may hold characters keys may not)."""
+    return xxhash.xxh3_128_hexdigest(request_id.encode("utf-8"))
 
 
 async def ensure_snapshot_bucket(nc: NATS, replicas: int = 1, max_bytes: int = -1) -> ObjectStore:

@@ -8,6 +8,7 @@ __all__ = [
     "KV_BUCKET",
     "KV_SHARDMAP",
     "KV_LEADER",
+    "VERSIONS_BUCKET",
     "CLUSTER_HEALTH",
     "CLUSTER_INFO",
     "CLUSTER_NODES",
@@ -62,6 +63,9 @@ KV_PURGED_PREFIX = "purged"
 
 # The JetStream object store holding shard snapshots (docs/operations.md, "Log retention").
 SNAPSHOT_BUCKET = "torua-snapshots"
+# Each write's version by its request id, for the log's duplicate window (torua.streams): a retry
+# stores the version its first attempt got (docs/consistency.md, "Convergence").
+VERSIONS_BUCKET = "torua-write-versions"
 
 CLUSTER_HEALTH = "torua.cluster.health"
 CLUSTER_INFO = "torua.cluster.info"

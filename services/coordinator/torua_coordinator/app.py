@@ -19,7 +19,7 @@ from torua.connect import connect
 from torua.endpoints import ServiceHandle
 from torua.errors import ConfigError
 from torua.metrics import GaugeReading, metrics
-from torua.streams import ensure_bucket, ensure_snapshot_bucket, ensure_wal_stream
+from torua.streams import ensure_bucket, ensure_snapshot_bucket, ensure_versions_bucket, ensure_wal_stream
 from torua.wire import Announce, Heartbeat, ShardEntry, ShardMap
 from torua_coordinator.health import PROBLEM_KINDS, cluster_health
 from torua_coordinator.leader import Lease
@@ -93,6 +93,7 @@ class Coordinator:
         self.kv = await ensure_bucket(self.nc, s.nats_replicas, s.kv_max_bytes)
         await ensure_wal_stream(self.nc, s.nats_replicas, s.wal_max_bytes)
         await ensure_snapshot_bucket(self.nc, s.nats_replicas, s.snapshot_max_bytes)
+        await ensure_versions_bucket(self.nc, s.nats_replicas)
         self.lease = Lease(self.kv, s.coordinator_id, s.lease_ttl)
         self.retention = Retention(self.nc, self.kv, self.registry, lambda: self.shardmap, s.purge_margin)
         await self._load_or_create_map()

@@ -58,6 +58,7 @@ from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
 from torua_node.router.readpoint import every_shard, reading
 from torua_node.router.split import kv_shard, split_delete, split_kv, split_upsert
+from torua_node.router.versions import WriteVersions
 from torua_node.shard.protocol import (
     GET,
     KV_GET,
@@ -120,6 +121,7 @@ class DataApi:
         clock: HybridClock | None = None,
         queries: Queries | None = None,
         lag: ApplyLag | None = None,
+        versions: WriteVersions | None = None,
     ) -> None:
         self.js = js
         self.client = client
@@ -130,6 +132,7 @@ class DataApi:
         # One version per write, the same in every shard's entry: the copies apply last-writer-wins
         # by it (docs/consistency.md, "Convergence").
         self.clock = clock or HybridClock()
+        self.versions = versions or WriteVersions(None, self.clock)
         self.lag = lag or ApplyLag(max_lag=0)  # write backpressure; off unless the node sets a limit
 
     def cached(
@@ -196,11 +199,17 @@ class DataApi:
             self.lag.published(s, seq, now)
         return {str(s): seq for s, seq in seqs.items()}
 
+    async def _version(self, request_id: str | None) -> int:
+        """A write's version: the one an earlier attempt of it got, for a request id the caller
+        chose (`WriteVersions`); an id made here is new."""
+        return self.clock.now() if request_id is None else await self.versions.of(request_id)
+
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
         request_id = req.request_id or uuid.uuid4().hex
+        version = await self._version(req.request_id)
         # On a thread: a configured embedder may call a model or an HTTP endpoint.
         entries = await asyncio.to_thread(
-            split_upsert, req, self.client.num_shards, self.embedder(), request_id, time.time(), self.clock.now()
+            split_upsert, req, self.client.num_shards, self.embedder(), request_id, time.time(), version
         )
         tokens = await self._publish(entries, request_id)
         written = {
@@ -213,12 +222,14 @@ class DataApi:
 
     async def delete(self, req: DeleteRequest) -> DeleteReply:
         request_id = req.request_id or uuid.uuid4().hex
-        entries = split_delete(req, self.client.num_shards, request_id, time.time(), self.clock.now())
+        entries = split_delete(req, self.client.num_shards, request_id, time.time(), await self._version(req.request_id))
         tokens = await self._publish(entries, request_id)
         deleted = {"entities": len(set(req.entities)), "documents": len(set(req.documents)),
                    "relations": len({(r.source, r.target, r.type) for r in req.relations})}
         return DeleteReply(deleted=deleted, tokens=tokens, request_id=request_id)
 
+    # A key lives on one shard: a retried kv write is stored whole or not at all, so its version
+    # needs no record (`WriteVersions`).
     async def kv_put(self, req: KVPutRequest) -> KVReply:
         request_id = req.request_id or uuid.uuid4().hex
         entries = split_kv(req.key, req.value, self.client.num_shards, request_id, time.time(), self.clock.now())
