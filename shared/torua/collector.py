@@ -6,8 +6,8 @@ read load ran four or five young collections per retrieval (the threshold, 700 n
 passed by decoding one reply of a few hundred relations) and, every few seconds, a
 full collection that walked the whole heap: ~50 ms with the event loop stopped at 50,000 entities
 and 250,000 relations, and growing with the data. Measured with `bench.query`'s data (3 nodes x 8
-shards, sequential retrievals): 2.4 ms of collector time per retrieval across the nodes, 1.5 ms of
-it in full collections; with `tune()`, under 0.1 ms.
+shards, sequential retrievals): 2.4–3.1 ms of collector time per retrieval across the nodes,
+1.4–1.9 ms of it in full collections; with `tune()`, under 0.1 ms.
 
 `tune()` does two things:
 
@@ -16,8 +16,9 @@ it in full collections; with `tune()`, under 0.1 ms.
   while they are alive;
 - freezes what survives each full collection (`gc.freeze`): the next one walks only what was
   allocated since. Objects frozen cannot be found to be garbage, so every `THAW_EVERY`-th full
-  collection thaws them first (one whole walk in so many), and `release()` thaws at once when a
-  large part of the frozen heap has just been let go (a replica closed or discarded).
+  collection thaws them instead, and the one after it walks the whole heap (once in so many); and
+  `release()` thaws at once when a large part of the frozen heap has just been let go (a replica
+  closed or discarded).
 """
 
 from __future__ import annotations

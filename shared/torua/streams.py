@@ -34,6 +34,7 @@ from torua.subjects import WAL_STREAM, WAL_SUBJECTS
 
 __all__ = [
     "DUPLICATE_WINDOW_S",
+    "VERSIONS_MAX_BYTES",
     "ensure_bucket",
     "ensure_snapshot_bucket",
     "ensure_versions_bucket",

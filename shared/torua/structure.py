@@ -74,8 +74,8 @@ def headings(text: str) -> list[Heading]:
 
 class Sections:
     """A document's headings, indexed once so that each of its chunks' topics costs a binary search
-    (asking `headings` afresh per chunk walked every heading before it: quadratic in a long
-    document)."""
+    (working them out from the list of headings walked every heading before the chunk: quadratic
+    in a long document)."""
 
     __slots__ = ("_found", "_offsets", "_paths")
 

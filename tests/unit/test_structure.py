@@ -96,7 +96,6 @@ def test_sections_topics_equal_the_walked_definition(found: list[Heading], start
     assert Sections(found).topics(start, start + length) == _topics_walked(found, start, start + length)
 
 
-
 def test_plain_text_has_no_topics() -> None:
     assert headings("Just a paragraph.\n\nAnother one, with a # inside.") == []
 
