@@ -30,7 +30,6 @@ from nats.aio.client import Client as NATS
 from torua import collector, eventloop, subjects
 from torua.endpoints import Endpoint
 from torua.errors import ToruaError
-from torua.hlc import HybridClock
 from torua.logs import bind, setup_logging
 from torua.metrics import metrics
 from torua.model import (
@@ -59,7 +58,6 @@ from torua_node.router.cache import ResultCache
 from torua_node.router.client import ClusterEmbedder, NatsShardClient
 from torua_node.router.graph import GraphReads
 from torua_node.router.query import Queries
-from torua_node.router.versions import WriteVersions
 from torua_node.settings import NodeSettings, QueryLimits
 from torua_node.shard.protocol import HostedVector, NodeShards
 
@@ -112,11 +110,8 @@ async def start_data_api(
     graph = GraphReads(client)
     cache = ResultCache()
     lag = ApplyLag(max_lag=settings.max_apply_lag)
-    js = nc.jetstream()
-    clock = HybridClock()
     api = DataApi(
-        js, client, graph, embedder, cache, clock, queries=Queries(client, QueryLimits.of(settings)), lag=lag,
-        versions=WriteVersions(js, clock),
+        nc.jetstream(), client, graph, embedder, cache, queries=Queries(client, QueryLimits.of(settings)), lag=lag,
     )
     search = Search(client, embedder)
     retriever = Retriever(client, graph, embedder)

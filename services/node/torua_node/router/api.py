@@ -121,7 +121,6 @@ class DataApi:
         clock: HybridClock | None = None,
         queries: Queries | None = None,
         lag: ApplyLag | None = None,
-        versions: WriteVersions | None = None,
     ) -> None:
         self.js = js
         self.client = client
@@ -132,7 +131,7 @@ class DataApi:
         # One version per write, the same in every shard's entry: the copies apply last-writer-wins
         # by it (docs/consistency.md, "Convergence").
         self.clock = clock or HybridClock()
-        self.versions = versions or WriteVersions(None, self.clock)
+        self.versions = WriteVersions(js, self.clock)  # a retried write's version (js None: the clock's)
         self.lag = lag or ApplyLag(max_lag=0)  # write backpressure; off unless the node sets a limit
 
     def cached(
