@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from torua_node.rag.graphrank import (
     stems,
     type_named,
 )
+from torua_node.storage.textindex import bm25_idf
 
 W = Weights()
 
@@ -163,3 +165,22 @@ def test_a_type_is_as_relevant_as_the_question_words_its_chunks_use() -> None:
     assert got == {"BORN_IN": 1.0, "FOUNDED": 1.0}  # best chunk per type: one asked word each; MAKES none
     assert lexical_relevance({"MAKES": ["c4"]}, texts, asked) == {}
     assert lexical_relevance({"BORN_IN": ["missing"]}, texts, asked) == {}
+
+
+def test_a_seed_named_by_words_common_in_the_text_is_weak() -> None:
+    """'pick up' in a question names the metric `up` only in passing: 'up' is in many chunks."""
+    hits = [Hit(id="m:up", score=8.0, shard=0), Hit(id="e:reload", score=8.0, shard=0), Hit(id="e:ui", score=8.0, shard=0)]
+    names = {"m:up": "up", "e:reload": "reload endpoint", "e:ui": "Swagger UI"}
+    docs = 1000
+    idf = {"up": bm25_idf(400, docs), "reload": bm25_idf(3, docs), "endpoint": bm25_idf(300, docs),
+           "swagger": bm25_idf(100, docs), "ui": bm25_idf(500, docs)}
+    question = "How does a running server pick up the reload endpoint or the Swagger UI?"
+    seeds = seed_weights(hits, names, question, W, idf, docs)
+    common = bm25_idf(round(W.common_share * docs), docs)  # a word in common_share of the chunks
+    assert seeds["m:up"] == pytest.approx(bm25_idf(400, docs) / common)
+    assert seeds["m:up"] < 0.5
+    assert seeds["e:reload"] == 1.0  # its rarest word is rare: the common one does not weaken it
+    assert seeds["e:ui"] == 1.0  # 'swagger' is in exactly common_share of the chunks
+    # Without the text's statistics (or words it does not know), every name counts fully.
+    assert seed_weights(hits, names, question, W) == dict.fromkeys(names, 1.0)
+    assert seed_weights(hits, names, question, W, {}, docs) == dict.fromkeys(names, 1.0)

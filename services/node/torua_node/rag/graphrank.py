@@ -8,7 +8,9 @@ A chunk's score is `direct * text + graph`:
 - **graph**: how strongly it is tied to the question through the graph, from
   - *seeds*: entities whose name the question covers (at least `min_coverage` of the name's words),
     weighted by that coverage squared and by their BM25 match, so "Lotem Oshloson" outweighs
-    "Lotem Praprason" for a question about the first, and a one-word name is a weak seed;
+    "Lotem Praprason" for a question about the first, and a one-word name is a weak seed, and by
+    how rare in the chunks the words naming them are (`name_specificity`: "pick up" does not ask
+    about the metric `up`);
   - *paths*: each seed's weight spreads along relations, at most `hops` of them, best path wins;
     a relation passes on `decay * relevance * confidence`, where relevance is how close its type
     is in meaning to a word of the question ("started" ~ FOUNDED: the cluster's embedder
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
 
@@ -40,7 +42,7 @@ import numpy as np
 
 from torua.model import EdgeOut, Hit
 from torua_node.shard.protocol import name_coverage
-from torua_node.storage.textindex import query_terms
+from torua_node.storage.textindex import bm25_idf, query_terms
 
 __all__ = [
     "Weights",
@@ -79,6 +81,7 @@ class Weights:
     type_boost: float = 1.0  # an entity whose type the question names counts (1 + this) times
     both_ends: float = 1.0  # a stated relation also counts its weaker end's weight, times this
     stating_chunks: int = 10  # per relation type, chunks whose words say what it means (3, 5, 10, 20, 40 measured)
+    common_share: float = 0.1  # a word in this share of the chunks or fewer names a seed fully (0.003, 0.01, 0.03, 0.1 measured)
 
 
 STEM_LENGTH = 4  # a word's stem is its first letters
@@ -116,19 +119,40 @@ def direct_scores(bm25: Sequence[Hit], vector: Sequence[Hit], w: Weights) -> dic
     return dict(out)
 
 
-def seed_weights(hits: Sequence[Hit], names: Mapping[str, str], question: str, w: Weights) -> dict[str, float]:
+def seed_weights(
+    hits: Sequence[Hit], names: Mapping[str, str], question: str, w: Weights,
+    text_idf: Mapping[str, float] | None = None, text_docs: int = 0,
+) -> dict[str, float]:
     """Entities the question names: coverage of the name's words, squared, times the BM25 match
-    relative to the best one. Names covered less than `min_coverage` are not seeds."""
+    relative to the best one, times how specific the words naming it are to the text (`name_specificity`).
+    Names covered less than `min_coverage` are not seeds."""
     asked = set(query_terms(question))
     best = max((h.score for h in hits), default=0.0)
     seeds: dict[str, float] = {}
     if best <= 0:
         return seeds
     for h in hits:
-        coverage = name_coverage(names.get(h.id, ""), asked)
+        name = names.get(h.id, "")
+        coverage = name_coverage(name, asked)
         if coverage is not None and coverage >= w.min_coverage:
-            seeds[h.id] = coverage**2 * h.score / best
+            seeds[h.id] = coverage**2 * h.score / best * name_specificity(name, asked, text_idf, text_docs, w)
     return seeds
+
+
+def name_specificity(
+    name: str, asked: Collection[str], text_idf: Mapping[str, float] | None, text_docs: int, w: Weights
+) -> float:
+    """How much the question's words naming an entity tell about the text, 0..1: the chunks' IDF of
+    the rarest of them over the IDF of a word in `common_share` of the chunks, at most 1 (1 without
+    statistics). A question that says "pick up" or the product's own name names the metric `up`, or
+    the product, only in passing: such words are in many chunks, and a seed named by them alone is
+    a weak one (inverse document frequency, as BM25 weighs the same words)."""
+    covered = [t for t in query_terms(name) if t in asked]
+    if text_idf is None or not covered or text_docs <= 0:
+        return 1.0
+    common = bm25_idf(max(1, round(w.common_share * text_docs)), text_docs)
+    rarest = max(text_idf.get(t, common) for t in covered)
+    return min(1.0, rarest / common) if common > 0 else 1.0
 
 
 def relation_relevance(type_vectors: np.ndarray, word_vectors: np.ndarray) -> np.ndarray:

@@ -297,7 +297,7 @@ class Retriever:
         direct = direct_scores(chunk_bm25.hits, chunk_vec, w)
         matched = {e.id: e for e in matched_rows}
         names = {i: e.name for i, e in matched.items()}
-        seeds = seed_weights(entity_bm25, names, req.question, w)
+        seeds = seed_weights(entity_bm25, names, req.question, w, chunk_bm25.idf, chunk_bm25.corpus_size)
         hit_shard = {h.id: h.shard for h in (*chunk_bm25.hits, *chunk_vec)}
         # What the question asks about the things it names: its words that are not capitalised
         # (leaving out entities' names measured worse: documentation names things in lower case).

@@ -49,6 +49,7 @@ HYBRID_MIN_DEPTH = 30  # each list fused by hybrid search is at least this deep 
 class TextHits:
     hits: list[Hit]
     corpus_size: int  # documents (chunks or entities) the statistics were taken over, all shards
+    idf: dict[str, float] = field(default_factory=dict)  # per query term, over those documents
     # Asked with `graph_edges` (entities): the rows of the hits the text names (`graph_named`), and
     # the relations touching them — None when a shard had `graph_edges` of them (maybe more) —
     # except for the hits `unsent`, which their shard ranked below `graph_top` (nothing known).
@@ -124,9 +125,9 @@ class Search:
         hits = _merged(replies, k)
         corpus = sum(st.n_docs for st in stats.values())
         if not graph_edges:
-            return TextHits(hits=hits, corpus_size=corpus)
+            return TextHits(hits=hits, corpus_size=corpus, idf=idf)
         rows, edges, unsent = _graph_of(hits, replies, graph_edges, graph_top)
-        return TextHits(hits=hits, corpus_size=corpus, rows=rows, edges=edges, unsent=unsent)
+        return TextHits(hits=hits, corpus_size=corpus, idf=idf, rows=rows, edges=edges, unsent=unsent)
 
     async def embed(self, text: str) -> list[float]:
         """The query text as the cluster's embedder sees it (on a thread if it is a model or HTTP)."""
