@@ -1,8 +1,9 @@
 """Helpers shared by the benches that drive a local cluster (bench.ingest, bench.consistency, bench.query).
 
 - `timed` / `p50_p95_ms`: sequential request latencies and their percentiles;
-- `echo_round_trips`: the floor of any read, a bare nats-py request-reply, to a subscriber in this
-  process or in another one (`python -m bench._cluster echo URL` is that other process);
+- `EchoPeer`, `echo_round_trips`: the floor of any read, a bare nats-py request-reply, to a
+  subscriber in this process or in another one (`python -m bench._cluster echo URL` is that other
+  process), one at a time or `n` in a row;
 - `cluster_ingest`, `AppliedWatch`, `all_applied`: write batches with some requests in flight, then
   wait until every replica applied them (strong reads would otherwise wait for it while timed).
 """
@@ -29,7 +30,7 @@ from torua.errors import Overloaded
 from torua.model import Tokens
 from torua.up import LocalCluster, UpOptions
 
-__all__ = ["timed", "p50_p95_ms", "echo_round_trips", "cluster_ingest", "AppliedWatch", "all_applied"]
+__all__ = ["timed", "p50_p95_ms", "EchoPeer", "echo_round_trips", "cluster_ingest", "AppliedWatch", "all_applied"]
 
 ECHO_SUBJECT = "bench.echo"
 
@@ -70,32 +71,50 @@ async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> list[float]
     return out
 
 
-async def echo_round_trips(url: str, n: int, *, payload: bytes = b"{}", other_process: bool = False) -> list[float]:
-    """`n` sequential nats-py request-replies to an echo subscriber, in this process or another."""
-    nc = await nats.connect(url)
-    child: subprocess.Popen[bytes] | None = None
-    try:
-        if other_process:
-            child = subprocess.Popen([sys.executable, "-m", "bench._cluster", "echo", url], stdout=subprocess.PIPE)
-            assert child.stdout is not None
+class EchoPeer:
+    """A bare nats-py request-reply to an echo subscriber in this process or in another one: the
+    floor of any read, one round trip at a time (`rtt`), so that a bench can take one beside each
+    timed request and see the same machine as the request did."""
+
+    def __init__(self, url: str, *, payload: bytes = b"{}", other_process: bool = False) -> None:
+        self.url, self.payload, self.other_process = url, payload, other_process
+        self._nc: nats.NATS | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> EchoPeer:
+        self._nc = await nats.connect(self.url)
+        if self.other_process:
+            self._child = subprocess.Popen([sys.executable, "-m", "bench._cluster", "echo", self.url], stdout=subprocess.PIPE)
+            assert self._child.stdout is not None
             # The child prints a line once its subscription has reached the server.
-            await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline)
-            sub = None
+            await asyncio.get_running_loop().run_in_executor(None, self._child.stdout.readline)
         else:
 
             async def echo(msg: Msg) -> None:
                 await msg.respond(msg.data)
 
-            sub = await nc.subscribe(ECHO_SUBJECT, cb=echo)
-        samples = await timed(n, lambda _: nc.request(ECHO_SUBJECT, payload, timeout=5))
-        if sub is not None:
-            await sub.unsubscribe()
-        return samples
-    finally:
-        await nc.close()
-        if child is not None:
-            child.terminate()
-            child.wait(10)
+            await self._nc.subscribe(ECHO_SUBJECT, cb=echo)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+        if self._child is not None:
+            self._child.terminate()
+            self._child.wait(10)
+
+    async def rtt(self) -> float:
+        """Seconds one request-reply took."""
+        assert self._nc is not None
+        started = time.perf_counter()
+        await self._nc.request(ECHO_SUBJECT, self.payload, timeout=5)
+        return time.perf_counter() - started
+
+
+async def echo_round_trips(url: str, n: int, *, payload: bytes = b"{}", other_process: bool = False) -> list[float]:
+    """`n` sequential nats-py request-replies to an echo subscriber, in this process or another."""
+    async with EchoPeer(url, payload=payload, other_process=other_process) as peer:
+        return [await peer.rtt() for _ in range(n)]
 
 
 async def _serve_echo(url: str) -> None:

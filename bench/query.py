@@ -23,7 +23,8 @@ each kind from one client, each on a distinct id or vector, strong reads (the de
   reached, so the answer is the whole k-hop neighbourhood); `search.vector` top 10 over the
   entities (the Python client asks every shard itself: docs/api.md, "Direct vector search"); `rag.retrieve` k=5 of a question naming the two ends of a relation a passage states.
 
-Beside it, in this process, on the same data (measured before the cluster starts):
+Beside it, in this process, on the same data (built before the cluster starts; timed in turn with
+the cluster, 20 requests of one side after 20 of the other, so both see the machine alike):
 
 - embedded Kuzu holding everything in one database (Entity node table with a FLOAT[dim] vector,
   one RELATES table; parameterised Cypher): the entity row by id (with its vector, as graph.get
@@ -32,7 +33,7 @@ Beside it, in this process, on the same data (measured before the cluster starts
 - NetworkX (`single_source_shortest_path_length` with a cutoff) for the k-hop neighbourhoods;
 
 and a bare nats-py request-reply between this process and another one through the cluster's
-nats-server, the floor of any read. Then `--clients` concurrent clients (one connection each, all
+nats-server, the floor of any read, taken in turn with each kind of request too. Then `--clients` concurrent clients (one connection each, all
 in this process) send `--requests` requests each of `graph.get` and of 1-hop neighbours: requests
 per second.
 
@@ -61,8 +62,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import kuzu
 import msgspec
@@ -73,12 +75,11 @@ import pyarrow as pa
 
 from bench._cluster import (
     AppliedWatch,
+    EchoPeer,
     cluster_ingest,
-    echo_round_trips,
     local_cluster,
     p50_p95_ms,
     ready_state,
-    timed,
 )
 from torua import Client, eventloop, subjects
 from torua.model import Chunk, Document, Entity, GetReply, NeighborsReply, Relation
@@ -88,8 +89,6 @@ if _BLAS_THREADS is None:
 else:
     os.environ["OPENBLAS_NUM_THREADS"] = _BLAS_THREADS
 
-A = TypeVar("A")
-R = TypeVar("R")
 Vectors = npt.NDArray[np.float32]
 Indices = npt.NDArray[np.int64]
 
@@ -97,6 +96,7 @@ SEED = 7
 TOP_K = 10
 RETRIEVE_K = 5
 WARM_UP = 5  # requests of each kind before timing, on ids outside the timed ones
+BLOCK = 20  # timed requests of one kind in a row, before as many of the references (_SideBySide)
 NO_LIMIT = 100_000  # graph.neighbors' largest `limit`: the whole neighbourhood, as NetworkX gives
 _SYLLABLES = ["ka", "lo", "ri", "ve", "zan", "tor", "mi", "sel", "dru", "qua",
               "bex", "nor", "fen", "ilo", "pra", "vos", "tem", "yul", "gri", "osh"]
@@ -214,96 +214,73 @@ def make_asks(d: Data, n: int, seed: int = SEED + 1) -> Asks:
 # --- references in this process --------------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class References:
-    kuzu_get: list[float]
-    kuzu_hops: dict[int, list[float]]
-    nx_hops: dict[int, list[float]]
-    numpy_top: list[float]
-    truth_hops: dict[int, list[set[str]]]  # NetworkX's answers, per timed request
-    truth_top: list[list[str]]  # exact top 10 ids, per timed request
-    kuzu_equal: dict[int, int]  # timed requests where Kuzu's neighbourhood equals NetworkX's
-    build_s: dict[str, float]
+    """The one-process references on the same data, kept open while the cluster runs so that each
+    is timed beside the cluster's answer to the same request (`_side_by_side`): embedded Kuzu
+    holding everything in one database, exact NumPy top 10 over all entity vectors, NetworkX
+    k-hop neighbourhoods. Built, and their answers checked, before the cluster starts."""
 
-
-def _bind(f: Callable[[str, A], R], ids: list[str], arg: A) -> Callable[[int], R]:
-    """Request i of a series: `f(ids[i], arg)`."""
-    return lambda i: f(ids[i], arg)
-
-
-def _measure_sync(n: int, call: Callable[[int], R]) -> tuple[list[float], list[R]]:
-    """Warm up, then `n` timed calls; returns their seconds and results."""
-    for i in range(WARM_UP):
-        call(n + i)
-    samples: list[float] = []
-    results: list[R] = []
-    for i in range(n):
+    def __init__(self, d: Data, asks: Asks, n: int, direction: str, tmp: Path) -> None:
+        self.d, self.asks = d, asks
+        self.build_s: dict[str, float] = {}
+        dim = d.vecs.shape[1]
+        # NetworkX: directed, or an undirected copy when both directions are followed.
         t = time.perf_counter()
-        results.append(call(i))
-        samples.append(time.perf_counter() - t)
-    return samples, results
-
-
-def references(d: Data, asks: Asks, n: int, direction: str) -> References:
-    build: dict[str, float] = {}
-    dim = d.vecs.shape[1]
-    # NetworkX: directed, or an undirected copy when both directions are followed.
-    t = time.perf_counter()
-    g: nx.Graph = nx.DiGraph()
-    g.add_nodes_from(d.ids)
-    g.add_edges_from((d.ids[a], d.ids[b]) for a, b in zip(d.src.tolist(), d.dst.tolist()))
-    if direction == "both":
-        g = g.to_undirected()
-    build["NetworkX graph"] = time.perf_counter() - t
-
-    def nx_hood(id_: str, k: int) -> set[str]:
-        return set(nx.single_source_shortest_path_length(g, id_, cutoff=k))
-
-    nx_hops: dict[int, list[float]] = {}
-    truth_hops: dict[int, list[set[str]]] = {}
-    for k, starts in asks.hops.items():
-        nx_hops[k], truth_hops[k] = _measure_sync(n, _bind(nx_hood, [d.ids[i] for i in starts], k))
-
-    def exact_top(i: int) -> list[str]:
-        scores = d.vecs @ asks.vectors[i]
-        top = np.argpartition(-scores, TOP_K - 1)[:TOP_K] if len(scores) > TOP_K else np.arange(len(scores))
-        return [d.ids[j] for j in top[np.argsort(-scores[top], kind="stable")]]
-
-    numpy_top, tops = _measure_sync(n, exact_top)
-
-    with tempfile.TemporaryDirectory(prefix="torua-bench-query-kuzu-") as tmp:
-        db = kuzu.Database(str(Path(tmp) / "g"), buffer_pool_size=1 << 30, max_db_size=1 << 36)
-        conn = kuzu.Connection(db)
+        g: nx.Graph = nx.DiGraph()
+        g.add_nodes_from(d.ids)
+        g.add_edges_from((d.ids[a], d.ids[b]) for a, b in zip(d.src.tolist(), d.dst.tolist()))
+        if direction == "both":
+            g = g.to_undirected()
+        self._g = g
+        self.build_s["NetworkX graph"] = time.perf_counter() - t
+        self._db = kuzu.Database(str(tmp / "g"), buffer_pool_size=1 << 30, max_db_size=1 << 36)
+        self._conn = kuzu.Connection(self._db)
         t = time.perf_counter()
-        conn.execute(f"CREATE NODE TABLE Entity(id STRING PRIMARY KEY, name STRING, type STRING, embedding FLOAT[{dim}])")
-        conn.execute("CREATE REL TABLE RELATES(FROM Entity TO Entity, type STRING, weight DOUBLE)")
-        conn.execute("COPY Entity FROM $t", {"t": pa.table({
+        self._conn.execute(f"CREATE NODE TABLE Entity(id STRING PRIMARY KEY, name STRING, type STRING, embedding FLOAT[{dim}])")
+        self._conn.execute("CREATE REL TABLE RELATES(FROM Entity TO Entity, type STRING, weight DOUBLE)")
+        self._conn.execute("COPY Entity FROM $t", {"t": pa.table({
             "id": d.ids, "name": d.names, "type": d.types,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(d.vecs.ravel()), dim)})})
-        conn.execute("COPY RELATES FROM $t", {"t": pa.table({
+        self._conn.execute("COPY RELATES FROM $t", {"t": pa.table({
             "from": [d.ids[i] for i in d.src.tolist()], "to": [d.ids[i] for i in d.dst.tolist()],
             "type": [_REL_TYPES[i] for i in d.rel_type.tolist()], "weight": np.ones(len(d.src))})})
-        build["Kuzu COPY"] = time.perf_counter() - t
-        get_stmt = "MATCH (e:Entity {id: $id}) RETURN e.id, e.name, e.type, e.embedding"
+        self.build_s["Kuzu COPY"] = time.perf_counter() - t
+        self._get_stmt = "MATCH (e:Entity {id: $id}) RETURN e.id, e.name, e.type, e.embedding"
         arrow = "->" if direction == "out" else "-"
-        hop_stmts = {k: f"MATCH (a:Entity {{id: $id}})-[:RELATES*1..{k}]{arrow}(b:Entity) RETURN DISTINCT b.id"
-                     for k in asks.hops}
+        self._hop_stmts = {k: f"MATCH (a:Entity {{id: $id}})-[:RELATES*1..{k}]{arrow}(b:Entity) RETURN DISTINCT b.id"
+                           for k in asks.hops}
+        # The answers every side must give, per timed request (untimed).
+        self.truth_hops = {k: [self.nx_hood(k, i) for i in range(n)] for k in asks.hops}  # NetworkX's
+        self.truth_top = [self.exact_top(i) for i in range(n)]
+        # Timed requests where Kuzu's neighbourhood equals NetworkX's; its walks may come back to the
+        # start, which NetworkX's answer includes at distance 0.
+        self.kuzu_equal = {k: sum({r[0] for r in self.kuzu_hood(k, i)} | {d.ids[starts[i]]} == self.truth_hops[k][i]
+                                  for i in range(n)) for k, starts in asks.hops.items()}
 
-        def rows(id_: str, stmt: str) -> list[list[Any]]:
-            result = conn.execute(stmt, {"id": id_})
-            assert isinstance(result, kuzu.QueryResult)
-            return cast(list[list[Any]], result.get_all())
+    def close(self) -> None:
+        self._conn.close()
+        self._db.close()
 
-        kuzu_get, _ = _measure_sync(n, _bind(rows, [d.ids[i] for i in asks.get], get_stmt))
-        kuzu_hops: dict[int, list[float]] = {}
-        kuzu_equal: dict[int, int] = {}
-        for k, starts in asks.hops.items():
-            kuzu_hops[k], results = _measure_sync(n, _bind(rows, [d.ids[i] for i in starts], hop_stmts[k]))
-            # Kuzu's walks may come back to the start; NetworkX's answer includes it at distance 0.
-            kuzu_equal[k] = sum({r[0] for r in res} | {d.ids[starts[i]]} == truth_hops[k][i] for i, res in enumerate(results))
-        conn.close()
-        db.close()
-    return References(kuzu_get, kuzu_hops, nx_hops, numpy_top, truth_hops, tops, kuzu_equal, build)
+    def _rows(self, stmt: str, id_: str) -> list[list[Any]]:
+        result = self._conn.execute(stmt, {"id": id_})
+        assert isinstance(result, kuzu.QueryResult)
+        return cast(list[list[Any]], result.get_all())
+
+    def kuzu_get(self, i: int) -> list[list[Any]]:
+        """Request i of `graph.get`: the entity row by id, with its vector (as graph.get returns it)."""
+        return self._rows(self._get_stmt, self.d.ids[self.asks.get[i]])
+
+    def kuzu_hood(self, k: int, i: int) -> list[list[Any]]:
+        """Request i of `k` hops: the distinct ids reached in 1..k hops (Cypher `-[:RELATES*1..k]->`)."""
+        return self._rows(self._hop_stmts[k], self.d.ids[self.asks.hops[k][i]])
+
+    def nx_hood(self, k: int, i: int) -> set[str]:
+        return set(nx.single_source_shortest_path_length(self._g, self.d.ids[self.asks.hops[k][i]], cutoff=k))
+
+    def exact_top(self, i: int) -> list[str]:
+        scores = self.d.vecs @ self.asks.vectors[i]
+        top = np.argpartition(-scores, TOP_K - 1)[:TOP_K] if len(scores) > TOP_K else np.arange(len(scores))
+        return [self.d.ids[j] for j in top[np.argsort(-scores[top], kind="stable")]]
 
 
 # --- the cluster -----------------------------------------------------------------------------------
@@ -313,21 +290,51 @@ def references(d: Data, asks: Asks, n: int, direction: str) -> References:
 class ClusterFigures:
     load: dict[str, float] = field(default_factory=dict)
     latency: dict[str, list[float]] = field(default_factory=dict)
-    floor: list[float] = field(default_factory=list)
+    reference: dict[str, list[float]] = field(default_factory=dict)  # "Kuzu graph.get", "NetworkX neighbors 2", ...
+    floor: dict[str, list[float]] = field(default_factory=dict)  # a bare round trip beside each timed request
     throughput: dict[str, float] = field(default_factory=dict)
     checks: dict[str, str] = field(default_factory=dict)
 
 
-async def _measure(n: int, call: Callable[[int], Awaitable[Any]]) -> tuple[list[float], list[Any]]:
-    """Warm up, then `n` timed sequential requests; returns their seconds and replies."""
-    for i in range(WARM_UP):
-        await call(n + i)
-    results: list[Any] = []
+class _SideBySide:
+    """Timed requests in blocks of `BLOCK`, each block followed by the same requests to the
+    references in this process and by as many bare round trips (`EchoPeer`), each timed in a row
+    as before (warm: their best case), so that the cluster's figures and the ones they are compared
+    with are taken turn by turn through the run and see the machine alike: on this shared host the
+    same figure moved 1.5–2x within minutes. (One request each in turn would compare a warm cluster
+    with cold references: the round trip measured 0.60 against 0.38 ms so, NumPy 1.12 against 0.62.)"""
 
-    async def keep(i: int) -> None:
-        results.append(await call(i))
+    def __init__(self, out: ClusterFigures, echo: EchoPeer) -> None:
+        self.out, self.echo = out, echo
 
-    return await timed(n, keep), results
+    async def run(self, n: int, key: str, call: Callable[[int], Awaitable[Any]],
+                  refs: dict[str, Callable[[int], object]] | None = None) -> list[Any]:
+        """`n` sequential requests `call(i)` (after WARM_UP others), timed as `key`; `refs` timed
+        in turn with them as `<name> <key>`; returns the cluster's replies."""
+        refs = refs or {}
+        for i in range(n, n + WARM_UP):
+            await call(i)
+            for ref in refs.values():
+                ref(i)
+        out = self.out
+        samples = out.latency.setdefault(key, [])
+        ref_samples = {name: out.reference.setdefault(f"{name} {key}", []) for name in refs}
+        floor = out.floor.setdefault(key, [])
+        replies: list[Any] = []
+        for block in range(0, n, BLOCK):
+            ids = range(block, min(block + BLOCK, n))
+            for i in ids:
+                t = time.perf_counter()
+                replies.append(await call(i))
+                samples.append(time.perf_counter() - t)
+            for name, ref in refs.items():
+                for i in ids:
+                    t = time.perf_counter()
+                    ref(i)
+                    ref_samples[name].append(time.perf_counter() - t)
+            for _ in ids:
+                floor.append(await self.echo.rtt())
+        return replies
 
 
 async def _throughput(url: str, clients: int, per_client: int, call: Callable[[Client, int], Awaitable[Any]]) -> float:
@@ -363,10 +370,12 @@ async def cluster_figures(d: Data, asks: Asks, ref: References, args: argparse.N
             _, chunk_tokens = await cluster_ingest(client, chunk_batches(d), 4)
             await watch.wait(client, chunk_tokens)
             out.load["chunks applied s"] = time.perf_counter() - t0
-            await _cluster_latencies(client, d, asks, ref, n, args.direction, out)
-            # A payload the size of a graph.get request; the first replies warm the connection.
+            # The floor: a payload the size of a graph.get request to a subscriber in another process.
             payload = msgspec.json.encode({"id": d.ids[0], "after": {}, "consistency": "strong"})
-            out.floor = (await echo_round_trips(cluster.url, n + WARM_UP, payload=payload, other_process=True))[WARM_UP:]
+            async with EchoPeer(cluster.url, payload=payload, other_process=True) as echo:
+                for _ in range(WARM_UP):  # the first replies warm the connection
+                    await echo.rtt()
+                await _cluster_latencies(client, d, asks, ref, n, args.direction, _SideBySide(out, echo))
             ids = d.ids
             out.throughput["graph.get"] = await _throughput(
                 cluster.url, args.clients, n, lambda c, i: c.get(ids[i % len(ids)]))
@@ -376,10 +385,10 @@ async def cluster_figures(d: Data, asks: Asks, ref: References, args: argparse.N
 
 
 async def _cluster_latencies(
-    client: Client, d: Data, asks: Asks, ref: References, n: int, direction: str, out: ClusterFigures
+    client: Client, d: Data, asks: Asks, ref: References, n: int, direction: str, side: _SideBySide
 ) -> None:
-    samples, replies = await _measure(n, lambda i: client.get(d.ids[asks.get[i]]))
-    out.latency["graph.get"] = samples
+    out = side.out
+    replies = await side.run(n, "graph.get", lambda i: client.get(d.ids[asks.get[i]]), {"Kuzu": ref.kuzu_get})
     ok = sum(r.entity.id == d.ids[asks.get[i]] and r.entity.name == d.names[asks.get[i]] for i, r in enumerate(replies))
     out.checks["graph.get returns the entity"] = f"{ok}/{n}"
 
@@ -389,29 +398,26 @@ async def _cluster_latencies(
         msg = await client.nc.request(subjects.GRAPH_GET, payload, timeout=30)
         return msgspec.json.decode(msg.data, type=GetReply)
 
-    samples, routed = await _measure(n, via_router)
-    out.latency["graph.get router"] = samples
+    routed = await side.run(n, "graph.get router", via_router, {"Kuzu": ref.kuzu_get})
     same = sum(a == b for a, b in zip(replies, routed))
     out.checks["graph.get through a router (nats request) answers the same as the client's direct read"] = f"{same}/{n}"
-    for k, starts in asks.hops.items():
+    for k in asks.hops:
 
-        async def hood(id_: str, k: int) -> NeighborsReply:
-            return await client.neighbors([id_], hops=k, direction=direction, limit=NO_LIMIT)
+        async def hood(i: int, k: int = k) -> NeighborsReply:
+            return await client.neighbors([d.ids[asks.hops[k][i]]], hops=k, direction=direction, limit=NO_LIMIT)
 
-        samples, replies = await _measure(n, _bind(hood, [d.ids[i] for i in starts], k))
-        out.latency[f"neighbors {k}"] = samples
-        equal = sum({x.id for x in r.nodes} == ref.truth_hops[k][i] and not r.partial for i, r in enumerate(replies))
+        hoods = await side.run(n, f"neighbors {k}", hood, {"Kuzu": partial(ref.kuzu_hood, k), "NetworkX": partial(ref.nx_hood, k)})
+        equal = sum({x.id for x in r.nodes} == ref.truth_hops[k][i] and not r.partial for i, r in enumerate(hoods))
         sizes = [len(t) for t in ref.truth_hops[k]]
         out.checks[f"neighbors {k} hop{'s' if k > 1 else ''}: the cluster's (Kuzu's) answers equal NetworkX's"] = (
             f"{equal}/{n} ({ref.kuzu_equal[k]}/{n}); neighbourhood p50 {int(np.median(sizes))} entities")
-    samples, replies = await _measure(
-        n, lambda i: client.search_vector(vector=asks.vectors[i].tolist(), k=TOP_K, target="entities"))
-    out.latency["search.vector"] = samples
-    recall = np.mean([len({h.id for h in r.hits} & set(ref.truth_top[i])) / TOP_K for i, r in enumerate(replies)])
+    hits = await side.run(
+        n, "search.vector", lambda i: client.search_vector(vector=asks.vectors[i].tolist(), k=TOP_K, target="entities"),
+        {"NumPy": ref.exact_top})
+    recall = np.mean([len({h.id for h in r.hits} & set(ref.truth_top[i])) / TOP_K for i, r in enumerate(hits)])
     out.checks["search.vector recall@10 vs exact NumPy"] = f"{recall:.3f}"
-    samples, replies = await _measure(n, lambda i: client.retrieve(asks.questions[i][0], k=RETRIEVE_K))
-    out.latency["rag.retrieve"] = samples
-    found = sum(asks.questions[i][1] in {c.id for c in r.chunks} for i, r in enumerate(replies))
+    retrieved = await side.run(n, "rag.retrieve", lambda i: client.retrieve(asks.questions[i][0], k=RETRIEVE_K))
+    found = sum(asks.questions[i][1] in {c.id for c in r.chunks} for i, r in enumerate(retrieved))
     out.checks["rag.retrieve top 5 holds the passage stating the asked relation"] = f"{found}/{n}"
 
 
@@ -441,35 +447,34 @@ def report(d: Data, ref: References, c: ClusterFigures, args: argparse.Namespace
           f"{c.load['graph applied s']:.1f} s ({rows_loaded / c.load['graph applied s']:,.0f} rows/s); "
           f"{len(d.chunks):,} passages (embedded by the cluster) applied in {c.load['chunks applied s']:.1f} s")
     print("references built in this process: " + ", ".join(f"{k} {v:.1f} s" for k, v in ref.build_s.items()))
-    floor50, floor95 = p50_p95_ms(c.floor)
     print()
     print("| operation | Torua p50 (p95) | reference p50 | Torua / reference | NetworkX / NumPy p50 | Torua / in memory | Torua / bare round trip |")
     print("|---|---|---|---|---|---|---|")
-    table: list[tuple[str, str, list[float] | None, str, list[float] | None]] = [
-        ("`graph.get` by id", "graph.get", ref.kuzu_get, "Kuzu", None),
-        ("`graph.get` by id via a router (`nats req`)", "graph.get router", ref.kuzu_get, "Kuzu", None),
-        *((f"`neighbors` {k} hop{'s' if k > 1 else ''}", f"neighbors {k}", ref.kuzu_hops[k], "Kuzu", ref.nx_hops[k]) for k in (1, 2, 3)),
-        ("`search.vector` top-10", "search.vector", ref.numpy_top, "NumPy exact, 1 thread", None),
-        ("`rag.retrieve` k=5", "rag.retrieve", None, "", None),
+    table: list[tuple[str, str, str, str]] = [
+        ("`graph.get` by id", "graph.get", "Kuzu", ""),
+        ("`graph.get` by id via a router (`nats req`)", "graph.get router", "Kuzu", ""),
+        *((f"`neighbors` {k} hop{'s' if k > 1 else ''}", f"neighbors {k}", "Kuzu", "NetworkX") for k in (1, 2, 3)),
+        ("`search.vector` top-10", "search.vector", "NumPy", ""),
+        ("`rag.retrieve` k=5", "rag.retrieve", "", ""),
     ]
-    for label, key, reference, ref_name, memory in table:
+    names = {"NumPy": "NumPy exact, 1 thread"}
+    for label, key, ref_name, memory in table:
         t50, t95 = p50_p95_ms(c.latency[key])
         cells = [label, f"{_t(t50)} ({_t(t95)})"]
-        if reference is not None:
-            r50 = p50_p95_ms(reference)[0]
-            cells += [f"{ref_name} {_t(r50)}", _ratio(t50, r50)]
-        else:
-            cells += ["", ""]
-        if memory is not None:
-            m50 = p50_p95_ms(memory)[0]
-            cells += [f"NetworkX {_t(m50)}", _ratio(t50, m50)]
-        else:
-            cells += ["", ""]
-        cells.append(_ratio(t50, floor50))
+        for name in (ref_name, memory):
+            if name:
+                r50 = p50_p95_ms(c.reference[f"{name} {key}"])[0]
+                cells += [f"{names.get(name, name)} {_t(r50)}", _ratio(t50, r50)]
+            else:
+                cells += ["", ""]
+        cells.append(_ratio(t50, p50_p95_ms(c.floor[key])[0]))
         print("| " + " | ".join(cells) + " |")
+    floor50, floor95 = p50_p95_ms([x for samples in c.floor.values() for x in samples])
     print(f"| bare nats-py request-reply, two processes | {_t(floor50)} ({_t(floor95)}) | | | | | x1.0 |")
     print("\n(every row but the router's is the Python client's; its `graph.get` asks the owning shard directly, "
-          "its `search.vector` every shard)")
+          "its `search.vector` every shard; the references and the bare round trip are timed in turn with "
+          f"each row's requests, {BLOCK} of one after {BLOCK} of the other, and each row's ratios are to the figures "
+          "taken beside it)")
     print()
     for op, rate in c.throughput.items():
         seq = len(c.latency[op]) / sum(c.latency[op])
@@ -501,8 +506,12 @@ def main(argv: list[str] | None = None) -> None:
     started, load0 = time.perf_counter(), os.getloadavg()[0]
     data = make_data(args.entities, args.relations, args.chunks, args.dim)
     asks = make_asks(data, args.requests)
-    ref = references(data, asks, args.requests, args.direction)
-    figures = eventloop.run(cluster_figures(data, asks, ref, args))
+    with tempfile.TemporaryDirectory(prefix="torua-bench-query-kuzu-") as tmp:
+        ref = References(data, asks, args.requests, args.direction, Path(tmp))
+        try:
+            figures = eventloop.run(cluster_figures(data, asks, ref, args))
+        finally:
+            ref.close()
     report(data, ref, figures, args, started, load0)
 
 
