@@ -26,7 +26,7 @@ import nats
 from nats.aio.msg import Msg
 
 from torua import Client, eventloop
-from torua.errors import Overloaded
+from torua.ingest import upsert_waiting
 from torua.model import Tokens
 from torua.up import LocalCluster, UpOptions
 
@@ -139,15 +139,9 @@ async def cluster_ingest(client: Client, work: list[dict[str, Any]], concurrency
 
     async def worker() -> None:
         while not queue.empty():
-            batch = queue.get_nowait()
-            while True:
-                try:
-                    reply = await client.upsert(**batch)
-                    break
-                except Overloaded as exc:
-                    # Replicas behind the log (TORUA_MAX_APPLY_LAG): a refused write stored nothing;
-                    # wait as told, as `torua ingest` does, rather than fail the run.
-                    await asyncio.sleep((exc.retry_after_ms or 500) / 1000)
+            # Replicas behind the log (TORUA_MAX_APPLY_LAG) refuse writes: wait as told, as `torua
+            # ingest` does, rather than fail the run.
+            reply = await upsert_waiting(client, **queue.get_nowait())
             for k, v in reply.tokens.items():
                 tokens[k] = max(tokens.get(k, 0), v)
 

@@ -50,6 +50,7 @@ __all__ = [
     "document_id",
     "ingest_paths",
     "ingest_texts",
+    "upsert_waiting",
     "MARKER_PREFIX",
     "SUPPORTED_SUFFIXES",
 ]
@@ -521,22 +522,17 @@ class Ingester:
         await asyncio.gather(*(self._bounded(one, b) for b in batches))
 
     async def _upsert(self, b: _Batch) -> UpsertReply:
-        """Write a batch; while the shards' replicas are too far behind the log, the cluster refuses
-        writes (503 with a retry hint, TORUA_MAX_APPLY_LAG): ingest waits as told and tries again, for
-        up to `patience` seconds, so a large load slows down to what the replicas apply."""
-        deadline = time.monotonic() + self.opts.patience
-        while True:
-            try:
-                return await self.client.upsert(
-                    documents=b.documents, chunks=b.chunks, entities=b.entities, relations=b.relations
-                )
-            except Overloaded as exc:
-                pause = (exc.retry_after_ms or 500) / 1000
-                if time.monotonic() + pause > deadline:
-                    raise
-                self.stats.waits += 1
-                self.progress.set_note("waiting for replicas")
-                await asyncio.sleep(pause)
+        """Write a batch, waiting out refusals for up to `patience` seconds (`upsert_waiting`), so a
+        large load slows down to what the replicas apply."""
+
+        def waiting() -> None:
+            self.stats.waits += 1
+            self.progress.set_note("waiting for replicas")
+
+        return await upsert_waiting(
+            self.client, self.opts.patience, waiting,
+            documents=b.documents, chunks=b.chunks, entities=b.entities, relations=b.relations,
+        )
 
     def _embed(self, b: _Batch) -> None:
         assert self.embedder is not None
@@ -552,6 +548,26 @@ class Ingester:
     def _merge_tokens(self, more: Mapping[str, int]) -> None:
         for k, v in more.items():
             self.stats.tokens[k] = max(self.stats.tokens.get(k, 0), v)
+
+
+async def upsert_waiting(
+    client: Client, patience: float | None = None, on_wait: Callable[[], None] | None = None, **batch: Any
+) -> UpsertReply:
+    """`client.upsert(**batch)`; while the shards' replicas are too far behind the log the cluster
+    refuses writes (503 with a retry hint, TORUA_MAX_APPLY_LAG; a refused write stored nothing):
+    wait as told and try again, for up to `patience` seconds (None: as long as it takes), calling
+    `on_wait` before each wait."""
+    deadline = None if patience is None else time.monotonic() + patience
+    while True:
+        try:
+            return await client.upsert(**batch)
+        except Overloaded as exc:
+            pause = (exc.retry_after_ms or 500) / 1000
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise
+            if on_wait is not None:
+                on_wait()
+            await asyncio.sleep(pause)
 
 
 async def ingest_paths(client: Client, paths: Sequence[str | Path], options: IngestOptions | None = None,
