@@ -24,6 +24,7 @@ from torua.connect import Connection, NatsAuth, PermissionDenied, connect
 from torua.endpoints import error_of
 from torua.errors import Conflict, NotFound, Unavailable, error_for_code
 from torua.hashing import shard_for
+from torua.hedge import HEDGE_AFTER_S, HedgeBudget, hedged_request
 from torua.model import (
     AnswerReply,
     Chunk,
@@ -96,6 +97,13 @@ def _backoff(state: RetryCallState) -> float:
     hint = getattr(error, "retry_after_ms", None)
     return max(wait, hint / 1000) if hint else wait
 
+
+# Reads through the routers that are hedged (torua.hedge; docs/api.md, "Hedged reads"). Not hedged:
+# writes, Cypher queries and LLM answers (slow by nature: a hedge would double their cost).
+HEDGED_SUBJECTS = frozenset({
+    subjects.GRAPH_GET, subjects.GRAPH_NEIGHBORS, subjects.KV_GET, subjects.SEARCH_VECTOR, subjects.SEARCH_TEXT,
+    subjects.SEARCH_HYBRID, subjects.RAG_RETRIEVE,
+})
 
 # The server's default TORUA_QUERY_TIMEOUT (seconds): how long a query reply is awaited at least.
 QUERY_TIMEOUT_S = 30.0
@@ -269,11 +277,15 @@ class Client:
     """`async with await Client.connect(url) as c: info = await c.cluster_info()`."""
 
     def __init__(
-        self, nc: NATS, *, timeout: float = 10.0, retries: int = 3, direct_reads: bool = True
+        self, nc: NATS, *, timeout: float = 10.0, retries: int = 3, direct_reads: bool = True,
+        hedge_after: float | None = HEDGE_AFTER_S,
     ) -> None:
         self.nc = nc
         self.timeout = timeout
         self.retries = retries
+        # A read unanswered this long is asked again (torua.hedge), within the budget; None: never.
+        self.hedge_after = hedge_after
+        self.hedges = HedgeBudget()
         # `get` and `kv_get` straight to the owning shard (docs/api.md, "Direct point reads").
         self.direct_reads = direct_reads
         # `search_vector` by vector straight to every shard too; off once this user is refused them.
@@ -293,13 +305,16 @@ class Client:
         retries: int = 3,
         auth: NatsAuth | None = None,
         direct_reads: bool = True,
+        hedge_after: float | None = HEDGE_AFTER_S,
     ) -> Client:
         """`auth`: NATS credentials and TLS, e.g. `NatsAuth(user="client", password=...)` or
         `torua.settings.nats_auth_from_env()` (the TORUA_NATS_* variables); docs/security.md.
         `direct_reads`: `get` and `kv_get` ask the owning shard without the router's hop, falling
-        back to the router whenever the shard cannot answer (docs/api.md, "Direct point reads")."""
+        back to the router whenever the shard cannot answer (docs/api.md, "Direct point reads").
+        `hedge_after`: a read unanswered this many seconds is asked again, the first answer winning
+        (None: never; torua.hedge, docs/api.md, "Hedged reads")."""
         nc = await connect(url, name="torua-client", timeout=timeout, auth=auth)
-        return cls(nc, timeout=request_timeout, retries=retries, direct_reads=direct_reads)
+        return cls(nc, timeout=request_timeout, retries=retries, direct_reads=direct_reads, hedge_after=hedge_after)
 
     async def close(self) -> None:
         self._shards.close()
@@ -333,7 +348,7 @@ class Client:
 
     async def _request_once(self, subject: str, data: bytes, timeout: float) -> Any:
         try:
-            msg = await self.nc.request(subject, data, timeout=timeout)
+            msg = await self._ask(subject, data, timeout, hedged=subject in HEDGED_SUBJECTS)
         except NoRespondersError:
             raise Unavailable(f"no service answers {subject}") from None
         except NatsTimeout:
@@ -342,6 +357,10 @@ class Client:
         if error is not None:
             raise error_for_code(error.code, error.description, error.retry_after_ms)
         return msgspec.json.decode(msg.data) if msg.data else None
+
+    async def _ask(self, subject: str, data: bytes, timeout: float, *, hedged: bool) -> Msg:
+        """`nc.request`; a `hedged` one (a read) asked again while it has no answer (torua.hedge)."""
+        return await hedged_request(self.nc, subject, data, timeout, self.hedge_after if hedged else None, self.hedges)
 
     async def _typed(self, subject: str, reply_type: type[T], payload: Any = None) -> T:
         return msgspec.convert(await self.request(subject, payload), reply_type)
@@ -382,7 +401,7 @@ class Client:
     async def _direct_once(self, op: Op[Q, R], shard: int, request: Q) -> R:
         subject = subjects.shard_endpoint(shard, op.name)
         try:
-            msg = await self.nc.request(subject, _encoder.encode(request), timeout=self.timeout)
+            msg = await self._ask(subject, _encoder.encode(request), self.timeout, hedged=True)
         except PermissionDenied:
             # This user's role may not ask the shards (an older server configuration): not again.
             log.info("direct reads: not permitted to request %s; reading through the router", subject)
@@ -693,7 +712,7 @@ class Client:
             if attempt:
                 await asyncio.sleep(DIRECT_RETRY_S)
             try:
-                msg = await self.nc.request(subject, data, timeout=min(self.timeout, DIRECT_SHARD_TIMEOUT_S))
+                msg = await self._ask(subject, data, min(self.timeout, DIRECT_SHARD_TIMEOUT_S), hedged=True)
             except PermissionDenied:
                 log.info("direct search: not permitted to request %s; searching through the router", subject)
                 self.direct_search = False

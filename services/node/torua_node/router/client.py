@@ -7,7 +7,9 @@ Everything above it (the data API, graph reads, search, retrieval) speaks the ro
 - `call(shard, op, request, timeout?)`: one request to one shard's queue group. A shard whose replica
   serves in this process (`LocalCalls`, the node's `LocalReads`) is answered there by the shard
   endpoint's own handler, without a message; one not serving here is asked over NATS as below, and
-  a 503 from one here counts as the first answer (asked once more, over NATS). Over NATS, a 503 (no
+  a 503 from one here counts as the first answer (asked once more, over NATS). Over NATS, a request
+  with no answer after a second is asked again while it waits (`torua.hedge`: a hung member of the
+  queue group holds what it is given until NATS drops it; not queries); a 503 (no
   replica caught up), no responders or a timeout is retried once after 50 ms — not a 503 from a full
   queue (`Overloaded`), which is raised at once; after that, or for any other error reply, the error
   is raised as the `ToruaError` of its code. A reply too large for one message arrives in parts
@@ -49,6 +51,7 @@ from torua.embedding import Embedder
 from torua.endpoints import encode, error_of
 from torua.errors import Overloaded, ToruaError, Unavailable, error_for_code
 from torua.hashing import shard_for
+from torua.hedge import HEDGE_AFTER_S, HedgeBudget, hedged_request
 from torua.model import Tokens
 from torua.tasks import retrieved
 from torua.wire import Reply, ShardMap
@@ -56,6 +59,7 @@ from torua_node.router.fanout import Status, gather, is_partial
 from torua_node.router.readpoint import LogEnds, StreamLogEnds, at_read_point, early, pinned, reaches
 from torua_node.shard.protocol import (
     PAGED_HEADER,
+    QUERY,
     NodeShards,
     NodeShardsReply,
     Op,
@@ -164,6 +168,10 @@ class NatsShardClient(ShardClient):
         self.per_node = per_node  # a round's requests to other nodes in one message each (`_batch`)
         self._turn = 0  # spreads rounds over a shard's replicas on other nodes
         self._placement: tuple[ShardMap, dict[int, list[str]]] | None = None
+        # Requests to a queue group asked again while a hung member holds them (torua.hedge); not
+        # queries, whose parts may run for long by nature (a hedge would double their cost).
+        self.hedge_after: float | None = HEDGE_AFTER_S
+        self.hedges = HedgeBudget()
 
     async def fan_out(self, op: Op[Q, R], requests: Mapping[int, Q], status: Status) -> dict[int, R]:
         """As `ShardClient.fan_out`; shards served here in-process (`call`), and the requests to shards
@@ -299,7 +307,8 @@ class NatsShardClient(ShardClient):
 
     async def _request(self, shard: int, op: Op[Q, R], data: bytes, timeout: float) -> R:
         try:
-            msg = await self.nc.request(subjects.shard_endpoint(shard, op.name), data, timeout=timeout)
+            after = None if op is QUERY else self.hedge_after
+            msg = await hedged_request(self.nc, subjects.shard_endpoint(shard, op.name), data, timeout, after, self.hedges)
         except (NoRespondersError, NatsTimeout) as exc:
             raise Unavailable(f"no replica of shard {shard} answered ({type(exc).__name__})") from None
         err = error_of(msg.headers, msg.data)
