@@ -401,7 +401,12 @@ class Client:
     async def _direct_once(self, op: Op[Q, R], shard: int, request: Q) -> R:
         subject = subjects.shard_endpoint(shard, op.name)
         try:
-            msg = await self._ask(subject, _encoder.encode(request), self.timeout, hedged=True)
+            # A point read answers in a millisecond: one that has not answered after `hedge_after`
+            # was given to a hung replica (or waits for one to catch up), and the router's path,
+            # whose requests are hedged, answers it. A short first try rather than a hedge, which
+            # costs every read a task (~7% of a direct read's time, measured).
+            wait = min(self.timeout, self.hedge_after) if self.hedge_after is not None else self.timeout
+            msg = await self.nc.request(subject, _encoder.encode(request), timeout=wait)
         except PermissionDenied:
             # This user's role may not ask the shards (an older server configuration): not again.
             log.info("direct reads: not permitted to request %s; reading through the router", subject)

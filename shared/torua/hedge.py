@@ -17,10 +17,16 @@ of shards) and by routers (their requests to a shard's queue group).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+from torua.connect import Connection
 
 __all__ = ["HEDGE_AFTER_S", "HEDGE_BURST", "HEDGE_SHARE", "HedgeBudget", "hedged_request"]
 
@@ -64,22 +70,35 @@ async def hedged_request(
     budget.earn()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    asked = [asyncio.ensure_future(nc.request(subject, data, timeout=timeout))]
+    # A client's connection fails at once a request the server does not let it send (torua.connect):
+    # that check is kept here, around all the requests, rather than in each (a task more each).
+    denied: asyncio.Future[Msg] = loop.create_future()
+    ask: Callable[..., Coroutine[Any, Any, Msg]] = nc.request
+    watch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if isinstance(nc, Connection):
+        watch, ask = nc.on_denied(subject, denied), functools.partial(NATS.request, nc)
+    asked = [asyncio.ensure_future(ask(subject, data, timeout=timeout))]
     pending: set[asyncio.Future[Msg]] = set(asked)
     try:
-        while pending:
-            hedge = budget.can_spend() and loop.time() + after < deadline
-            done, pending = await asyncio.wait(pending, timeout=after if hedge else None, return_when=asyncio.FIRST_COMPLETED)
-            for answer in done:
-                if answer.exception() is None:
-                    return answer.result()
-            if not done:  # no answer in time, and none failed: ask once more
-                budget.spend()
-                again = asyncio.ensure_future(nc.request(subject, data, timeout=deadline - loop.time()))
-                asked.append(again)
-                pending.add(again)
+        with watch:
+            while pending:
+                hedge = budget.can_spend() and loop.time() + after < deadline
+                done, pending = await asyncio.wait(
+                    pending | {denied}, timeout=after if hedge else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(denied)
+                if denied in done:
+                    return denied.result()  # raises PermissionDenied
+                for answer in done:
+                    if answer.exception() is None:
+                        return answer.result()
+                if not done:  # no answer in time, and none failed: ask once more
+                    budget.spend()
+                    again = asyncio.ensure_future(ask(subject, data, timeout=deadline - loop.time()))
+                    asked.append(again)
+                    pending.add(again)
         raise next(e for e in (a.exception() for a in asked) if e is not None)
     finally:
-        for request in asked:
+        for request in (*asked, denied):
             if not request.done():
                 request.cancel()
