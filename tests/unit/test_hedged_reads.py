@@ -45,23 +45,42 @@ def entity(id_: str) -> EntityOut:
     return EntityOut(id=id_, name="answered", type="", description="", properties={})
 
 
+class Hung:
+    """A member of the queue group on `subject` that takes requests and never answers."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    @classmethod
+    async def on(cls, nc: NATS, subject: str) -> Hung:
+        hung = cls()
+
+        async def take(msg: Msg) -> None:
+            hung.given += 1
+
+        await nc.subscribe(subject, queue="q", cb=take)
+        await nc.flush()
+        return hung
+
+
 class Members:
     """Two members of one queue group on `subject`: one hung (counts what it is given), one answering."""
 
     def __init__(self, nc: NATS, subject: str, answer: bytes) -> None:
         self.nc, self.subject, self.answer = nc, subject, answer
-        self.hung = 0
+        self._hung: Hung | None = None
         self.answered = 0
 
-    async def start(self) -> None:
-        async def hung(msg: Msg) -> None:
-            self.hung += 1
+    @property
+    def hung(self) -> int:
+        return self._hung.given if self._hung is not None else 0
 
+    async def start(self) -> None:
         async def fine(msg: Msg) -> None:
             self.answered += 1
             await msg.respond(self.answer)
 
-        await self.nc.subscribe(self.subject, queue="q", cb=hung)
+        self._hung = await Hung.on(self.nc, self.subject)
         await self.nc.subscribe(self.subject, queue="q", cb=fine)
         await self.nc.flush()
 
@@ -122,30 +141,16 @@ async def test_a_direct_read_given_to_a_hung_replica_goes_to_the_router_after_th
 
 
 async def test_writes_are_never_asked_twice(nats_server: NatsServer, nc: NATS) -> None:
-    given = 0
-
-    async def hung(msg: Msg) -> None:
-        nonlocal given
-        given += 1
-
-    await nc.subscribe(subjects.GRAPH_UPSERT, queue="q", cb=hung)
-    await nc.flush()
+    hung = await Hung.on(nc, subjects.GRAPH_UPSERT)
     async with await Client.connect(nats_server.url, request_timeout=0.6, retries=0, hedge_after=0.1) as client:
         with pytest.raises(Unavailable):
             await client.upsert(entities=[{"id": "e1", "name": "E"}])
-    assert given == 1
+    assert hung.given == 1
 
 
 async def test_hedges_keep_to_their_budget(nats_server: NatsServer, nc: NATS) -> None:
     """Where nothing answers, hedging cannot help: after the burst, a read earns half a hedge."""
-    given = 0
-
-    async def hung(msg: Msg) -> None:
-        nonlocal given
-        given += 1
-
-    await nc.subscribe(subjects.GRAPH_NEIGHBORS, queue="q", cb=hung)
-    await nc.flush()
+    hung = await Hung.on(nc, subjects.GRAPH_NEIGHBORS)
     async with await Client.connect(nats_server.url, request_timeout=0.5, retries=0, hedge_after=0.05) as client:
         client.hedges = HedgeBudget(share=0.5, burst=2.0, tokens=2.0)
         for _ in range(8):
@@ -154,20 +159,13 @@ async def test_hedges_keep_to_their_budget(nats_server: NatsServer, nc: NATS) ->
         await nc.flush()
     # Hedges in hand as each read starts, its share added (at most 2): 2, 0.5, 1, 0.5, 1, ... — each
     # whole one spent on a request more (time allows ten), so 3, 1, 2, 1, 2, 1, 2, 1 requests.
-    assert given == 3 + 1 + 2 + 1 + 2 + 1 + 2 + 1
+    assert hung.given == 3 + 1 + 2 + 1 + 2 + 1 + 2 + 1
 
 
 async def test_a_router_asks_a_shard_again_but_never_a_query_part(nats_server: NatsServer, nc: NATS) -> None:
     replicas = Members(nc, subjects.shard_endpoint(0, "get"), encode(EntityReply(entity=entity("e1"), applied_seq=1)))
     await replicas.start()
-    parts = 0
-
-    async def hung_query(msg: Msg) -> None:
-        nonlocal parts
-        parts += 1
-
-    await nc.subscribe(subjects.shard_endpoint(0, "query"), queue="q", cb=hung_query)
-    await nc.flush()
+    parts = await Hung.on(nc, subjects.shard_endpoint(0, "query"))
     router_nc = await connect(nats_server.url, name="router")
     try:
         router = NatsShardClient(router_nc, lambda: smap(1))
@@ -181,6 +179,6 @@ async def test_a_router_asks_a_shard_again_but_never_a_query_part(nats_server: N
         with pytest.raises(Unavailable):
             await router.call(0, QUERY, ShardQuery(query="MATCH (n) RETURN n"), timeout=0.5)
         await nc.flush()
-        assert parts == 2  # the request and its one retry (after no answer), never a hedge
+        assert parts.given == 2  # the request and its one retry (after no answer), never a hedge
     finally:
         await router_nc.close()
