@@ -2,7 +2,7 @@
 
 NATS gives a queue group's requests to its members at random, and keeps a member that hangs (a
 paused VM, a stuck disk) in the group until the server has sent it two PINGs it did not answer,
-10-15 s with Torua's server configuration (docs/operations.md, "A hung node"). Until then, each
+10-20 s with Torua's server configuration (docs/operations.md, "A hung node"). Until then, each
 request it is given waits out its whole timeout. Asked again, a request most likely goes to another
 member; the same one again is possible, so it is asked again after each `after` seconds without an
 answer, while the budget allows. Only reads are hedged: asking twice changes nothing.
