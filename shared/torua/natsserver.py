@@ -26,7 +26,7 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 # "What an acknowledged write survives"; `python -m bench.durability` measures the cost).
 DURABLE_SYNC = "always"
 # How soon the server drops a client that stopped reading (a hung node): a PING every
-# PING_INTERVAL, and the connection closed once PING_MAX go unanswered: 10-15 s (the coordinator's
+# PING_INTERVAL, and the connection closed once PING_MAX go unanswered: 10-20 s (the coordinator's
 # failure detector, TORUA_NODE_TIMEOUT, is faster). A node whose event loop stalled that long
 # reconnects and subscribes again (nats-py does both).
 PING_INTERVAL = "5s"
