@@ -33,9 +33,9 @@ the cluster, 20 requests of one side after 20 of the other, so both see the mach
 - NetworkX (`single_source_shortest_path_length` with a cutoff) for the k-hop neighbourhoods;
 
 and a bare nats-py request-reply between this process and another one through the cluster's
-nats-server, the floor of any read, taken in turn with each kind of request too. Then `--clients` concurrent clients (one connection each, all
-in this process) send `--requests` requests each of `graph.get` and of 1-hop neighbours: requests
-per second.
+nats-server, the floor of any read, taken in turn with each kind of request too. Then `--clients`
+concurrent clients (one connection each, all in this process) send `--requests` requests each of
+`graph.get` and of 1-hop neighbours: requests per second.
 
 Prints one table of p50 (p95) with the ratios Torua / reference and Torua / bare round trip, and
 the checks: neighbourhoods equal NetworkX's (cluster and Kuzu), search.vector recall@10 against
@@ -216,7 +216,7 @@ def make_asks(d: Data, n: int, seed: int = SEED + 1) -> Asks:
 
 class References:
     """The one-process references on the same data, kept open while the cluster runs so that each
-    is timed beside the cluster's answer to the same request (`_side_by_side`): embedded Kuzu
+    is timed in turn with the cluster's answers to the same requests (`_SideBySide`): embedded Kuzu
     holding everything in one database, exact NumPy top 10 over all entity vectors, NetworkX
     k-hop neighbourhoods. Built, and their answers checked, before the cluster starts."""
 
